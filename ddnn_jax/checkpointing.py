@@ -1,0 +1,47 @@
+"""Orbax checkpoints of the TrainState, one per epoch, under RUN_DIR/checkpoints/.
+
+The latest few epochs are kept for resuming and the best epoch on validation for collection.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from ddnn_jax.runfiles import CHECKPOINTS
+
+SELECTION_METRIC = "val_accuracy_mean"
+
+
+def _selection(metrics: dict) -> float:
+    return metrics[SELECTION_METRIC]
+
+
+def manager(run_dir: Path, keep: int = 3) -> ocp.CheckpointManager:
+    """A manager whose step numbers are completed epochs."""
+    policies = ocp.checkpoint_managers
+    options = ocp.CheckpointManagerOptions(
+        best_fn=_selection,
+        best_mode="max",
+        preservation_policy=policies.AnyPreservationPolicy(
+            [policies.LatestN(n=keep), policies.BestN(get_metric_fn=_selection, n=1)]
+        ),
+        create=True,
+    )
+    return ocp.CheckpointManager((run_dir / CHECKPOINTS).absolute(), options=options)
+
+
+def save(manager: ocp.CheckpointManager, epoch: int, state, selection_accuracy: float) -> None:
+    """Saves the state after ``epoch`` and waits until it is safely on disk."""
+    manager.save(
+        epoch, args=ocp.args.StandardSave(state), metrics={SELECTION_METRIC: selection_accuracy}
+    )
+    manager.wait_until_finished()
+
+
+def restore(manager: ocp.CheckpointManager, epoch: int, template):
+    """The state saved after ``epoch``, with the structure and dtypes of ``template``."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    return manager.restore(epoch, args=ocp.args.StandardRestore(abstract))

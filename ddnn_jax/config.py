@@ -1,0 +1,146 @@
+"""Configuration of the training stage, its validation, and the resolved record written per run."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import platform
+from typing import Any
+
+import jax
+import numpy as np
+
+from ddnn_jax.data import check_dataset_name
+from ddnn_jax.errors import UsageError
+
+LOCAL_WEIGHT_MODES = ("per-run", "per-batch")
+
+# Streams of the run's root key (jax.random.fold_in), one per use, so no key is ever reused.
+STREAM_INIT, STREAM_LOCAL_WEIGHT, STREAM_SHUFFLE, STREAM_STEP = range(4)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a joint-training run. Defaults are the thesis's."""
+
+    dataset: str = "fashion_mnist"  # a name in ddnn_jax.data.DATASETS
+    epochs: int = 20
+    batch_size: int = 128
+    local_weight: str = "per-run"  # 'per-run' (w ~ U(0,1) once), 'per-batch', or a fixed w in [0, 1]
+    seed: int = 0  # seeds the split, the initialisation, w, shuffling, dropout and augmentation
+    data_dir: str | None = None  # tfds data directory; tfds's default when None
+    limit_train: int | None = None  # train on the first N training examples only (quick runs)
+    learning_rate: float = 1e-3  # Adam
+    plateau_factor: float = 0.5  # learning-rate factor when validation accuracy plateaus
+    plateau_patience: int = 2  # epochs without improvement before the factor applies
+    dropout_rate: float = 0.2
+    edge_channels: int = 32
+    local_hidden: int = 64
+    cloud_conv_channels: tuple[int, ...] = (64, 128, 256, 256)
+    cloud_dense_features: tuple[int, ...] = (256, 64)
+    eval_batch_size: int = 1000  # evaluation and collection batch size
+    keep_checkpoints: int = 3  # latest epochs kept for resuming (the best one is kept as well)
+
+    def validate(self) -> None:
+        """Raises UsageError naming the first bad field and how to fix it."""
+        check_dataset_name(self.dataset)
+        if self.epochs <= 0:
+            raise UsageError(f"--epochs must be a positive integer, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise UsageError(f"--batch-size must be a positive integer, got {self.batch_size}")
+        if self.limit_train is not None and self.limit_train < self.batch_size:
+            raise UsageError(
+                f"--limit-train {self.limit_train} is smaller than one batch "
+                f"({self.batch_size}): raise it or lower --batch-size"
+            )
+        parse_local_weight(self.local_weight)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that make two runs the same run (where the data lives does not)."""
+        fields = dataclasses.asdict(self)
+        fields.pop("data_dir")
+        fields["cloud_conv_channels"] = list(self.cloud_conv_channels)
+        fields["cloud_dense_features"] = list(self.cloud_dense_features)
+        return fields
+
+
+def parse_local_weight(spec: str) -> tuple[str, float | None]:
+    """'per-run' | 'per-batch' | number -> (mode, fixed value or None)."""
+    if spec in LOCAL_WEIGHT_MODES:
+        return spec, None
+    try:
+        value = float(spec)
+    except ValueError:
+        raise UsageError(
+            f"--local-weight must be 'per-run', 'per-batch' or a number in [0, 1], got '{spec}'"
+        ) from None
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"--local-weight must lie in [0, 1], got {value}")
+    return "fixed", value
+
+
+def resolve_local_weight(config: TrainConfig) -> tuple[str, float | None]:
+    """The run's mode and w: per-run draws w ~ U(0, 1) from the seed; per-batch has no single w."""
+    mode, value = parse_local_weight(config.local_weight)
+    if mode == "per-run":
+        key = jax.random.fold_in(jax.random.key(config.seed), STREAM_LOCAL_WEIGHT)
+        value = float(jax.random.uniform(key))
+    return mode, value
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of what produced the numbers."""
+    names = ["ddnn-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
+             "tensorflow-datasets", "numpy", "chex"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def resolved_record(
+    config: TrainConfig, *, num_classes: int, image_shape, mean: np.ndarray, std: np.ndarray,
+    split_sizes: dict[str, int],
+) -> dict[str, Any]:
+    """The full resolved configuration written to RUN_DIR/config.json."""
+    mode, value = resolve_local_weight(config)
+    record = dataclasses.asdict(config)
+    record.update(
+        local_weight_mode=mode,
+        local_weight=value,
+        num_classes=int(num_classes),
+        image_shape=[int(s) for s in image_shape],
+        normalization={"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+        split_sizes=split_sizes,
+        backend=jax.default_backend(),
+        versions=package_versions(),
+    )
+    return record
+
+
+def identity_of_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The identity fields of a config.json, comparable with ``run_identity``."""
+    return {key: record.get(key) for key in run_identity(TrainConfig()).keys()}
+
+
+def run_identity(config: TrainConfig) -> dict[str, Any]:
+    """``TrainConfig.identity`` with the local weight resolved as config.json stores it."""
+    identity = config.identity()
+    identity["local_weight_mode"], identity["local_weight"] = resolve_local_weight(config)
+    return identity
+
+
+def config_from_record(record: dict[str, Any]) -> TrainConfig:
+    """Rebuilds the TrainConfig a config.json was written from."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in record.items() if k in fields}
+    if record.get("local_weight_mode") in LOCAL_WEIGHT_MODES:
+        values["local_weight"] = record["local_weight_mode"]
+    else:
+        values["local_weight"] = str(record["local_weight"])
+    for key in ("cloud_conv_channels", "cloud_dense_features"):
+        values[key] = tuple(values[key])
+    return TrainConfig(**values)

@@ -1,0 +1,175 @@
+"""Flax Linen modules of the distributed DNN: edge extractor, local head, cloud head.
+
+Layer order, names and initialisation follow the authors' PyTorch implementation so that
+weights can be ported and training dynamics compared:
+
+* ``feature_extractor`` (edge): conv1 -> bn -> LeakyReLU -> MaxPool(2) -> Dropout
+* ``local_classifier`` (edge): fc1 -> LeakyReLU -> fc2
+* ``cloud`` (cloud, input z): four conv blocks (conv_i, bn_i) then fc1 -> fc2 -> fc3
+
+Every Conv/Dense draws weight and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which is what
+PyTorch's default ``kaiming_uniform_(a=sqrt(5))`` and fan-in bias rule amount to. Batch norm
+uses PyTorch's momentum 0.1 (Flax ``momentum=0.9``) and eps 1e-5. Input sizes are inferred, so
+the same modules serve 28x28x1 and 32x32x3 images and any number of classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LEAKY_SLOPE = 0.01
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1: running = 0.9 * running + 0.1 * batch
+BN_EPSILON = 1e-5
+
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)): variance_scaling's uniform limit is sqrt(3 * scale / fan_in).
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int):
+    """PyTorch's default bias initialiser for a layer with the given fan-in."""
+    bound = 1.0 / fan_in**0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _conv(features: int, in_channels: int, name: str) -> nn.Conv:
+    return nn.Conv(
+        features,
+        (3, 3),
+        padding="SAME",
+        kernel_init=torch_kernel_init,
+        bias_init=torch_bias_init(in_channels * 9),
+        name=name,
+    )
+
+
+def _dense(features: int, in_features: int, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        kernel_init=torch_kernel_init,
+        bias_init=torch_bias_init(in_features),
+        name=name,
+    )
+
+
+def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+    )
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling, stride 2, NHWC; odd trailing rows/columns are dropped as in PyTorch.
+
+    Written as reshape + max: XLA on CPU runs this and its gradient faster than reduce_window.
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _flatten_channels_first(x: jax.Array) -> jax.Array:
+    """Flatten NHWC in PyTorch's NCHW order, so ported first-Dense weights keep their meaning."""
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+class EdgeFeatureExtractor(nn.Module):
+    """f_E: the edge's convolutional block; its output z is what would cross the network."""
+
+    channels: int = 32
+    dropout_rate: float = 0.2
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = _conv(self.channels, x.shape[-1], "conv1")(x)
+        x = _batch_norm(train, "bn")(x)
+        x = nn.leaky_relu(x, LEAKY_SLOPE)
+        x = max_pool_2x2(x)
+        return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+
+
+class LocalClassifier(nn.Module):
+    """g_L: the edge's small classifier on z."""
+
+    num_classes: int
+    hidden: int = 64
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        x = _flatten_channels_first(z)
+        x = nn.leaky_relu(_dense(self.hidden, x.shape[-1], "fc1")(x), LEAKY_SLOPE)
+        return _dense(self.num_classes, self.hidden, "fc2")(x)
+
+
+class CloudCNN(nn.Module):
+    """g_R: the deeper cloud network on z.
+
+    ``pool_after`` marks the conv blocks followed by 2x2 max pooling (default: blocks 1, 2, 4).
+    """
+
+    num_classes: int
+    conv_channels: Sequence[int] = (64, 128, 256, 256)
+    pool_after: Sequence[bool] = (True, True, False, True)
+    dense_features: Sequence[int] = (256, 64)
+    dropout_rate: float = 0.2
+
+    @nn.compact
+    def __call__(self, z: jax.Array, train: bool) -> jax.Array:
+        x = z
+        for i, (channels, pool) in enumerate(zip(self.conv_channels, self.pool_after), start=1):
+            x = _conv(channels, x.shape[-1], f"conv{i}")(x)
+            x = _batch_norm(train, f"bn{i}")(x)
+            x = nn.leaky_relu(x, LEAKY_SLOPE)
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            if pool:
+                x = max_pool_2x2(x)
+        x = _flatten_channels_first(x)
+        for i, features in enumerate(self.dense_features, start=1):
+            x = nn.leaky_relu(_dense(features, x.shape[-1], f"fc{i}")(x), LEAKY_SLOPE)
+        out_name = f"fc{len(self.dense_features) + 1}"
+        return _dense(self.num_classes, x.shape[-1], out_name)(x)
+
+
+class DDNN(nn.Module):
+    """The two-exit network. ``__call__`` returns (local_logits, cloud_logits, z).
+
+    ``edge`` and ``cloud_head`` run the two halves on their own: ``edge`` reads only the
+    ``feature_extractor`` and ``local_classifier`` variables, ``cloud_head`` only ``cloud``.
+    """
+
+    num_classes: int
+    edge_channels: int = 32
+    local_hidden: int = 64
+    cloud_conv_channels: Sequence[int] = (64, 128, 256, 256)
+    cloud_dense_features: Sequence[int] = (256, 64)
+    dropout_rate: float = 0.2
+
+    def setup(self):
+        self.feature_extractor = EdgeFeatureExtractor(self.edge_channels, self.dropout_rate)
+        self.local_classifier = LocalClassifier(self.num_classes, self.local_hidden)
+        self.cloud = CloudCNN(
+            self.num_classes,
+            conv_channels=self.cloud_conv_channels,
+            dense_features=self.cloud_dense_features,
+            dropout_rate=self.dropout_rate,
+        )
+
+    def edge(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """Edge device: image -> (z, local_logits)."""
+        z = self.feature_extractor(x, train)
+        return z, self.local_classifier(z)
+
+    def cloud_head(self, z: jax.Array, train: bool = False) -> jax.Array:
+        """Cloud: z -> cloud_logits."""
+        return self.cloud(z, train)
+
+    def __call__(self, x: jax.Array, train: bool = False):
+        z, local_logits = self.edge(x, train)
+        return local_logits, self.cloud_head(z, train), z

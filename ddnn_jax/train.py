@@ -1,0 +1,319 @@
+"""Joint training of the two exits: loss, jitted train step, evaluation, and the epoch loop.
+
+The loop checkpoints every epoch and resumes from the last checkpoint: every random number of
+epoch e is derived from (seed, e) and the global step, so a resumed run repeats exactly what an
+uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm import tqdm
+
+from ddnn_jax import checkpointing, runfiles
+from ddnn_jax.config import (
+    STREAM_INIT, STREAM_SHUFFLE, STREAM_STEP, TrainConfig, identity_of_record, resolved_record,
+    run_identity,
+)
+from ddnn_jax.data import DataSplits, augment, load_dataset, normalize
+from ddnn_jax.errors import UsageError
+from ddnn_jax.models import DDNN
+
+# Crash testing: the process SIGKILLs itself after this many optimizer steps of the process.
+FAULT_ENV = "DDNN_FAULT_AFTER_STEPS"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class TrainState(train_state.TrainState):
+    """Parameters, Adam state and step, plus batch-norm statistics and the plateau scheduler."""
+
+    batch_stats: Any
+    plateau: optax.contrib.ReduceLROnPlateauState
+
+
+def build_model(config: TrainConfig, num_classes: int) -> DDNN:
+    return DDNN(
+        num_classes=num_classes,
+        edge_channels=config.edge_channels,
+        local_hidden=config.local_hidden,
+        cloud_conv_channels=tuple(config.cloud_conv_channels),
+        cloud_dense_features=tuple(config.cloud_dense_features),
+        dropout_rate=config.dropout_rate,
+    )
+
+
+def plateau_schedule(config: TrainConfig) -> optax.GradientTransformationExtraArgs:
+    """Learning-rate scale driven by the validation error, updated once per epoch."""
+    return optax.contrib.reduce_on_plateau(
+        factor=config.plateau_factor, patience=config.plateau_patience
+    )
+
+
+def create_train_state(
+    config: TrainConfig, image_shape: tuple[int, ...], num_classes: int
+) -> TrainState:
+    """A freshly initialised state; the initialisation depends only on the seed."""
+    model = build_model(config, num_classes)
+    key = jax.random.fold_in(jax.random.key(config.seed), STREAM_INIT)
+    variables = jax.jit(model.init, static_argnames="train")(
+        {"params": key}, jnp.zeros((1, *image_shape), jnp.float32), train=False
+    )
+    tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        tx=tx,
+        plateau=plateau_schedule(config).init(variables["params"]),
+    )
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-sample softmax cross-entropy with integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def joint_loss(
+    local_logits: jax.Array, cloud_logits: jax.Array, labels: jax.Array, local_weight: jax.Array
+) -> jax.Array:
+    """mean over the batch of w * CE(local) + (1 - w) * CE(cloud)."""
+    per_sample = local_weight * cross_entropy(local_logits, labels) + (
+        1.0 - local_weight
+    ) * cross_entropy(cloud_logits, labels)
+    return per_sample.mean()
+
+
+def make_train_step(
+    *, local_weight: float | None, mean: np.ndarray, std: np.ndarray, horizontal_flip: bool,
+    crop_padding: int,
+) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict]]:
+    """The jitted ``train_step(state, batch, rng) -> (state, metrics)`` of one run.
+
+    Args:
+      local_weight: w of the joint loss, or None to draw w ~ U(0, 1) at every step.
+      mean, std: per-channel normalisation of the raw uint8 images.
+      horizontal_flip: whether augmentation flips images.
+      crop_padding: the random crop's shift in pixels.
+    """
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+        augment_rng, dropout_rng, weight_rng = jax.random.split(rng, 3)
+        images = augment(
+            batch["image"], augment_rng, horizontal_flip=horizontal_flip, pad=crop_padding
+        )
+        images = normalize(images, mean, std)
+        w = jax.random.uniform(weight_rng) if local_weight is None else local_weight
+
+        def loss_fn(params):
+            (local_logits, cloud_logits, _), updates = state.apply_fn(
+                {"params": params, "batch_stats": state.batch_stats},
+                images,
+                train=True,
+                rngs={"dropout": dropout_rng},
+                mutable=["batch_stats"],
+            )
+            loss = joint_loss(local_logits, cloud_logits, batch["label"], w)
+            return loss, (local_logits, cloud_logits, updates["batch_stats"])
+
+        grads, (local_logits, cloud_logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        loss = joint_loss(local_logits, cloud_logits, batch["label"], w)
+        state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        metrics = {
+            "loss": loss,
+            "correct_local": (local_logits.argmax(-1) == batch["label"]).sum(),
+            "correct_cloud": (cloud_logits.argmax(-1) == batch["label"]).sum(),
+        }
+        return state, metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_predict_fn(model: DDNN, mean: np.ndarray, std: np.ndarray, with_features: bool = False):
+    """Jitted evaluation-mode forward pass on uint8 images: (local_logits, cloud_logits[, z])."""
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
+
+    @jax.jit
+    def predict(variables, images):
+        local_logits, cloud_logits, z = model.apply(
+            variables, normalize(images, mean, std), train=False
+        )
+        return (local_logits, cloud_logits, z) if with_features else (local_logits, cloud_logits)
+
+    return predict
+
+
+def predict_in_batches(predict, variables, images: np.ndarray, batch_size: int):
+    """Runs ``predict`` over all images in fixed-size batches (the last one padded): numpy out."""
+    n = len(images)
+    outputs = []
+    for start in range(0, n, batch_size):
+        chunk = images[start : start + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        outputs.append(predict(variables, chunk))
+    return tuple(np.concatenate([np.asarray(o[i]) for o in outputs])[:n] for i in range(len(outputs[0])))
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(-1) == labels).mean())
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    runfiles.write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def train(
+    config: TrainConfig, data: DataSplits, run_dir: Path, *, local_weight: float | None
+) -> list[dict]:
+    """Trains (or resumes training) until ``config.epochs``; returns the per-epoch metrics.
+
+    Args:
+      config: the run's configuration.
+      data: the dataset in memory.
+      run_dir: where checkpoints/ and metrics.jsonl live.
+      local_weight: the resolved w, or None for a fresh draw at every step.
+    """
+    state = create_train_state(config, data.image_shape, data.num_classes)
+    manager = checkpointing.manager(run_dir, keep=config.keep_checkpoints)
+    start_epoch = 0
+    if manager.latest_step() is not None:
+        start_epoch = manager.latest_step()
+        state = checkpointing.restore(manager, start_epoch, state)
+    metrics_path = run_dir / runfiles.METRICS
+    history = [row for row in _read_metrics(metrics_path) if row["epoch"] <= start_epoch]
+
+    train_step = make_train_step(
+        local_weight=local_weight, mean=data.mean, std=data.std,
+        horizontal_flip=data.horizontal_flip, crop_padding=data.crop_padding,
+    )
+    predict = make_predict_fn(build_model(config, data.num_classes), data.mean, data.std)
+    plateau = plateau_schedule(config)
+    root = jax.random.key(config.seed)
+    steps_per_epoch = len(data.train) // config.batch_size
+    fault_after = int(os.environ.get(FAULT_ENV, "0"))
+    steps_this_process = 0
+
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        started = time.perf_counter()
+        order = np.asarray(
+            jax.random.permutation(jax.random.fold_in(jax.random.fold_in(root, STREAM_SHUFFLE), epoch), len(data.train))
+        )
+        learning_rate = float(state.opt_state.hyperparams["learning_rate"])
+        step_metrics = []
+        for i in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
+                      leave=False, disable=None):
+            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+            batch = {"image": data.train.images[idx], "label": data.train.labels[idx]}
+            global_step = (epoch - 1) * steps_per_epoch + i
+            rng = jax.random.fold_in(jax.random.fold_in(root, STREAM_STEP), global_step)
+            state, metrics = train_step(state, batch, rng)
+            step_metrics.append(metrics)
+            steps_this_process += 1
+            if steps_this_process == fault_after:
+                jax.block_until_ready(state)
+                os.kill(os.getpid(), signal.SIGKILL)
+        step_metrics = jax.device_get(step_metrics)
+        losses = np.array([m["loss"] for m in step_metrics])
+        if not np.all(np.isfinite(losses)):
+            bad = int(np.argmin(np.isfinite(losses)))
+            raise TrainingDiverged(
+                f"loss became {losses[bad]} at step {(epoch - 1) * steps_per_epoch + bad + 1} "
+                f"(epoch {epoch}): lower --learning-rate or check the data"
+            )
+        seen = steps_per_epoch * config.batch_size
+
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        local_logits, cloud_logits = predict_in_batches(
+            predict, variables, data.val.images, config.eval_batch_size
+        )
+        val_local = accuracy(local_logits, data.val.labels)
+        val_cloud = accuracy(cloud_logits, data.val.labels)
+        selection = (val_local + val_cloud) / 2
+        _, plateau_state = plateau.update(
+            updates={}, state=state.plateau, value=jnp.asarray(1.0 - selection)
+        )
+        hyperparams = dict(state.opt_state.hyperparams)
+        hyperparams["learning_rate"] = jnp.asarray(
+            config.learning_rate * plateau_state.scale, jnp.float32
+        )
+        state = state.replace(
+            plateau=plateau_state, opt_state=state.opt_state._replace(hyperparams=hyperparams)
+        )
+
+        row = {
+            "epoch": epoch,
+            "train_loss": float(losses.mean()),
+            "train_accuracy_local": sum(int(m["correct_local"]) for m in step_metrics) / seen,
+            "train_accuracy_cloud": sum(int(m["correct_cloud"]) for m in step_metrics) / seen,
+            "val_accuracy_local": val_local,
+            "val_accuracy_cloud": val_cloud,
+            "val_accuracy_mean": selection,
+            "learning_rate": learning_rate,
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(row)
+        _write_metrics(metrics_path, history)
+        checkpointing.save(manager, epoch, state, selection)
+        print(
+            f"epoch {epoch}/{config.epochs}  loss {row['train_loss']:.4f}  "
+            f"val local {val_local:.4f}  val cloud {val_cloud:.4f}  "
+            f"lr {learning_rate:.2e}  {row['seconds']:.1f}s",
+            flush=True,
+        )
+    manager.close()
+    return history
+
+
+def run_training(config: TrainConfig, run_dir: Path) -> list[dict]:
+    """Starts or resumes the run in ``run_dir``: the entry point of ``ddnn train``.
+
+    Everything the user can get wrong is checked before the first file is written.
+    """
+    config.validate()
+    resuming = runfiles.check_run_dir_for_training(run_dir)
+    if resuming:
+        old = identity_of_record(runfiles.read_config(run_dir))
+        new = run_identity(config)
+        changed = [key for key in new if old.get(key) != new[key]]
+        if changed:
+            details = ", ".join(f"{key}: {old.get(key)!r} -> {new[key]!r}" for key in changed)
+            raise UsageError(
+                f"{run_dir} holds a run with another configuration ({details}): "
+                "rerun with its original flags to resume, or choose a new --out"
+            )
+    data = load_dataset(
+        config.dataset, data_dir=config.data_dir, split_seed=config.seed,
+        limit_train=config.limit_train,
+    )
+    record = resolved_record(
+        config, num_classes=data.num_classes, image_shape=data.image_shape,
+        mean=data.mean, std=data.std,
+        split_sizes={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+    )
+    if not resuming:
+        runfiles.write_json_atomic(run_dir / runfiles.CONFIG, record)
+    return train(config, data, run_dir, local_weight=record["local_weight"])
