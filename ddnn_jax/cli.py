@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -68,6 +70,9 @@ def _collect(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow only reads prepared data for us; its and tfds's log lines are noise on stderr.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
         {"train": _train, "collect": _collect}[args.command](args)

@@ -70,7 +70,11 @@ def check_run_dir_for_training(run_dir: Path) -> bool:
 
 
 def _check_writable(directory: Path) -> None:
-    if not os.access(directory, os.W_OK | os.X_OK):
+    """Probes with a real file: permission bits say nothing for root or read-only mounts."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
         raise UsageError(
-            f"cannot write to {directory}: choose an --out path where you have write permission"
-        )
+            f"cannot write to {directory} ({err.strerror}): choose an --out path you can write to"
+        ) from None

@@ -1,0 +1,119 @@
+"""The ddnn command line: bad input is one line and exit 2; real runs on a Fashion-MNIST slice."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from ddnn_jax.train import FAULT_ENV
+
+
+def _assert_usage_error(result, fragment: str):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("ddnn: error:") and fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--local-weight", "1.5"], "must lie in [0, 1]"),
+        (["--local-weight", "-0.1"], "must lie in [0, 1]"),
+        (["--local-weight", "often"], "'per-run', 'per-batch' or a number"),
+        (["--epochs", "0"], "--epochs must be a positive integer"),
+        (["--epochs", "two"], "expected an integer"),
+        (["--batch-size", "-4"], "--batch-size must be a positive integer"),
+    ],
+)
+def test_bad_training_arguments(tmp_path, args, fragment):
+    result = run_cli("train", "--out", str(tmp_path / "run"), *args)
+    _assert_usage_error(result, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_run_dir():
+    _assert_usage_error(run_cli("train", "--out", "/proc/ddnn-run", "--epochs", "1"), "cannot write")
+
+
+def test_non_run_directory_is_not_overwritten(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    _assert_usage_error(run_cli("train", "--out", str(tmp_path)), "holds no ddnn run")
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_missing_data_says_how_to_get_it(tmp_path):
+    env = {"DDNN_FASHION_MNIST_SOURCE": str(tmp_path / "none"), "TFDS_DATA_DIR": str(tmp_path / "tfds")}
+    result = run_cli("train", "--out", str(tmp_path / "run"), "--epochs", "1", env=env)
+    _assert_usage_error(result, "apt-get install -y dataset-fashion-mnist")
+    assert not (tmp_path / "run").exists()
+
+
+def test_collect_needs_a_training_run(tmp_path):
+    _assert_usage_error(run_cli("collect", "--run", str(tmp_path)), "ddnn train")
+
+
+TRAIN = ["train", "--dataset", "fashion_mnist", "--limit-train", "512", "--batch-size", "128",
+         "--seed", "0"]
+
+
+def _metrics(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+@pytest.mark.slow
+def test_train_collect_end_to_end_and_conflicting_rerun(tmp_path, fashion_mnist_ready):
+    run_dir = tmp_path / "run"
+    result = run_cli(*TRAIN, "--epochs", "2", "--out", str(run_dir))
+    assert result.returncode == 0, result.stderr
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["dataset"] == "fashion_mnist" and config["epochs"] == 2 and config["seed"] == 0
+    assert config["batch_size"] == 128 and config["local_weight_mode"] == "per-run"
+    assert 0 <= config["local_weight"] <= 1 and "jax" in config["versions"]
+    assert config["split_sizes"] == {"train": 512, "val": 6000, "test": 10000}
+    rows = _metrics(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "val_accuracy_local", "val_accuracy_cloud", "learning_rate"):
+        assert all(np.isfinite(r[key]) for r in rows)
+
+    result = run_cli("collect", "--run", str(run_dir), "--features")
+    assert result.returncode == 0, result.stderr
+    sizes = {"train": 512, "val": 6000, "test": 10000}
+    for split, n in sizes.items():
+        with np.load(run_dir / "outputs" / f"{split}.npz") as out:
+            assert out["local_logits"].shape == (n, 10) and out["local_logits"].dtype == np.float32
+            assert out["cloud_logits"].shape == (n, 10) and out["cloud_logits"].dtype == np.float32
+            assert out["labels"].shape == (n,) and out["features"].shape == (n, 14, 14, 32)
+            assert np.all(np.isfinite(out["cloud_logits"]))
+    with np.load(run_dir / "outputs" / "val.npz") as out:
+        best = max(rows, key=lambda r: r["val_accuracy_mean"])
+        assert int(out["epoch"]) == best["epoch"]
+        # the collected validation outputs are the best epoch's validation accuracies
+        for exit_name in ("local", "cloud"):
+            collected = (out[f"{exit_name}_logits"].argmax(1) == out["labels"]).mean()
+            assert np.isclose(collected, best[f"val_accuracy_{exit_name}"], atol=1e-3)
+
+    before = (run_dir / "config.json").read_text()
+    result = run_cli(*TRAIN, "--epochs", "2", "--out", str(run_dir), "--local-weight", "0.3")
+    _assert_usage_error(result, "another configuration")
+    assert (run_dir / "config.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, fashion_mnist_ready):
+    steps_per_epoch = 512 // 128
+    uninterrupted, killed = tmp_path / "a", tmp_path / "b"
+    assert run_cli(*TRAIN, "--epochs", "3", "--out", str(uninterrupted)).returncode == 0
+
+    # SIGKILL in the middle of epoch 2, then the same command again
+    crash = run_cli(*TRAIN, "--epochs", "3", "--out", str(killed),
+                    env={FAULT_ENV: str(steps_per_epoch + 2)})
+    assert crash.returncode == -9, crash.stderr
+    assert [r["epoch"] for r in _metrics(killed)] == [1]
+    resumed = run_cli(*TRAIN, "--epochs", "3", "--out", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    assert _metrics(killed) == _metrics(uninterrupted)

@@ -1,0 +1,91 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ddnn_jax.data import (
+    Split, augment, channel_statistics, load_dataset, normalize, split_train_validation,
+)
+from ddnn_jax.errors import UsageError
+
+
+def test_pipeline_on_mock_data(tmp_path):
+    with tfds.testing.mock_data(num_examples=60, policy=tfds.testing.MockPolicy.USE_CODE):
+        data = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0)
+        again = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0)
+        limited = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0, limit_train=20)
+    assert data.train.images.shape == (54, 28, 28, 1) and data.train.images.dtype == np.uint8
+    assert len(data.val) == 6 and len(data.test) == 60
+    assert data.num_classes == 10 and not data.horizontal_flip and data.image_shape == (28, 28, 1)
+    np.testing.assert_array_equal(data.train.labels, again.train.labels)
+    np.testing.assert_array_equal(limited.train.images, data.train.images[:20])
+    np.testing.assert_array_equal(limited.val.images, data.val.images)
+    np.testing.assert_allclose(limited.mean, data.train.images[:20].mean() / 255, rtol=1e-5)
+
+
+def test_validation_split_is_a_deterministic_partition():
+    split = Split(np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1), np.arange(100, dtype=np.int32))
+    train, val = split_train_validation(split, 0.1, seed=7)
+    train_again, _ = split_train_validation(split, 0.1, seed=7)
+    other, _ = split_train_validation(split, 0.1, seed=8)
+    assert len(train) == 90 and len(val) == 10
+    assert sorted(np.concatenate([train.labels, val.labels])) == list(range(100))
+    np.testing.assert_array_equal(train.labels, train_again.labels)
+    assert not np.array_equal(train.labels, other.labels)
+    np.testing.assert_array_equal(train.images[:, 0, 0, 0], train.labels)  # images follow labels
+    assert len(split_train_validation(split, 30, seed=0)[1]) == 30  # an int is a count
+
+
+def test_channel_statistics_and_normalize():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 4, 4, 3), dtype=np.uint8)
+    mean, std = channel_statistics(images)
+    np.testing.assert_allclose(mean, images.reshape(-1, 3).mean(0) / 255, rtol=1e-6)
+    normalized = np.asarray(normalize(jnp.asarray(images), mean, std))
+    np.testing.assert_allclose(normalized.reshape(-1, 3).mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(normalized.reshape(-1, 3).std(0), 1, rtol=1e-4)
+
+
+def test_augment_crops_with_black_padding_and_flips():
+    images = jnp.arange(2 * 6 * 6, dtype=jnp.uint8).reshape(2, 6, 6, 1) + 1
+    key = jax.random.key(0)
+    np.testing.assert_array_equal(augment(images, key, horizontal_flip=False, pad=0), images)
+    shifted = augment(images, key, horizontal_flip=False, pad=2)
+    assert shifted.shape == images.shape and shifted.dtype == images.dtype
+    flipped = jax.jit(lambda x, k: augment(x, k, horizontal_flip=True, pad=0))
+    outputs = [np.asarray(flipped(images, jax.random.key(i))) for i in range(20)]
+    for out in outputs:
+        for original, result in zip(np.asarray(images), out):
+            assert np.array_equal(result, original) or np.array_equal(result, original[:, ::-1])
+    assert any(not np.array_equal(out, images) for out in outputs)
+    # every crop is a window of the zero-padded image
+    padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
+    for original, result in zip(padded, np.asarray(shifted)):
+        windows = [original[i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
+        assert any(np.array_equal(result, w) for w in windows)
+
+
+def test_unknown_dataset_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown dataset 'imagenet'.*fashion_mnist"):
+        load_dataset("imagenet")
+
+
+def test_missing_fashion_mnist_files_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDNN_FASHION_MNIST_SOURCE", str(tmp_path / "nowhere"))
+    with pytest.raises(UsageError, match="apt-get install -y dataset-fashion-mnist"):
+        load_dataset("fashion_mnist", data_dir=str(tmp_path / "tfds"))
+
+
+def test_corrupt_fashion_mnist_file_is_refused(tmp_path, monkeypatch):
+    import gzip
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (source / f"{stem}.gz").write_bytes(gzip.compress(b"not the data"))
+    monkeypatch.setenv("DDNN_FASHION_MNIST_SOURCE", str(source))
+    with pytest.raises(UsageError, match="does not hold the original Fashion-MNIST"):
+        load_dataset("fashion_mnist", data_dir=str(tmp_path / "tfds"))
+    assert not (tmp_path / "tfds" / "fashion_mnist").exists()
