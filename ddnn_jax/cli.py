@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="w of w*CE_local+(1-w)*CE_cloud: per-run (default), per-batch, or a number in [0, 1]")
     train.add_argument("--seed", type=_integer, default=0)
     train.add_argument("--data-dir", default=None, help="tfds data directory")
+    train.add_argument("--download", action="store_true",
+                       help="let tfds download the dataset if it is not prepared (needs network)")
     train.add_argument("--limit-train", type=_integer, default=None,
                        help="train on the first N training examples only")
 
@@ -56,7 +58,7 @@ def _train(args) -> None:
     config = TrainConfig(
         dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
         local_weight=args.local_weight, seed=args.seed, data_dir=args.data_dir,
-        limit_train=args.limit_train,
+        limit_train=args.limit_train, download=args.download,
     )
     history = run_training(config, args.out)
     print(f"trained {args.out}: {len(history)} of {config.epochs} epochs done")

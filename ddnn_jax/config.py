@@ -29,6 +29,7 @@ class TrainConfig:
     local_weight: str = "per-run"  # 'per-run' (w ~ U(0,1) once), 'per-batch', or a fixed w in [0, 1]
     seed: int = 0  # seeds the split, the initialisation, w, shuffling, dropout and augmentation
     data_dir: str | None = None  # tfds data directory; tfds's default when None
+    download: bool = False  # let tfds download a dataset that is not prepared
     limit_train: int | None = None  # train on the first N training examples only (quick runs)
     learning_rate: float = 1e-3  # Adam
     plateau_factor: float = 0.5  # learning-rate factor when validation accuracy plateaus
@@ -56,9 +57,10 @@ class TrainConfig:
         parse_local_weight(self.local_weight)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that make two runs the same run (where the data lives does not)."""
+        """The fields that make two runs the same run (where the data comes from does not)."""
         fields = dataclasses.asdict(self)
         fields.pop("data_dir")
+        fields.pop("download")
         fields["cloud_conv_channels"] = list(self.cloud_conv_channels)
         fields["cloud_dense_features"] = list(self.cloud_dense_features)
         return fields
@@ -123,7 +125,8 @@ def resolved_record(
 
 def identity_of_record(record: dict[str, Any]) -> dict[str, Any]:
     """The identity fields of a config.json, comparable with ``run_identity``."""
-    return {key: record.get(key) for key in run_identity(TrainConfig()).keys()}
+    keys = [*TrainConfig().identity(), "local_weight_mode"]
+    return {key: record.get(key) for key in keys}
 
 
 def run_identity(config: TrainConfig) -> dict[str, Any]:

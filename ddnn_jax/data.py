@@ -5,7 +5,8 @@ tfds is the source of every dataset. Fashion-MNIST is prepared offline from Debi
 gzip checksums tfds registers do not match. We decompress them, check the SHA-256 of the
 decompressed bytes against the values below (which equal the originals'), and hand them to tfds's
 own Fashion-MNIST generator through a builder subclass, never touching tfds's checksum registry.
-Other datasets are downloaded by tfds or read from a prepared ``--data-dir``.
+Every other dataset (and Fashion-MNIST where the package is missing) is downloaded by tfds when
+``--download`` allows it, or read from a ``--data-dir`` where it is already prepared.
 """
 
 from __future__ import annotations
@@ -57,9 +58,8 @@ FASHION_MNIST_SHA256 = {
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 FASHION_MNIST_HOW_TO_GET = (
-    "install it with 'apt-get install -y dataset-fashion-mnist' "
-    f"(or set {FASHION_MNIST_SOURCE_ENV} to a folder holding the four IDX .gz files), "
-    "or pass --data-dir pointing to a prepared tfds directory"
+    "install its files with 'apt-get install -y dataset-fashion-mnist' "
+    f"(or set {FASHION_MNIST_SOURCE_ENV} to a folder holding the four IDX .gz files)"
 )
 
 
@@ -106,6 +106,7 @@ def load_dataset(
     data_dir: str | None = None,
     split_seed: int = 0,
     limit_train: int | None = None,
+    download: bool = False,
 ) -> DataSplits:
     """Loads a dataset into memory, preparing it first if needed.
 
@@ -115,12 +116,13 @@ def load_dataset(
       split_seed: seeds the train/validation split of the official train split.
       limit_train: keep only the first N training examples (after the split); validation and
         test stay whole.
+      download: let tfds download the dataset if it is not prepared (needs network).
 
     Returns:
       The train, validation and (official) test splits and their normalisation statistics.
     """
     policy = check_dataset_name(name)
-    builder = _prepared_builder(policy.tfds_name, data_dir)
+    builder = _prepared_builder(policy.tfds_name, data_dir, download)
     official_train = _read_split(builder, "train")
     test = _read_split(builder, "test")
     train, val = split_train_validation(official_train, policy.validation_size, split_seed)
@@ -165,38 +167,47 @@ def _read_split(builder, split: str) -> Split:
     return Split(images.astype(np.uint8), labels.astype(np.int32))
 
 
-def _prepared_builder(tfds_name: str, data_dir: str | None):
+def _prepared_builder(tfds_name: str, data_dir: str | None, download: bool):
     """A tfds builder whose data is on disk: prepared now if it was not."""
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     if builder.is_prepared():
         return builder
-    if tfds_name == "fashion_mnist":
+    if tfds_name == "fashion_mnist" and _fashion_mnist_source_files_present():
         _prepare_fashion_mnist_offline(data_dir)
         return tfds.builder(tfds_name, data_dir=data_dir)
+    how_to = "pass --data-dir pointing to a tfds directory where it is prepared"
+    if tfds_name == "fashion_mnist":
+        how_to = FASHION_MNIST_HOW_TO_GET
+    if not download:
+        raise UsageError(
+            f"dataset '{tfds_name}' is not prepared in {builder.data_dir}: rerun with --download "
+            f"on a machine with network access, or {how_to}"
+        )
     try:
         builder.download_and_prepare()
     except Exception as err:  # tfds raises many kinds: network, checksum, missing manual files
         raise UsageError(
             f"dataset '{tfds_name}' is not prepared in {builder.data_dir} and tfds could not "
-            f"download it ({type(err).__name__}): run once with network access, or pass "
-            "--data-dir pointing to a tfds directory where it is prepared"
+            f"download it ({type(err).__name__}): check the network, or {how_to}"
         ) from None
     return builder
+
+
+def _fashion_mnist_source() -> Path:
+    return Path(os.environ.get(FASHION_MNIST_SOURCE_ENV, FASHION_MNIST_DEFAULT_SOURCE))
+
+
+def _fashion_mnist_source_files_present() -> bool:
+    return all((_fashion_mnist_source() / f"{f}.gz").is_file() for f in FASHION_MNIST_SHA256)
 
 
 def _prepare_fashion_mnist_offline(data_dir: str | None) -> None:
     """Prepares tfds's fashion_mnist from local IDX .gz files whose contents we verify."""
     import tensorflow_datasets as tfds
 
-    source = Path(os.environ.get(FASHION_MNIST_SOURCE_ENV, FASHION_MNIST_DEFAULT_SOURCE))
-    missing = [f for f in FASHION_MNIST_SHA256 if not (source / f"{f}.gz").is_file()]
-    if missing:
-        raise UsageError(
-            f"Fashion-MNIST is not prepared and its files are missing from {source}: "
-            + FASHION_MNIST_HOW_TO_GET
-        )
+    source = _fashion_mnist_source()
     with tempfile.TemporaryDirectory(prefix="ddnn-fashion-mnist-") as tmp:
         workdir = Path(tmp)
         for stem, expected in FASHION_MNIST_SHA256.items():

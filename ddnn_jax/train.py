@@ -169,7 +169,7 @@ def predict_in_batches(predict, variables, images: np.ndarray, batch_size: int):
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
         outputs.append(predict(variables, chunk))
-    return tuple(np.concatenate([np.asarray(o[i]) for o in outputs])[:n] for i in range(len(outputs[0])))
+    return tuple(np.concatenate(parts)[:n] for parts in zip(*jax.device_get(outputs)))
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -219,9 +219,8 @@ def train(
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
         started = time.perf_counter()
-        order = np.asarray(
-            jax.random.permutation(jax.random.fold_in(jax.random.fold_in(root, STREAM_SHUFFLE), epoch), len(data.train))
-        )
+        shuffle_key = jax.random.fold_in(jax.random.fold_in(root, STREAM_SHUFFLE), epoch)
+        order = np.asarray(jax.random.permutation(shuffle_key, len(data.train)))
         learning_rate = float(state.opt_state.hyperparams["learning_rate"])
         step_metrics = []
         for i in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
@@ -307,7 +306,7 @@ def run_training(config: TrainConfig, run_dir: Path) -> list[dict]:
             )
     data = load_dataset(
         config.dataset, data_dir=config.data_dir, split_seed=config.seed,
-        limit_train=config.limit_train,
+        limit_train=config.limit_train, download=config.download,
     )
     record = resolved_record(
         config, num_classes=data.num_classes, image_shape=data.image_shape,

@@ -12,10 +12,10 @@ import pytest
 
 @pytest.fixture(scope="session")
 def fashion_mnist_ready():
-    """Prepares Fashion-MNIST in tfds's data directory once per machine (about 40 s)."""
+    """Prepares Fashion-MNIST in tfds's data directory once per machine (about 40 s offline)."""
     from ddnn_jax.data import load_dataset
 
-    load_dataset("fashion_mnist", limit_train=256)
+    load_dataset("fashion_mnist", limit_train=256, download=True)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):

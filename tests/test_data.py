@@ -12,9 +12,9 @@ from ddnn_jax.errors import UsageError
 
 def test_pipeline_on_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=60, policy=tfds.testing.MockPolicy.USE_CODE):
-        data = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0)
-        again = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0)
-        limited = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0, limit_train=20)
+        data = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0, download=True)
+        again = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0, download=True)
+        limited = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0, limit_train=20, download=True)
     assert data.train.images.shape == (54, 28, 28, 1) and data.train.images.dtype == np.uint8
     assert len(data.val) == 6 and len(data.test) == 60
     assert data.num_classes == 10 and not data.horizontal_flip and data.image_shape == (28, 28, 1)
@@ -89,3 +89,8 @@ def test_corrupt_fashion_mnist_file_is_refused(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="does not hold the original Fashion-MNIST"):
         load_dataset("fashion_mnist", data_dir=str(tmp_path / "tfds"))
     assert not (tmp_path / "tfds" / "fashion_mnist").exists()
+
+
+def test_unprepared_dataset_without_download_says_what_to_do(tmp_path):
+    with pytest.raises(UsageError, match="not prepared in .*--download.*--data-dir"):
+        load_dataset("cifar10", data_dir=str(tmp_path))
