@@ -8,8 +8,6 @@ float32, ``cloud_logits`` [N, C] float32, ``labels`` [N] int32 and, on request, 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -70,13 +68,6 @@ def collect(run_dir: Path, *, with_features: bool = False) -> dict[str, Path]:
 
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     """np.savez under a temporary name, then a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with runfiles.atomic_file(path, "wb") as f:
+        np.savez(f, **arrays)
     return path

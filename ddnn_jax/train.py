@@ -130,10 +130,9 @@ def make_train_step(
             loss = joint_loss(local_logits, cloud_logits, batch["label"], w)
             return loss, (local_logits, cloud_logits, updates["batch_stats"])
 
-        grads, (local_logits, cloud_logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(
-            state.params
-        )
-        loss = joint_loss(local_logits, cloud_logits, batch["label"], w)
+        (loss, (local_logits, cloud_logits, batch_stats)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.params)
         state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         metrics = {
             "loss": loss,
