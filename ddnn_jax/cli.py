@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from ddnn_jax.errors import UsageError
+from ddnn_jax.errors import TrainingDiverged, UsageError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"ddnn: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except RuntimeError as err:  # TrainingDiverged and other failures of the run itself
+    except TrainingDiverged as err:
         print(f"ddnn: failed: {err}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -30,7 +30,7 @@ def collect(run_dir: Path, *, with_features: bool = False) -> dict[str, Path]:
     """
     record = runfiles.read_config(run_dir)
     config = config_from_record(record)
-    manager = checkpointing.manager(run_dir)
+    manager = checkpointing.manager(run_dir, keep=config.keep_checkpoints)
     best_epoch = manager.best_step()
     if best_epoch is None:
         raise UsageError(

@@ -56,16 +56,6 @@ class TrainConfig:
             )
         parse_local_weight(self.local_weight)
 
-    def identity(self) -> dict[str, Any]:
-        """The fields that make two runs the same run (where the data comes from does not)."""
-        fields = dataclasses.asdict(self)
-        fields.pop("data_dir")
-        fields.pop("download")
-        fields["cloud_conv_channels"] = list(self.cloud_conv_channels)
-        fields["cloud_dense_features"] = list(self.cloud_dense_features)
-        return fields
-
-
 def parse_local_weight(spec: str) -> tuple[str, float | None]:
     """'per-run' | 'per-batch' | number -> (mode, fixed value or None)."""
     if spec in LOCAL_WEIGHT_MODES:
@@ -123,16 +113,12 @@ def resolved_record(
     return record
 
 
-def identity_of_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The identity fields of a config.json, comparable with ``run_identity``."""
-    keys = [*TrainConfig().identity(), "local_weight_mode"]
-    return {key: record.get(key) for key in keys}
-
-
 def run_identity(config: TrainConfig) -> dict[str, Any]:
-    """``TrainConfig.identity`` with the local weight resolved as config.json stores it."""
-    identity = config.identity()
-    identity["local_weight_mode"], identity["local_weight"] = resolve_local_weight(config)
+    """What makes two runs the same run: every field but where the data comes from, w resolved."""
+    identity = dataclasses.asdict(config)
+    for where_data_comes_from in ("data_dir", "download"):
+        identity.pop(where_data_comes_from)
+    identity["local_weight"] = resolve_local_weight(config)
     return identity
 
 

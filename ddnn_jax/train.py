@@ -23,19 +23,15 @@ from tqdm import tqdm
 
 from ddnn_jax import checkpointing, runfiles
 from ddnn_jax.config import (
-    STREAM_INIT, STREAM_SHUFFLE, STREAM_STEP, TrainConfig, identity_of_record, resolved_record,
+    STREAM_INIT, STREAM_SHUFFLE, STREAM_STEP, TrainConfig, config_from_record, resolved_record,
     run_identity,
 )
 from ddnn_jax.data import DataSplits, augment, load_dataset, normalize
-from ddnn_jax.errors import UsageError
+from ddnn_jax.errors import TrainingDiverged, UsageError
 from ddnn_jax.models import DDNN
 
 # Crash testing: the process SIGKILLs itself after this many optimizer steps of the process.
 FAULT_ENV = "DDNN_FAULT_AFTER_STEPS"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 class TrainState(train_state.TrainState):
@@ -185,6 +181,32 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     runfiles.write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
+def _check_finite(losses: np.ndarray, *, first_step: int, epoch: int) -> None:
+    """Raises TrainingDiverged naming the first step whose loss is NaN or infinite."""
+    if not np.all(np.isfinite(losses)):
+        bad = int(np.argmin(np.isfinite(losses)))
+        raise TrainingDiverged(
+            f"loss became {losses[bad]} at step {first_step + bad} (epoch {epoch}): "
+            "lower the learning rate or check the data"
+        )
+
+
+def _schedule_learning_rate(
+    state: TrainState, plateau, base_learning_rate: float, validation_error: float
+) -> TrainState:
+    """Feeds the epoch's validation error to the plateau scheduler and sets Adam's rate."""
+    _, plateau_state = plateau.update(
+        updates={}, state=state.plateau, value=jnp.asarray(validation_error)
+    )
+    hyperparams = dict(state.opt_state.hyperparams)
+    hyperparams["learning_rate"] = jnp.asarray(
+        base_learning_rate * plateau_state.scale, jnp.float32
+    )
+    return state.replace(
+        plateau=plateau_state, opt_state=state.opt_state._replace(hyperparams=hyperparams)
+    )
+
+
 def train(
     config: TrainConfig, data: DataSplits, run_dir: Path, *, local_weight: float | None
 ) -> list[dict]:
@@ -236,12 +258,7 @@ def train(
                 os.kill(os.getpid(), signal.SIGKILL)
         step_metrics = jax.device_get(step_metrics)
         losses = np.array([m["loss"] for m in step_metrics])
-        if not np.all(np.isfinite(losses)):
-            bad = int(np.argmin(np.isfinite(losses)))
-            raise TrainingDiverged(
-                f"loss became {losses[bad]} at step {(epoch - 1) * steps_per_epoch + bad + 1} "
-                f"(epoch {epoch}): lower --learning-rate or check the data"
-            )
+        _check_finite(losses, first_step=(epoch - 1) * steps_per_epoch + 1, epoch=epoch)
         seen = steps_per_epoch * config.batch_size
 
         variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -251,16 +268,7 @@ def train(
         val_local = accuracy(local_logits, data.val.labels)
         val_cloud = accuracy(cloud_logits, data.val.labels)
         selection = (val_local + val_cloud) / 2
-        _, plateau_state = plateau.update(
-            updates={}, state=state.plateau, value=jnp.asarray(1.0 - selection)
-        )
-        hyperparams = dict(state.opt_state.hyperparams)
-        hyperparams["learning_rate"] = jnp.asarray(
-            config.learning_rate * plateau_state.scale, jnp.float32
-        )
-        state = state.replace(
-            plateau=plateau_state, opt_state=state.opt_state._replace(hyperparams=hyperparams)
-        )
+        state = _schedule_learning_rate(state, plateau, config.learning_rate, 1.0 - selection)
 
         row = {
             "epoch": epoch,
@@ -294,11 +302,11 @@ def run_training(config: TrainConfig, run_dir: Path) -> list[dict]:
     config.validate()
     resuming = runfiles.check_run_dir_for_training(run_dir)
     if resuming:
-        old = identity_of_record(runfiles.read_config(run_dir))
+        old = run_identity(config_from_record(runfiles.read_config(run_dir)))
         new = run_identity(config)
-        changed = [key for key in new if old.get(key) != new[key]]
+        changed = [key for key in new if old[key] != new[key]]
         if changed:
-            details = ", ".join(f"{key}: {old.get(key)!r} -> {new[key]!r}" for key in changed)
+            details = ", ".join(f"{key}: {old[key]!r} -> {new[key]!r}" for key in changed)
             raise UsageError(
                 f"{run_dir} holds a run with another configuration ({details}): "
                 "rerun with its original flags to resume, or choose a new --out"
