@@ -33,6 +33,7 @@ def collect(run_dir: Path, *, with_features: bool = False) -> dict[str, Path]:
     manager = checkpointing.manager(run_dir, keep=config.keep_checkpoints)
     best_epoch = manager.best_step()
     if best_epoch is None:
+        manager.close()
         raise UsageError(
             f"{run_dir} has no checkpoint yet: finish training with "
             f"'ddnn train --out {run_dir}' and the run's flags"
@@ -71,3 +72,36 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     with runfiles.atomic_file(path, "wb") as f:
         np.savez(f, **arrays)
     return path
+
+
+def load_outputs(run_dir: Path, *, need_features: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """The collected arrays of every split, or a UsageError saying which command makes them."""
+    loaded = {}
+    for name in SPLITS:
+        path = run_dir / runfiles.OUTPUTS / f"{name}.npz"
+        if not path.is_file():
+            raise UsageError(f"{path} is missing: run 'ddnn collect --run {run_dir}' first")
+        with np.load(path) as arrays:
+            loaded[name] = {key: arrays[key] for key in arrays.files}
+        if need_features and "features" not in loaded[name]:
+            raise UsageError(
+                f"{path} has no edge features: run 'ddnn collect --run {run_dir} --features' first"
+            )
+    return loaded
+
+
+def outputs_complete(run_dir: Path, *, with_features: bool) -> bool:
+    """Whether every split's outputs exist, come from the current best epoch, and hold features
+    if asked."""
+    config = config_from_record(runfiles.read_config(run_dir))
+    manager = checkpointing.manager(run_dir, keep=config.keep_checkpoints)
+    best_epoch = manager.best_step()
+    manager.close()
+    for name in SPLITS:
+        path = run_dir / runfiles.OUTPUTS / f"{name}.npz"
+        if not path.is_file():
+            return False
+        with np.load(path) as arrays:
+            if int(arrays["epoch"]) != best_epoch or (with_features and "features" not in arrays):
+                return False
+    return True

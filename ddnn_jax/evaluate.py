@@ -1,0 +1,262 @@
+"""The evaluate stage: every mechanism on the test split of one trained DDNN -> ``results.json``.
+
+Heuristics and the oracle are swept over ``HEURISTIC_TARGETS`` at matched budgets; each trained
+router family contributes its curve at its own targets, the entropy rule evaluated at the local
+rates the routers actually achieved, and its decision accuracy against its own kind of labels.
+Label analysis (Fig. 5.1) is on the training split's meta-dataset; the test analysis (Fig. 6.12)
+is at the reference target. Rates and accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddnn_jax import runfiles
+from ddnn_jax.collect import load_outputs
+from ddnn_jax.labels import (
+    DEFAULT_BORDER_TAU, Correctness, benefit_thresholds, correctness, cost_labels,
+    decision_accuracy, label_analysis, oracle_labels,
+)
+from ddnn_jax.policies import (
+    HEURISTICS, heuristic_offload, oracle_offload, router_offload, unconstrained_oracle_offload,
+)
+from ddnn_jax.route import load_family, trained_families
+
+RESULTS = "results.json"
+WEIGHT_SWEEP = "weight_sweep"
+HEURISTIC_TARGETS = tuple(sorted({round(i * 0.05, 2) for i in range(21)} | {0.54}))
+STREAM_RANDOM_RULE = 200  # fold_in stream of the run seed for the random baseline
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """Settings of the evaluate stage."""
+
+    reference_target: float = 0.54  # L0 of the thesis's single-budget analyses (Fig. 6.3, 6.4, 6.12)
+    border_tau: float = DEFAULT_BORDER_TAU  # |B| < tau counts as borderline
+    edge_ms: float = 10.0  # latency model: edge inference time (thesis UAV example)
+    cloud_ms: float = 80.0  # latency model: uplink + cloud time, 8x the edge's
+
+
+def curve_name(family: str) -> str:
+    """Router family directory name -> curve name: 'logits+' -> 'router_logits_plus'."""
+    return "router_" + family.replace("+", "_plus").replace("-", "_")
+
+
+def _points(c: Correctness, offload: jax.Array, targets) -> list[dict]:
+    local_rate = 1.0 - np.asarray(offload, np.float64).mean(-1)
+    acc = np.asarray(decision_accuracy(c, offload))
+    return [
+        {"target": float(t), "local_rate": float(r), "accuracy": float(a)}
+        for t, r, a in zip(targets, local_rate, acc)
+    ]
+
+
+def area_under_curve(points: list[dict], edge_only: float, cloud_only: float) -> float:
+    """Trapezoid area of accuracy over local rate on [0, 1], closed by the cloud-only (0) and
+    edge-only (1) points."""
+    xs = [0.0] + [p["local_rate"] for p in points] + [1.0]
+    ys = [cloud_only] + [p["accuracy"] for p in points] + [edge_only]
+    order = np.argsort(xs, kind="stable")
+    return float(np.trapezoid(np.asarray(ys)[order], np.asarray(xs)[order]))
+
+
+def _entropy_rates(c: Correctness, local_logits, key, rates: list[float]) -> list[dict]:
+    """The entropy rule at the given local rates (each point's target is that rate)."""
+    offload = heuristic_offload("entropy", local_logits, jnp.asarray(rates), key)
+    return _points(c, offload, rates)
+
+
+def _router_family(name: str, family_dir: Path, outputs, c_train, c_test, key) -> dict:
+    """One router family's test curve, decision accuracy, histories and timings."""
+    record, scores = load_family(family_dir)
+    targets = record["config"]["targets"]
+    thresholds = benefit_thresholds(c_train.benefit, jnp.asarray(targets, jnp.float32))
+    labels = (
+        cost_labels(c_test.benefit, thresholds) if record["config"]["labels"] == "cost"
+        else oracle_labels(c_test, thresholds)
+    )
+    offload = router_offload(jnp.asarray(scores["test"]))
+    points = _points(c_test, offload, targets)
+    decisions = np.asarray((offload == (labels == 1)).mean(-1))
+    for point, d, best, ran in zip(points, decisions, record["best_epoch"], record["epochs_run"]):
+        point.update(decision_accuracy=float(d), best_epoch=int(best), epochs_run=int(ran))
+    rates = [p["local_rate"] for p in points]
+    return {
+        "family": name,
+        "config": record["config"],
+        "points": points,
+        "entropy_at_achieved_rate": _entropy_rates(
+            c_test, outputs["test"]["local_logits"], key, rates
+        ),
+        "train_decision_accuracy": record["train_decision_accuracy"],
+        "val_decision_accuracy": record["val_decision_accuracy"],
+        "seconds": record["seconds"],
+        "backend": record.get("backend"),
+    }
+
+
+def _nearest(targets: list[float], wanted: float) -> int:
+    return int(np.argmin(np.abs(np.asarray(targets) - wanted)))
+
+
+def _test_analysis(c_train, c_test, router: dict, scores_test: np.ndarray, config) -> dict:
+    """Fig. 6.12: router-vs-oracle disagreement ("noise"), borderline |B| < tau, the rest, and
+    the mixed system's error rate within each (disjoint) group."""
+    i = _nearest([p["target"] for p in router["points"]], config.reference_target)
+    target = router["points"][i]["target"]
+    threshold = benefit_thresholds(c_train.benefit, jnp.asarray([target], jnp.float32))
+    oracle = np.asarray(oracle_labels(c_test, threshold))[0] == 1
+    offload = scores_test[i] >= 0.0
+    noise = offload != oracle
+    border = np.abs(np.asarray(c_test.benefit)) < config.border_tau
+    wrong = ~np.where(offload, np.asarray(c_test.cloud_correct), np.asarray(c_test.local_correct))
+    groups = {"noise": noise, "border": border & ~noise, "normal": ~noise & ~border}
+    return {
+        "router": router["family"],
+        "target": float(target),
+        "tau": config.border_tau,
+        "noise_rate": float(noise.mean()),
+        "border_rate": float(border.mean()),
+        "shares": {g: float(m.mean()) for g, m in groups.items()},
+        "misclassification": {
+            g: (float(wrong[m].mean()) if m.any() else None) for g, m in groups.items()
+        },
+    }
+
+
+def _label_analysis(c_train, targets, config) -> dict:
+    """Fig. 5.1 on the training meta-dataset: the reference target's values and every target's."""
+    analysis = jax.device_get(
+        label_analysis(
+            c_train, benefit_thresholds(c_train.benefit, jnp.asarray(targets, jnp.float32)),
+            config.border_tau,
+        )
+    )
+    per_target = [
+        {"target": t, **{k: float(v[i]) for k, v in analysis.items()}}
+        for i, t in enumerate(targets)
+    ]
+    reference = per_target[_nearest(targets, config.reference_target)]
+    return {**reference, "split": "train", "tau": config.border_tau, "per_target": per_target}
+
+
+def _latency_model(edge_only: float, cloud_only: float, config) -> dict:
+    """T(L0) = L0*T_edge + (1-L0)*(T_edge+T_cloud) and the naive mix of the exits' accuracies."""
+    return {
+        "edge_ms": config.edge_ms,
+        "cloud_ms": config.cloud_ms,
+        "points": [
+            {
+                "target": t,
+                "latency_ms": config.edge_ms + (1.0 - t) * config.cloud_ms,
+                "naive_accuracy": t * edge_only + (1.0 - t) * cloud_only,
+            }
+            for t in HEURISTIC_TARGETS
+        ],
+    }
+
+
+def _weight_sweep(run_dir: Path, key) -> list[dict]:
+    """Edge-only, cloud-only and entropy-curve accuracy of each local-weight sweep run."""
+    rows = []
+    root = run_dir / WEIGHT_SWEEP
+    for sub in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            outputs = load_outputs(sub)
+        except Exception:  # an unfinished sweep run is left out, not fatal
+            continue
+        record = runfiles.read_config(sub)
+        test = outputs["test"]
+        c = correctness(test["local_logits"], test["cloud_logits"], test["labels"])
+        offload = heuristic_offload(
+            "entropy", test["local_logits"], jnp.asarray(HEURISTIC_TARGETS), key
+        )
+        rows.append({
+            "local_weight": record["local_weight"],
+            "seed": record["seed"],
+            "epochs": record["epochs"],
+            "limit_train": record["limit_train"],
+            "edge_only_accuracy": float(np.asarray(c.local_correct).mean()),
+            "cloud_only_accuracy": float(np.asarray(c.cloud_correct).mean()),
+            "entropy": _points(c, offload, HEURISTIC_TARGETS),
+        })
+    return rows
+
+
+def evaluate(run_dir: Path, config: EvaluationConfig = EvaluationConfig()) -> dict:
+    """Computes every mechanism's test curve and the analyses; writes and returns results.json."""
+    record = runfiles.read_config(run_dir)
+    outputs = load_outputs(run_dir)
+    c_train, c_test = (
+        correctness(outputs[s]["local_logits"], outputs[s]["cloud_logits"], outputs[s]["labels"])
+        for s in ("train", "test")
+    )
+    key = jax.random.fold_in(jax.random.key(record["seed"]), STREAM_RANDOM_RULE)
+    targets = jnp.asarray(HEURISTIC_TARGETS, jnp.float32)
+    local_logits = outputs["test"]["local_logits"]
+    edge_only = float(np.asarray(c_test.local_correct).mean())
+    cloud_only = float(np.asarray(c_test.cloud_correct).mean())
+
+    curves = {
+        name: _points(c_test, heuristic_offload(name, local_logits, targets, key), HEURISTIC_TARGETS)
+        for name in HEURISTICS
+    }
+    curves["oracle"] = _points(c_test, oracle_offload(c_test, targets), HEURISTIC_TARGETS)
+    unconstrained = _points(c_test, unconstrained_oracle_offload(c_test)[None], [np.nan])[0]
+    unconstrained["target"] = None  # the oracle chooses its own local rate here
+
+    routers = {}
+    for family, family_dir in trained_families(run_dir).items():
+        name = curve_name(family)
+        routers[name] = _router_family(family, family_dir, outputs, c_train, c_test, key)
+        curves[name] = routers[name]["points"]
+        curves[f"entropy_at_{name}"] = routers[name]["entropy_at_achieved_rate"]
+
+    test_analysis = None
+    if "router_logits" in routers:
+        _, scores = load_family(trained_families(run_dir)["logits"])
+        test_analysis = _test_analysis(c_train, c_test, routers["router_logits"], scores["test"], config)
+
+    summary = {
+        name: {"auc": area_under_curve(points, edge_only, cloud_only)}
+        for name, points in curves.items()
+    }
+    for name in summary:
+        summary[name]["gap_to_oracle"] = summary["oracle"]["auc"] - summary[name]["auc"]
+
+    metrics = [json.loads(line) for line in (run_dir / runfiles.METRICS).read_text().splitlines()]
+    results = {
+        "dataset": record["dataset"],
+        "seed": record["seed"],
+        "local_weight": record["local_weight"],
+        "local_weight_mode": record["local_weight_mode"],
+        "best_epoch": int(outputs["test"]["epoch"]),
+        "test_size": int(len(outputs["test"]["labels"])),
+        "edge_only_accuracy": edge_only,
+        "cloud_only_accuracy": cloud_only,
+        "oracle_unconstrained": unconstrained,
+        "curves": curves,
+        "summary": summary,
+        "routers": routers,
+        "label_analysis": _label_analysis(c_train, list(HEURISTIC_TARGETS), config),
+        "test_analysis": test_analysis,
+        "latency_model": _latency_model(edge_only, cloud_only, config),
+        "local_weight_sweep": _weight_sweep(run_dir, key),
+        "timing": {
+            "ddnn_training_seconds": float(sum(row["seconds"] for row in metrics)),
+            "ddnn_training_backend": record.get("backend"),
+            "router_training_seconds": {
+                name: r["seconds"]["train"] for name, r in routers.items()
+            },
+        },
+        "evaluation_config": dataclasses.asdict(config),
+    }
+    runfiles.write_json_atomic(run_dir / RESULTS, results)
+    return results

@@ -1,0 +1,105 @@
+"""Offloading decision rules: edge-only information in, ``offload`` masks of shape [G, N] out.
+
+Budget-matched rules rank the samples once by a keep-local priority and keep exactly
+``round(L0 * N)`` of them local for each target L0 (the grid is an array axis, no loop over it);
+ties keep the lower sample index local first, so the result is deterministic. The same function
+serves the confidence heuristics, the random baseline and the oracle, which differ only in their
+ranking.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ddnn_jax.labels import Correctness
+
+# Names of the budget-matched rules, in the order reports list them.
+HEURISTICS = ("random", "entropy", "max_prob", "margin")
+
+
+def local_counts(targets: jax.Array, n: int) -> jax.Array:
+    """round(L0 * N) for every target, rounding halves up."""
+    return jnp.floor(jnp.asarray(targets, jnp.float32) * n + 0.5).astype(jnp.int32)
+
+
+@jax.jit
+def keep_top(order: jax.Array, counts: jax.Array) -> jax.Array:
+    """[G, N] offload mask keeping local the first ``counts[g]`` samples of ``order``."""
+    rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+    return rank[None, :] >= counts[:, None]
+
+
+def order_by_priority(priority: jax.Array) -> jax.Array:
+    """Sample indices, highest keep-local priority first; equal priorities by index."""
+    return jnp.argsort(-priority, stable=True)
+
+
+def normalized_entropy(logits: jax.Array) -> jax.Array:
+    """H = -sum p log p / log C of the softmax, in [0, 1]."""
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    entropy = -(jnp.exp(log_p) * log_p).sum(-1)
+    return entropy / jnp.log(logits.shape[-1])
+
+
+def top2_margin(logits: jax.Array) -> jax.Array:
+    """p1 - p2: the gap between the two largest softmax probabilities."""
+    top2 = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), 2)[0]
+    return top2[..., 0] - top2[..., 1]
+
+
+def max_probability(logits: jax.Array) -> jax.Array:
+    return jax.nn.softmax(logits, axis=-1).max(-1)
+
+
+def heuristic_priority(name: str, local_logits: jax.Array, key: jax.Array) -> jax.Array:
+    """Keep-local priority of a budget-matched heuristic (higher: kept local first)."""
+    if name == "entropy":
+        return -normalized_entropy(local_logits)
+    if name == "max_prob":
+        return max_probability(local_logits)
+    if name == "margin":
+        return top2_margin(local_logits)
+    if name == "random":
+        # A uniformly random ranking: every sample is local with probability L0, the count exact.
+        return jax.random.uniform(key, local_logits.shape[:1])
+    raise ValueError(f"unknown heuristic '{name}': choose from {', '.join(HEURISTICS)}")
+
+
+def heuristic_offload(
+    name: str, local_logits: jax.Array, targets: jax.Array, key: jax.Array
+) -> jax.Array:
+    """[G, N] offload mask of a heuristic at matched budgets."""
+    order = order_by_priority(heuristic_priority(name, local_logits, key))
+    return keep_top(order, local_counts(targets, local_logits.shape[0]))
+
+
+def oracle_order(c: Correctness) -> jax.Array:
+    """The oracle's keep-local order: only-local-right, then both/neither, then only-cloud-right;
+    lowest benefit B first within each group, then lowest index."""
+    group = jnp.where(
+        c.local_correct & ~c.cloud_correct, 0, jnp.where(c.cloud_correct & ~c.local_correct, 2, 1)
+    )
+    index = jnp.arange(group.shape[0])
+    return jnp.lexsort((index, c.benefit, group))
+
+
+def oracle_offload(c: Correctness, targets: jax.Array) -> jax.Array:
+    """[G, N] offload mask of the budgeted oracle: the most accurate choice of round(L0*N) locals."""
+    return keep_top(oracle_order(c), local_counts(targets, c.benefit.shape[0]))
+
+
+def unconstrained_oracle_offload(c: Correctness) -> jax.Array:
+    """[N] offload mask that offloads only the samples that only the cloud gets right: the best
+    accuracy reachable, at the highest local rate that reaches it."""
+    return c.cloud_correct & ~c.local_correct
+
+
+def router_offload(router_logits: jax.Array) -> jax.Array:
+    """Offload where sigmoid(router output) >= 0.5, i.e. where the logit is >= 0."""
+    return router_logits >= 0.0
+
+
+def constant_offload(offload: bool, n: int) -> jax.Array:
+    """Cloud-only (offload everything) or edge-only (offload nothing)."""
+    return jnp.full((n,), offload)
