@@ -8,7 +8,12 @@ import os
 import sys
 from pathlib import Path
 
+from ddnn_jax.config import TrainConfig, parse_local_weight
 from ddnn_jax.errors import TrainingDiverged, UsageError
+from ddnn_jax.evaluate import EvaluationConfig
+from ddnn_jax.labels import check_targets
+from ddnn_jax.pipeline import RunPlan
+from ddnn_jax.router import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -26,11 +31,25 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ddnn", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
 
-    train = commands.add_parser("train", help="jointly train the edge and cloud exits")
+
+def _numbers(text: str) -> tuple[float, ...]:
+    """'0.1,0.2' -> (0.1, 0.2); 'none' -> ()."""
+    if text.strip().lower() == "none":
+        return ()
+    return tuple(_number(part) for part in text.split(",") if part.strip())
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _add_training_flags(train: argparse.ArgumentParser) -> None:
     train.add_argument("--dataset", default="fashion_mnist",
                        help="fashion_mnist (default), mnist, cifar10, cifar100, svhn_cropped")
     train.add_argument("--out", required=True, type=Path, help="run directory (resumed if it exists)")
@@ -45,21 +64,68 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--limit-train", type=_integer, default=None,
                        help="train on the first N training examples only")
 
+
+def _add_router_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--inputs", type=_names, default=None,
+                         help="comma-separated router inputs: logits, logits+, features, "
+                              "features-cnn, images")
+    command.add_argument("--grid", type=_numbers, default=None,
+                         help="comma-separated local-rate targets L0 in [0, 1] "
+                              "(default 0.1,0.2,0.3,0.4,0.5,0.54,0.6,0.7,0.8,0.9)")
+    command.add_argument("--router-seed", type=_integer, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ddnn", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="jointly train the edge and cloud exits")
+    _add_training_flags(train)
+
     collect = commands.add_parser("collect", help="write per-sample outputs of the best weights")
     collect.add_argument("--run", required=True, type=Path, help="run directory")
     collect.add_argument("--features", action="store_true", help="also store the edge features z")
+
+    route = commands.add_parser("route", help="train router families on a run's outputs")
+    route.add_argument("--run", required=True, type=Path, help="run directory")
+    _add_router_flags(route)
+    route.add_argument("--labels", default="cost", help="cost (default) or oracle")
+    route.add_argument("--depth", type=_integer, default=5, help="Dense layers: 3, 5 (default) or 8")
+    route.add_argument("--dropout", type=_number, default=RouterConfig.dropout_rate)
+    route.add_argument("--max-epochs", type=_integer, default=RouterConfig.max_epochs)
+    route.add_argument("--name", default=None,
+                       help="directory under routers/ (one input only); default from the inputs")
+
+    evaluate = commands.add_parser("evaluate", help="score every mechanism -> results.json")
+    evaluate.add_argument("--run", required=True, type=Path, help="run directory")
+    evaluate.add_argument("--tau", type=_number, default=EvaluationConfig.border_tau,
+                          help="|B| below which a sample counts as borderline")
+
+    report = commands.add_parser("report", help="figures and report.md from results.json")
+    report.add_argument("--run", required=True, type=Path, help="run directory")
+
+    run = commands.add_parser("run", help="train, collect, route, evaluate and report")
+    _add_training_flags(run)
+    _add_router_flags(run)
+    run.add_argument("--no-ablations", action="store_true",
+                     help="skip the oracle-label, depth and dropout router studies")
+    run.add_argument("--sweep-weights", type=_numbers, default=RunPlan.sweep_weights,
+                     help="local weights of the short Fig. 6.17 runs, comma-separated, or none")
     return parser
 
 
-def _train(args) -> None:
-    from ddnn_jax.config import TrainConfig
-    from ddnn_jax.train import run_training
-
-    config = TrainConfig(
+def _train_config(args) -> TrainConfig:
+    return TrainConfig(
         dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
         local_weight=args.local_weight, seed=args.seed, data_dir=args.data_dir,
         limit_train=args.limit_train, download=args.download,
     )
+
+
+def _train(args) -> None:
+    from ddnn_jax.train import run_training
+
+    config = _train_config(args)
     history = run_training(config, args.out)
     print(f"trained {args.out}: {len(history)} of {config.epochs} epochs done")
 
@@ -71,13 +137,65 @@ def _collect(args) -> None:
         print(f"{name}: {path}")
 
 
+def _route(args) -> None:
+    from ddnn_jax.route import route
+
+    inputs = args.inputs or ("logits",)
+    if args.name and len(inputs) > 1:
+        raise UsageError("--name names one router family: give a single --inputs value")
+    if args.depth not in DEPTH_PRESETS:
+        raise UsageError(f"--depth {args.depth} is not offered: choose 3, 5 or 8")
+    for mode in inputs:
+        config = RouterConfig(
+            inputs=mode, labels=args.labels, targets=args.grid or DEFAULT_TARGETS,
+            hidden=DEPTH_PRESETS[args.depth], dropout_rate=args.dropout,
+            max_epochs=args.max_epochs, seed=args.router_seed,
+        )
+        print(f"{mode}: {route(args.run, config, name=args.name)}")
+
+
+def _evaluate(args) -> None:
+    from ddnn_jax.evaluate import RESULTS, evaluate
+
+    evaluate(args.run, EvaluationConfig(border_tau=args.tau))
+    print(f"results: {args.run / RESULTS}")
+
+
+def _report(args) -> None:
+    from ddnn_jax.report import report
+
+    print(f"report: {report(args.run)}")
+
+
+def _run(args) -> None:
+    from ddnn_jax.pipeline import run
+
+    plan = RunPlan(
+        targets=args.grid or RunPlan.targets, inputs=args.inputs or RunPlan.inputs,
+        ablations=not args.no_ablations, sweep_weights=args.sweep_weights,
+        router_seed=args.router_seed,
+    )
+    try:
+        check_targets(plan.targets)
+        for mode in plan.inputs:
+            RouterConfig(inputs=mode).check()
+        for weight in plan.sweep_weights:
+            parse_local_weight(str(weight))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _train_config(args).validate()
+    print(f"report: {run(_train_config(args), args.out, plan)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow only reads prepared data for us; its and tfds's log lines are noise on stderr.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
-        {"train": _train, "collect": _collect}[args.command](args)
+        commands = {"train": _train, "collect": _collect, "route": _route,
+                    "evaluate": _evaluate, "report": _report, "run": _run}
+        commands[args.command](args)
     except UsageError as err:
         print(f"ddnn: error: {err}", file=sys.stderr)
         return EXIT_USAGE

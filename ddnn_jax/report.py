@@ -1,0 +1,329 @@
+"""The report stage: figures (PNG) and ``report.md`` drawn from ``results.json`` alone.
+
+Every plotted number is read from results.json, so each figure can be checked against it. A
+figure whose inputs were not produced (no such router family, no local-weight sweep) is listed in
+the report with the command that produces them instead of being drawn.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ddnn_jax import runfiles  # noqa: E402
+from ddnn_jax.errors import UsageError  # noqa: E402
+from ddnn_jax.evaluate import RESULTS  # noqa: E402
+
+FIGURES = "figures"
+REPORT = "report.md"
+STYLES = {
+    "oracle": dict(color="black", linestyle="--"),
+    "random": dict(color="tab:gray", linestyle=":"),
+    "entropy": dict(color="tab:orange"),
+    "max_prob": dict(color="tab:olive", alpha=0.7),
+    "margin": dict(color="tab:brown", alpha=0.7),
+}
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _at(points: list[dict], target: float) -> dict:
+    return min(points, key=lambda p: abs(p["target"] - target))
+
+
+def _curve_axes(ax, results: dict, names: list[str], title: str) -> None:
+    for name in names:
+        points = sorted(results["curves"][name], key=lambda p: p["local_rate"])
+        ax.plot(
+            [100 * p["local_rate"] for p in points], [100 * p["accuracy"] for p in points],
+            marker="o" if name.startswith("router") else None, markersize=3, label=name,
+            **STYLES.get(name, {}),
+        )
+    ax.set_xlabel("local classification rate (%)")
+    ax.set_ylabel("overall accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _curve_table(results: dict, names: list[str], targets=(0.3, 0.54, 0.7)) -> str:
+    head = "| mechanism | " + " | ".join(f"L0={t}: local % / acc %" for t in targets) + " | AUC |"
+    rows = [head, "|---" * (len(targets) + 2) + "|"]
+    for name in names:
+        cells = []
+        for t in targets:
+            p = _at(results["curves"][name], t)
+            if name.startswith("entropy_at_"):  # its points sit at the router's achieved rates
+                rate = _at(results["curves"][name.removeprefix("entropy_at_")], t)["local_rate"]
+                p = min(results["curves"][name], key=lambda q: abs(q["local_rate"] - rate))
+            cells.append(f"{_pct(p['local_rate'])} / {_pct(p['accuracy'])}")
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {results['summary'][name]['auc']:.4f} |")
+    return "\n".join(rows)
+
+
+def _comparison(results: dict, routers: list[str], title: str):
+    """A curve figure: the given routers against entropy at the same rates, and the oracle."""
+    names = [r for r in routers if r in results["curves"]]
+    if not names:
+        return None
+    extra = [f"entropy_at_{names[0]}", "entropy", "oracle"]
+
+    def draw(ax):
+        _curve_axes(ax, results, names + ["entropy", "oracle"], title)
+
+    return draw, _curve_table(results, names + extra)
+
+
+def _bars(ax, labels: list[str], values: list[float], title: str, ylabel: str = "%") -> None:
+    bars = ax.bar(labels, [100 * v for v in values], color="tab:blue")
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+
+
+def _fig_5_1(results):
+    la = results["label_analysis"]
+    keys = ["noise_rate", "border_rate", "oracle_local_rate", "oracle_accuracy"]
+    table = "| metric | % |\n|---|---|\n" + "\n".join(f"| {k} | {_pct(la[k])} |" for k in keys)
+    return (
+        lambda ax: _bars(ax, keys, [la[k] for k in keys],
+                         f"meta-dataset labels (train, L0={la['target']}, tau={la['tau']})"),
+        table,
+    )
+
+
+def _ablation(results, families: dict[str, str], title: str):
+    """Bars of accuracy and local rate at the reference target for several router families."""
+    present = {label: f for label, f in families.items() if f in results["routers"]}
+    if not present:
+        return None
+    target = results["evaluation_config"]["reference_target"]
+    points = {label: _at(results["routers"][f]["points"], target) for label, f in present.items()}
+
+    def draw(ax):
+        labels = list(points)
+        xs = range(len(labels))
+        acc = ax.bar([x - 0.2 for x in xs], [100 * p["accuracy"] for p in points.values()], 0.4,
+                     label="accuracy")
+        rate = ax.bar([x + 0.2 for x in xs], [100 * p["local_rate"] for p in points.values()], 0.4,
+                      label="local rate")
+        ax.bar_label(acc, fmt="%.2f", fontsize=7)
+        ax.bar_label(rate, fmt="%.1f", fontsize=7)
+        ax.set_xticks(list(xs), labels)
+        ax.set_ylabel("%")
+        ax.set_title(f"{title} (L0={target})")
+        ax.legend(fontsize=8)
+
+    table = "| variant | accuracy % | local rate % | decision accuracy % |\n|---|---|---|---|\n"
+    table += "\n".join(
+        f"| {label} | {_pct(p['accuracy'])} | {_pct(p['local_rate'])} | "
+        f"{_pct(p['decision_accuracy'])} |" for label, p in points.items()
+    )
+    return draw, table
+
+
+def _history(results, router: str, title: str):
+    """Train vs validation decision accuracy per epoch at the reference target."""
+    if router not in results["routers"]:
+        return None
+    r = results["routers"][router]
+    i = min(range(len(r["points"])),
+            key=lambda j: abs(r["points"][j]["target"] - results["evaluation_config"]["reference_target"]))
+    train, val = r["train_decision_accuracy"][i], r["val_decision_accuracy"][i]
+
+    def draw(ax):
+        epochs = range(1, len(train) + 1)
+        ax.plot(epochs, [100 * v for v in train], label="train")
+        ax.plot(epochs, [100 * v for v in val], label="validation")
+        ax.axvline(r["points"][i]["best_epoch"], color="gray", linestyle=":", label="best epoch")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("decision accuracy (%)")
+        ax.set_title(f"{title} (L0={r['points'][i]['target']})")
+        ax.legend(fontsize=8)
+
+    table = (f"best epoch {r['points'][i]['best_epoch']} of {len(train)}; final train "
+             f"{_pct(train[-1])} %, best validation {_pct(max(val))} %")
+    return draw, table
+
+
+def _fig_5_2(results):
+    if "router_logits" not in results["routers"] or "router_logits_oracle" not in results["routers"]:
+        return None
+    target = results["evaluation_config"]["reference_target"]
+    points = {k: _at(results["routers"][f]["points"], target)
+              for k, f in (("cost labels", "router_logits"), ("oracle labels", "router_logits_oracle"))}
+
+    def draw(ax):
+        labels = list(points)
+        for j, (metric, offset) in enumerate((("accuracy", -0.2), ("decision_accuracy", 0.2))):
+            bars = ax.bar([x + offset for x in range(2)], [100 * points[k][metric] for k in labels],
+                          0.4, label=metric)
+            ax.bar_label(bars, fmt="%.2f", fontsize=8)
+        ax.set_xticks(range(2), labels)
+        ax.set_ylabel("%")
+        ax.set_title(f"router on cost vs oracle labels (L0={target})")
+        ax.legend(fontsize=8)
+
+    table = "| labels | accuracy % | decision accuracy % | local rate % |\n|---|---|---|---|\n"
+    table += "\n".join(f"| {k} | {_pct(p['accuracy'])} | {_pct(p['decision_accuracy'])} | "
+                       f"{_pct(p['local_rate'])} |" for k, p in points.items())
+    return draw, table
+
+
+def _fig_6_1(results):
+    values = {"edge-only": results["edge_only_accuracy"], "cloud-only": results["cloud_only_accuracy"],
+              "oracle": results["oracle_unconstrained"]["accuracy"]}
+    table = "| exit | test accuracy % |\n|---|---|\n" + "\n".join(
+        f"| {k} | {_pct(v)} |" for k, v in values.items())
+    table += f"\n\nThe unconstrained oracle keeps {_pct(results['oracle_unconstrained']['local_rate'])} % local."
+    return lambda ax: _bars(ax, list(values), list(values.values()), "standalone exits (test)"), table
+
+
+def _fig_6_12(results):
+    ta = results["test_analysis"]
+    if ta is None:
+        return None
+
+    def draw(ax):
+        groups = list(ta["shares"])
+        xs = range(len(groups))
+        share = ax.bar([x - 0.2 for x in xs], [100 * ta["shares"][g] for g in groups], 0.4,
+                       label="share of test samples")
+        miss = ax.bar([x + 0.2 for x in xs], [100 * (ta["misclassification"][g] or 0) for g in groups],
+                      0.4, label="misclassification within group")
+        ax.bar_label(share, fmt="%.1f", fontsize=8)
+        ax.bar_label(miss, fmt="%.1f", fontsize=8)
+        ax.set_xticks(list(xs), groups)
+        ax.set_ylabel("%")
+        ax.set_title(f"test analysis, router {ta['router']} (L0={ta['target']}, tau={ta['tau']})")
+        ax.legend(fontsize=8)
+
+    table = "| group | share % | misclassification % |\n|---|---|---|\n" + "\n".join(
+        f"| {g} | {_pct(ta['shares'][g])} | {_pct(ta['misclassification'][g])} |" for g in ta["shares"])
+    table += (f"\n\nNoise (router ≠ oracle) {_pct(ta['noise_rate'])} %, border (|B| < tau) "
+              f"{_pct(ta['border_rate'])} % of the test split; groups are disjoint, noise first.")
+    return draw, table
+
+
+def _fig_6_17(results):
+    sweep = results["local_weight_sweep"]
+    if not sweep:
+        return None
+
+    def draw(ax):
+        for row in sweep:
+            points = row["entropy"]
+            ax.plot([100 * p["local_rate"] for p in points], [100 * p["accuracy"] for p in points],
+                    label=f"w={row['local_weight']:.2f} seed {row['seed']}")
+        ax.set_xlabel("local classification rate (%)")
+        ax.set_ylabel("overall accuracy (%)")
+        ax.set_title(f"entropy rule across local weights (short runs: {sweep[0]['epochs']} epochs, "
+                     f"{sweep[0]['limit_train']} train images)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
+    table = "| w | seed | edge-only % | cloud-only % | entropy at L0=0.54 % |\n|---|---|---|---|---|\n"
+    table += "\n".join(
+        f"| {row['local_weight']:.3f} | {row['seed']} | {_pct(row['edge_only_accuracy'])} | "
+        f"{_pct(row['cloud_only_accuracy'])} | {_pct(_at(row['entropy'], 0.54)['accuracy'])} |"
+        for row in sweep)
+    return draw, table
+
+
+# (figure id, title, builder, how to produce the missing inputs)
+SECTIONS: list[tuple[str, str, Callable, str]] = [
+    ("5.1", "Meta-dataset label analysis", _fig_5_1, ""),
+    ("5.2", "Cost labels vs oracle labels", _fig_5_2, "ddnn route --labels oracle"),
+    ("6.1", "Standalone exits", _fig_6_1, ""),
+    ("6.2", "Router (logits) vs heuristics and oracle",
+     lambda r: _comparison(r, ["router_logits", "random", "max_prob", "margin"], "router on logits"),
+     "ddnn route --inputs logits"),
+    ("6.3", "Router depth", lambda r: _ablation(
+        r, {"3 layers": "router_logits_depth3", "5 layers": "router_logits", "8 layers": "router_logits_depth8"},
+        "router depth"), "ddnn route --depth 3 --name logits-depth3"),
+    ("6.4", "Router dropout", lambda r: _ablation(
+        r, {f"p={p}": f"router_logits_dropout{p}" for p in ("0.0", "0.1", "0.2", "0.6")}, "router dropout"),
+     "ddnn route --dropout 0.6 --name logits-dropout0.6"),
+    ("6.10", "Router training vs validation decision accuracy",
+     lambda r: _history(r, "router_logits", "router on logits"), "ddnn route --inputs logits"),
+    ("6.11", "Logits+ input", lambda r: _comparison(r, ["router_logits_plus", "router_logits"], "logits+"),
+     "ddnn route --inputs logits+"),
+    ("6.12", "Test-data analysis", _fig_6_12, "ddnn route --inputs logits"),
+    ("6.13", "Router on edge features (MLP)",
+     lambda r: _comparison(r, ["router_features"], "features, MLP"), "ddnn route --inputs features"),
+    ("6.14", "Router on edge features (CNN)",
+     lambda r: _comparison(r, ["router_features_cnn"], "features, CNN"), "ddnn route --inputs features-cnn"),
+    ("6.15", "Feature CNN router: training vs validation",
+     lambda r: _history(r, "router_features_cnn", "features CNN"), "ddnn route --inputs features-cnn"),
+    ("6.16", "Edge features vs raw images",
+     lambda r: _comparison(r, ["router_features_cnn", "router_images"], "features vs images"),
+     "ddnn route --inputs images"),
+    ("6.17", "Robustness to the local weight w", _fig_6_17, "ddnn run (local-weight sweep)"),
+]
+
+
+def report(run_dir: Path) -> Path:
+    """Draws every figure it has results for under RUN_DIR/figures/ and writes RUN_DIR/report.md."""
+    path = run_dir / RESULTS
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: run 'ddnn evaluate --run {run_dir}' first")
+    results = json.loads(path.read_text())
+    figures = run_dir / FIGURES
+    figures.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# DDNN offloading report: {results['dataset']}",
+        "",
+        f"Seed {results['seed']}, local weight w = {results['local_weight']:.4f} "
+        f"({results['local_weight_mode']}), best epoch {results['best_epoch']}, "
+        f"{results['test_size']} test samples. Edge-only {_pct(results['edge_only_accuracy'])} %, "
+        f"cloud-only {_pct(results['cloud_only_accuracy'])} %. All numbers are in `{RESULTS}`.",
+        "",
+    ]
+    for fig_id, title, build, how in SECTIONS:
+        lines.append(f"## Fig. {fig_id}: {title}\n")
+        built = build(results)
+        if built is None:
+            lines.append(f"Not available for this run: produce its inputs with `{how}`, then "
+                         "`ddnn evaluate` and `ddnn report`.\n")
+            continue
+        draw, table = built
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        draw(ax)
+        fig.tight_layout()
+        name = f"fig_{fig_id.replace('.', '_')}.png"
+        with runfiles.atomic_file(figures / name, "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
+        plt.close(fig)
+        lines += [f"![Fig. {fig_id}]({FIGURES}/{name})", "", table, ""]
+    lines += _summary_section(results)
+    runfiles.write_text_atomic(run_dir / REPORT, "\n".join(lines) + "\n")
+    return run_dir / REPORT
+
+
+def _summary_section(results: dict) -> list[str]:
+    rows = ["## Area under the accuracy-vs-local-rate curve", "",
+            "| mechanism | AUC | gap to oracle (points) |", "|---|---|---|"]
+    for name, s in sorted(results["summary"].items(), key=lambda kv: -kv[1]["auc"]):
+        rows.append(f"| {name} | {s['auc']:.4f} | {100 * s['gap_to_oracle']:.2f} |")
+    lm = results["latency_model"]
+    rows += ["", f"## Latency model (T_edge = {lm['edge_ms']} ms, T_cloud = {lm['cloud_ms']} ms)", "",
+             "| L0 | latency ms | naive accuracy mix % | entropy % | oracle % |", "|---|---|---|---|---|"]
+    for p in lm["points"]:
+        if p["target"] in (0.0, 0.3, 0.54, 0.7, 1.0):
+            rows.append(
+                f"| {p['target']} | {p['latency_ms']:.1f} | {_pct(p['naive_accuracy'])} | "
+                f"{_pct(_at(results['curves']['entropy'], p['target'])['accuracy'])} | "
+                f"{_pct(_at(results['curves']['oracle'], p['target'])['accuracy'])} |")
+    timing = results["timing"]
+    rows += ["", "## Timing", "",
+             f"DDNN training: {timing['ddnn_training_seconds']:.1f} s ({timing['ddnn_training_backend']}).", ""]
+    rows += [f"- router family {k}: {v:.1f} s" for k, v in timing["router_training_seconds"].items()]
+    return rows

@@ -1,0 +1,109 @@
+"""route -> evaluate -> report on a small synthetic run directory, and the stages' bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from ddnn_jax import cli
+from ddnn_jax.evaluate import HEURISTIC_TARGETS
+
+SIZES = {"train": 600, "val": 150, "test": 400}
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A run directory with config, metrics and outputs whose cloud exit beats the local one."""
+    run = tmp_path / "run"
+    (run / "outputs").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in SIZES.items():
+        labels = rng.integers(0, 5, n).astype(np.int32)
+        onehot = np.eye(5, dtype=np.float32)[labels]
+        local = rng.normal(size=(n, 5)).astype(np.float32) + 1.5 * onehot
+        cloud = rng.normal(size=(n, 5)).astype(np.float32) + 3.0 * onehot
+        np.savez(run / "outputs" / f"{split}.npz", local_logits=local, cloud_logits=cloud,
+                 labels=labels, epoch=np.int32(1))
+    record = {"dataset": "fashion_mnist", "seed": 0, "local_weight": 0.3,
+              "local_weight_mode": "fixed", "backend": "cpu"}
+    (run / "config.json").write_text(json.dumps(record))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "seconds": 2.0}) + "\n")
+    return run
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_route_evaluate_report(tiny_run):
+    assert cli.main(["route", "--run", str(tiny_run), "--inputs", "logits,logits+",
+                     "--grid", "0.3,0.54", "--max-epochs", "2"]) == 0
+    assert cli.main(["evaluate", "--run", str(tiny_run)]) == 0
+    assert cli.main(["report", "--run", str(tiny_run)]) == 0
+    results = json.loads((tiny_run / "results.json").read_text())
+
+    test = np.load(tiny_run / "outputs" / "test.npz")
+    local_ok = test["local_logits"].argmax(-1) == test["labels"]
+    cloud_ok = test["cloud_logits"].argmax(-1) == test["labels"]
+    assert results["edge_only_accuracy"] == pytest.approx(local_ok.mean())
+    assert results["cloud_only_accuracy"] == pytest.approx(cloud_ok.mean())
+    curves = results["curves"]
+    for name in ("random", "entropy", "max_prob", "margin", "oracle", "router_logits", "router_logits_plus"):
+        assert name in curves
+    n = SIZES["test"]
+    for name in ("random", "entropy", "max_prob", "margin", "oracle"):
+        assert [p["target"] for p in curves[name]] == list(HEURISTIC_TARGETS)
+        for p in curves[name]:
+            assert abs(p["local_rate"] - p["target"]) <= 1 / n
+            assert p["accuracy"] <= _oracle_at(curves, p["target"]) + 1e-9
+    for p in curves["router_logits"]:
+        assert 0 <= p["local_rate"] <= 1 and p["accuracy"] <= _oracle_at(curves, p["local_rate"], 1 / n) + 1e-9
+
+    # Entropy at L0 = 0.5, recomputed from test.npz alone.
+    p = _softmax(test["local_logits"].astype(np.float64))
+    entropy = -(p * np.log(p)).sum(-1) / np.log(5)
+    keep = np.zeros(n, bool)
+    keep[np.argsort(entropy, kind="stable")[: int(np.floor(0.5 * n + 0.5))]] = True
+    expected = np.where(keep, local_ok, cloud_ok).mean()
+    assert next(q for q in curves["entropy"] if q["target"] == 0.5)["accuracy"] == pytest.approx(expected)
+
+    assert set(results["label_analysis"]) >= {"noise_rate", "border_rate", "oracle_local_rate", "oracle_accuracy"}
+    analysis = results["test_analysis"]
+    assert set(analysis["misclassification"]) == {"noise", "border", "normal"}
+    assert sum(analysis["shares"].values()) == pytest.approx(1.0)
+
+    report = (tiny_run / "report.md").read_text()
+    for fig in ("5_1", "6_1", "6_2", "6_10", "6_11", "6_12"):
+        assert (tiny_run / "figures" / f"fig_{fig}.png").stat().st_size > 1000
+        assert f"figures/fig_{fig}.png" in report
+    assert "ddnn route --inputs features" in report  # missing studies say how to make them
+
+
+def _oracle_at(curves, rate, slack=0.0):
+    """The budgeted oracle's best accuracy at or near a local rate."""
+    return max(p["accuracy"] for p in curves["oracle"] if abs(p["local_rate"] - rate) <= 0.05 + slack)
+
+
+def _assert_usage_error(result, fragment):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--grid", "0.3,1.5"], "target 1.5 is outside [0, 1]"),
+    (["--grid", "0.3,abc"], "expected a number, got 'abc'"),
+    (["--inputs", "pixels"], "unknown router input 'pixels'"),
+])
+def test_route_bad_arguments(tiny_run, args, fragment):
+    _assert_usage_error(run_cli("route", "--run", str(tiny_run), *args), fragment)
+    assert not (tiny_run / "routers").exists()
+
+
+def test_missing_outputs(tiny_run):
+    (tiny_run / "outputs" / "val.npz").unlink()
+    _assert_usage_error(run_cli("route", "--run", str(tiny_run)), "run 'ddnn collect")
+    _assert_usage_error(run_cli("evaluate", "--run", str(tiny_run)), "val.npz is missing")
+    _assert_usage_error(run_cli("report", "--run", str(tiny_run)), "run 'ddnn evaluate")

@@ -1,0 +1,85 @@
+"""The router grid: vmapped training equals per-target training, and it learns a separable rule."""
+
+import dataclasses
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from ddnn_jax.router import (
+    RouterConfig, RouterNet, make_grid_predictor, make_grid_trainer, target_keys,
+)
+
+TINY = RouterConfig(hidden=(16, 8), batch_size=64, max_epochs=3, early_stopping_patience=100)
+
+
+def _separable(n, targets, seed):
+    """Inputs whose first coordinate decides the label at each target's quantile."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    thresholds = np.quantile(x[:, 0], targets)
+    return x, (x[None, :, 0] >= thresholds[:, None]).astype(np.int32)
+
+
+def _train(config, x, y, xv, yv):
+    result = make_grid_trainer(config, len(x))(target_keys(config.seed, config.targets), x, y, xv, yv)
+    return result, make_grid_predictor(config)(result.variables, xv)
+
+
+def test_vmapped_grid_equals_each_target_alone():
+    config = dataclasses.replace(TINY, targets=(0.3, 0.7), dropout_rate=0.1)
+    x, y = _separable(640, config.targets, 0)
+    xv, yv = _separable(200, config.targets, 1)
+    grid, grid_logits = _train(config, x, y, xv, yv)
+    chex.assert_shape(grid_logits, (2, 200))
+    for g, target in enumerate(config.targets):
+        alone, alone_logits = _train(dataclasses.replace(config, targets=(target,)), x, y[g : g + 1], xv, yv[g : g + 1])
+        np.testing.assert_allclose(alone.val_accuracy[0], grid.val_accuracy[g], atol=1e-5)
+        np.testing.assert_allclose(alone.train_accuracy[0], grid.train_accuracy[g], atol=1e-5)
+        # Adam divides by sqrt(v): float-level gradient differences move weights by ~1e-4 here.
+        np.testing.assert_allclose(alone_logits[0], grid_logits[g], atol=1e-3)
+        assert int(alone.best_epoch[0]) == int(grid.best_epoch[g])
+
+
+def test_router_learns_a_separable_meta_dataset():
+    config = dataclasses.replace(TINY, targets=(0.25, 0.6), max_epochs=12, dropout_rate=0.0)
+    x, y = _separable(2000, config.targets, 2)
+    xv, yv = _separable(500, config.targets, 3)
+    result, logits = _train(config, x, y, xv, yv)
+    decision_accuracy = ((np.asarray(logits) >= 0) == (yv == 1)).mean(-1)
+    assert np.all(decision_accuracy > 0.97), decision_accuracy
+    # The returned weights are the best validation epoch's, and histories stop where training did.
+    best = np.nanmax(np.asarray(result.val_accuracy), axis=1)
+    np.testing.assert_allclose(decision_accuracy, best, atol=1e-6)
+
+
+def test_early_stopping_masks_each_target_separately():
+    config = dataclasses.replace(TINY, targets=(0.2, 0.5), max_epochs=30, early_stopping_patience=2,
+                                 learning_rate=3e-2)
+    x, y = _separable(640, config.targets, 4)
+    xv, yv = _separable(200, config.targets, 5)
+    result, _ = _train(config, x, y, xv, yv)
+    epochs_run, best = np.asarray(result.epochs_run), np.asarray(result.best_epoch)
+    history = np.asarray(result.val_accuracy)
+    for g in range(2):
+        assert epochs_run[g] == min(best[g] + 2, 30)
+        assert np.isfinite(history[g, : epochs_run[g]]).all() and np.isnan(history[g, epochs_run[g]:]).all()
+
+
+@pytest.mark.parametrize("conv", [(), (4,)])
+def test_router_net_shapes(conv):
+    net = RouterNet(hidden=(8,), conv_channels=conv)
+    x = np.zeros((3, 6, 6, 2) if conv else (3, 7), np.float32)
+    variables = net.init(jax.random.key(0), x, train=False)
+    chex.assert_shape(net.apply(variables, x, train=False), (3,))
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("inputs", "pixels", "unknown router input 'pixels'"),
+    ("labels", "soft", "unknown labels 'soft'"),
+    ("dropout_rate", 1.0, "outside [0, 1)"),
+])
+def test_bad_router_config(field, value, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace(")", r"\)")):
+        dataclasses.replace(RouterConfig(), **{field: value}).check()
