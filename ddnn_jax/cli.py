@@ -8,12 +8,16 @@ import os
 import sys
 from pathlib import Path
 
+from ddnn_jax.collect import collect
 from ddnn_jax.config import TrainConfig, parse_local_weight
 from ddnn_jax.errors import TrainingDiverged, UsageError
-from ddnn_jax.evaluate import EvaluationConfig
+from ddnn_jax.evaluate import RESULTS, EvaluationConfig, evaluate
 from ddnn_jax.labels import check_targets
-from ddnn_jax.pipeline import RunPlan
+from ddnn_jax.pipeline import RunPlan, run
+from ddnn_jax.report import report
+from ddnn_jax.route import route
 from ddnn_jax.router import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
+from ddnn_jax.train import run_training
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -123,23 +127,17 @@ def _train_config(args) -> TrainConfig:
 
 
 def _train(args) -> None:
-    from ddnn_jax.train import run_training
-
     config = _train_config(args)
     history = run_training(config, args.out)
     print(f"trained {args.out}: {len(history)} of {config.epochs} epochs done")
 
 
 def _collect(args) -> None:
-    from ddnn_jax.collect import collect
-
     for name, path in collect(args.run, with_features=args.features).items():
         print(f"{name}: {path}")
 
 
 def _route(args) -> None:
-    from ddnn_jax.route import route
-
     inputs = args.inputs or ("logits",)
     if args.name and len(inputs) > 1:
         raise UsageError("--name names one router family: give a single --inputs value")
@@ -155,29 +153,23 @@ def _route(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from ddnn_jax.evaluate import RESULTS, evaluate
-
     evaluate(args.run, EvaluationConfig(border_tau=args.tau))
     print(f"results: {args.run / RESULTS}")
 
 
 def _report(args) -> None:
-    from ddnn_jax.report import report
-
     print(f"report: {report(args.run)}")
 
 
 def _run(args) -> None:
-    from ddnn_jax.pipeline import run
-
     plan = RunPlan(
-        targets=args.grid or RunPlan.targets, inputs=args.inputs or RunPlan.inputs,
+        targets=args.grid or RunPlan.targets, inputs=args.inputs,
         ablations=not args.no_ablations, sweep_weights=args.sweep_weights,
         router_seed=args.router_seed,
     )
     try:
         check_targets(plan.targets)
-        for mode in plan.inputs:
+        for mode in plan.inputs or ():
             RouterConfig(inputs=mode).check()
         for weight in plan.sweep_weights:
             parse_local_weight(str(weight))

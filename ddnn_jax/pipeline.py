@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import jax
+
 from ddnn_jax.collect import collect, outputs_complete
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.evaluate import WEIGHT_SWEEP, evaluate
@@ -25,7 +27,7 @@ class RunPlan:
     """Which routers and side studies ``ddnn run`` produces besides the DDNN itself."""
 
     targets: tuple[float, ...] = DEFAULT_TARGETS  # grid of the logits routers
-    inputs: tuple[str, ...] = ("logits", "logits+", "features", "features-cnn", "images")
+    inputs: tuple[str, ...] | None = None  # None: default_inputs() for this backend
     # High-dimensional inputs cost far more per epoch: a short grid and fewer epochs for them.
     heavy_targets: tuple[float, ...] = (0.3, 0.54, 0.7)
     heavy_max_epochs: int = 15
@@ -37,17 +39,26 @@ class RunPlan:
     router_seed: int = 0
 
 
+def default_inputs() -> tuple[str, ...]:
+    """Every input mode on an accelerator; no CNN routers on CPU, where XLA runs convolutions
+    inside compiled loops about 8x slower than outside them (experiments/bench_router.py)."""
+    if jax.default_backend() == "cpu":
+        return ("logits", "logits+", "features")
+    return ("logits", "logits+", "features", "features-cnn", "images")
+
+
 def router_families(plan: RunPlan) -> dict[str, RouterConfig]:
     """Every router family of the plan, by directory name."""
     families = {}
-    for mode in plan.inputs:
+    inputs = plan.inputs or default_inputs()
+    for mode in inputs:
         heavy = mode not in ("logits", "logits+")
         families[mode] = RouterConfig(
             inputs=mode, seed=plan.router_seed,
             targets=plan.heavy_targets if heavy else plan.targets,
             max_epochs=plan.heavy_max_epochs if heavy else RouterConfig.max_epochs,
         )
-    if plan.ablations and "logits" in plan.inputs:
+    if plan.ablations and "logits" in inputs:
         single = dict(inputs="logits", seed=plan.router_seed, targets=(0.54,))
         families["logits-oracle"] = RouterConfig(labels="oracle", **{**single, "targets": plan.targets})
         for depth in (3, 8):

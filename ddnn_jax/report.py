@@ -65,7 +65,8 @@ def _curve_table(results: dict, names: list[str], targets=(0.3, 0.54, 0.7)) -> s
                 rate = _at(results["curves"][name.removeprefix("entropy_at_")], t)["local_rate"]
                 p = min(results["curves"][name], key=lambda q: abs(q["local_rate"] - rate))
             cells.append(f"{_pct(p['local_rate'])} / {_pct(p['accuracy'])}")
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {results['summary'][name]['auc']:.4f} |")
+        auc = results["summary"].get(name, {}).get("auc")
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {'–' if auc is None else f'{auc:.4f}'} |")
     return "\n".join(rows)
 
 

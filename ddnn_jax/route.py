@@ -152,6 +152,7 @@ def _write_family(family_dir: Path, record: dict, scores: dict, variables) -> No
     family_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=family_dir.parent, prefix=f".{family_dir.name}."))
     try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the results from other users
         (staging / ROUTER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         np.savez(staging / SCORES, **scores)
         (staging / VARIABLES).write_bytes(serialization.to_bytes(jax.device_get(variables)))

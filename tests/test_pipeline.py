@@ -107,3 +107,36 @@ def test_missing_outputs(tiny_run):
     _assert_usage_error(run_cli("route", "--run", str(tiny_run)), "run 'ddnn collect")
     _assert_usage_error(run_cli("evaluate", "--run", str(tiny_run)), "val.npz is missing")
     _assert_usage_error(run_cli("report", "--run", str(tiny_run)), "run 'ddnn evaluate")
+
+
+def test_route_skips_a_family_that_is_up_to_date(tiny_run):
+    args = ["route", "--run", str(tiny_run), "--grid", "0.5", "--max-epochs", "1"]
+    assert cli.main(args) == 0
+    record = tiny_run / "routers" / "logits" / "router.json"
+    first = record.stat().st_mtime_ns
+    assert cli.main(args) == 0
+    assert record.stat().st_mtime_ns == first
+    assert cli.main([*args[:-1], "2"]) == 0  # another configuration retrains
+    assert json.loads(record.read_text())["config"]["max_epochs"] == 2
+
+
+@pytest.mark.slow
+def test_run_end_to_end_and_rerun(tmp_path, fashion_mnist_ready):
+    out = tmp_path / "run"
+    args = ["run", "--dataset", "fashion_mnist", "--out", str(out), "--epochs", "1",
+            "--limit-train", "512", "--inputs", "logits", "--grid", "0.3,0.54",
+            "--no-ablations", "--sweep-weights", "none"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    results = json.loads((out / "results.json").read_text())
+    test = np.load(out / "outputs" / "test.npz")
+    assert results["test_size"] == len(test["labels"]) == 10_000
+    assert results["edge_only_accuracy"] == pytest.approx(
+        (test["local_logits"].argmax(-1) == test["labels"]).mean())
+    assert [p["target"] for p in results["curves"]["router_logits"]] == [0.3, 0.54]
+    assert (out / "report.md").is_file() and (out / "figures" / "fig_6_2.png").is_file()
+    # Given again, every stage is found complete and the results are the same.
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "epoch 1/1" not in again.stdout
+    assert json.loads((out / "results.json").read_text())["curves"] == results["curves"]
