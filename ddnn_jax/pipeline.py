@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 
+from ddnn_jax import runfiles
 from ddnn_jax.collect import collect, outputs_complete
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.evaluate import WEIGHT_SWEEP, evaluate
@@ -20,6 +21,8 @@ from ddnn_jax.report import report
 from ddnn_jax.route import route
 from ddnn_jax.router import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
 from ddnn_jax.train import run_training
+
+RUN_PLAN = "run_plan.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +79,7 @@ def _train_and_collect(config: TrainConfig, run_dir: Path, with_features: bool) 
 
 def run(config: TrainConfig, run_dir: Path, plan: RunPlan = RunPlan()) -> Path:
     """Runs every stage of the plan on ``run_dir``; returns the report's path."""
+    plan = dataclasses.replace(plan, inputs=plan.inputs or default_inputs())
     families = router_families(plan)
     needs_features = any(f.inputs.startswith("features") for f in families.values())
     print(f"[1-2/5] training {run_dir} and collecting its per-sample outputs", flush=True)
@@ -91,6 +95,7 @@ def run(config: TrainConfig, run_dir: Path, plan: RunPlan = RunPlan()) -> Path:
                 limit_train=min(plan.sweep_limit_train, config.limit_train or plan.sweep_limit_train),
             )
             _train_and_collect(sweep, run_dir / WEIGHT_SWEEP / f"w{weight}_seed{seed}", False)
+    runfiles.write_json_atomic(run_dir / RUN_PLAN, dataclasses.asdict(plan))
     print("[4/5] evaluating", flush=True)
     evaluate(run_dir)
     print("[5/5] writing the report", flush=True)

@@ -135,6 +135,8 @@ def test_run_end_to_end_and_rerun(tmp_path, fashion_mnist_ready):
         (test["local_logits"].argmax(-1) == test["labels"]).mean())
     assert [p["target"] for p in results["curves"]["router_logits"]] == [0.3, 0.54]
     assert (out / "report.md").is_file() and (out / "figures" / "fig_6_2.png").is_file()
+    plan = json.loads((out / "run_plan.json").read_text())
+    assert plan["inputs"] == ["logits"] and plan["sweep_weights"] == []
     # Given again, every stage is found complete and the results are the same.
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
