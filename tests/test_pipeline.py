@@ -86,10 +86,11 @@ def _oracle_at(curves, rate, slack=0.0):
     return max(p["accuracy"] for p in curves["oracle"] if abs(p["local_rate"] - rate) <= 0.05 + slack)
 
 
-def _assert_usage_error(result, fragment):
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert fragment in lines[0], lines[0]
+def _assert_usage_error(capsys, argv, fragment):
+    """In-process (no interpreter start-up): exit code 2 and exactly one line on stderr."""
+    assert cli.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -97,16 +98,16 @@ def _assert_usage_error(result, fragment):
     (["--grid", "0.3,abc"], "expected a number, got 'abc'"),
     (["--inputs", "pixels"], "unknown router input 'pixels'"),
 ])
-def test_route_bad_arguments(tiny_run, args, fragment):
-    _assert_usage_error(run_cli("route", "--run", str(tiny_run), *args), fragment)
+def test_route_bad_arguments(tiny_run, capsys, args, fragment):
+    _assert_usage_error(capsys, ["route", "--run", str(tiny_run), *args], fragment)
     assert not (tiny_run / "routers").exists()
 
 
-def test_missing_outputs(tiny_run):
+def test_missing_outputs(tiny_run, capsys):
     (tiny_run / "outputs" / "val.npz").unlink()
-    _assert_usage_error(run_cli("route", "--run", str(tiny_run)), "run 'ddnn collect")
-    _assert_usage_error(run_cli("evaluate", "--run", str(tiny_run)), "val.npz is missing")
-    _assert_usage_error(run_cli("report", "--run", str(tiny_run)), "run 'ddnn evaluate")
+    _assert_usage_error(capsys, ["route", "--run", str(tiny_run)], "run 'ddnn collect")
+    _assert_usage_error(capsys, ["evaluate", "--run", str(tiny_run)], "val.npz is missing")
+    _assert_usage_error(capsys, ["report", "--run", str(tiny_run)], "run 'ddnn evaluate")
 
 
 def test_route_skips_a_family_that_is_up_to_date(tiny_run):
