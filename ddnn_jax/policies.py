@@ -98,8 +98,3 @@ def unconstrained_oracle_offload(c: Correctness) -> jax.Array:
 def router_offload(router_logits: jax.Array) -> jax.Array:
     """Offload where sigmoid(router output) >= 0.5, i.e. where the logit is >= 0."""
     return router_logits >= 0.0
-
-
-def constant_offload(offload: bool, n: int) -> jax.Array:
-    """Cloud-only (offload everything) or edge-only (offload nothing)."""
-    return jnp.full((n,), offload)
