@@ -10,7 +10,6 @@ is at the reference target. Rates and accuracies are fractions in [0, 1].
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -19,9 +18,10 @@ import numpy as np
 
 from ddnn_jax import runfiles
 from ddnn_jax.collect import load_outputs
+from ddnn_jax.errors import UsageError
 from ddnn_jax.labels import (
-    DEFAULT_BORDER_TAU, Correctness, benefit_thresholds, correctness, cost_labels, label_analysis,
-    oracle_labels,
+    DEFAULT_BORDER_TAU, Correctness, benefit_thresholds, correctness, label_analysis,
+    labels_of_kind, oracle_labels,
 )
 from ddnn_jax.policies import (
     HEURISTICS, heuristic_offload, oracle_offload, router_offload, unconstrained_oracle_offload,
@@ -69,22 +69,21 @@ def area_under_curve(points: list[dict], edge_only: float, cloud_only: float) ->
     return float(np.trapezoid(np.asarray(ys)[order], np.asarray(xs)[order]))
 
 
-def _entropy_rates(c: Correctness, local_logits, key, rates: list[float]) -> list[dict]:
-    """The entropy rule at the given local rates (each point's target is that rate)."""
-    offload = heuristic_offload("entropy", local_logits, jnp.asarray(rates), key)
-    return _points(c, offload, rates)
+def _heuristic_curve(name: str, c: Correctness, local_logits, targets, key) -> list[dict]:
+    """A budget-matched heuristic's points at the given targets."""
+    offload = heuristic_offload(name, local_logits, jnp.asarray(targets, jnp.float32), key)
+    return _points(c, offload, targets)
 
 
-def _router_family(name: str, family_dir: Path, outputs, c_train, c_test, key) -> dict:
+def _router_family(
+    name: str, record: dict, test_scores: np.ndarray, local_logits, c_test: Correctness, key
+) -> dict:
     """One router family's test curve, decision accuracy, histories and timings."""
-    record, scores = load_family(family_dir)
     targets = record["config"]["targets"]
-    thresholds = benefit_thresholds(c_train.benefit, jnp.asarray(targets, jnp.float32))
-    labels = (
-        cost_labels(c_test.benefit, thresholds) if record["config"]["labels"] == "cost"
-        else oracle_labels(c_test, thresholds)
-    )
-    offload = router_offload(jnp.asarray(scores["test"]))
+    # B*(L0) as route computed them from the training split.
+    thresholds = jnp.asarray(record["benefit_thresholds"], jnp.float32)
+    labels = labels_of_kind(record["config"]["labels"], c_test, thresholds)
+    offload = router_offload(jnp.asarray(test_scores))
     points = _points(c_test, offload, targets)
     decisions = np.asarray((offload == (labels == 1)).mean(-1))
     for point, d, best, ran in zip(points, decisions, record["best_epoch"], record["epochs_run"]):
@@ -94,9 +93,8 @@ def _router_family(name: str, family_dir: Path, outputs, c_train, c_test, key) -
         "family": name,
         "config": record["config"],
         "points": points,
-        "entropy_at_achieved_rate": _entropy_rates(
-            c_test, outputs["test"]["local_logits"], key, rates
-        ),
+        # The entropy rule at the local rates the routers achieved (each point's target).
+        "entropy_at_achieved_rate": _heuristic_curve("entropy", c_test, local_logits, rates, key),
         "train_decision_accuracy": record["train_decision_accuracy"],
         "val_decision_accuracy": record["val_decision_accuracy"],
         "seconds": record["seconds"],
@@ -108,12 +106,12 @@ def _nearest(targets: list[float], wanted: float) -> int:
     return int(np.argmin(np.abs(np.asarray(targets) - wanted)))
 
 
-def _test_analysis(c_train, c_test, router: dict, scores_test: np.ndarray, config) -> dict:
+def _test_analysis(c_test, router: dict, record: dict, scores_test: np.ndarray, config) -> dict:
     """Fig. 6.12: router-vs-oracle disagreement ("noise"), borderline |B| < tau, the rest, and
     the mixed system's error rate within each (disjoint) group."""
     i = _nearest([p["target"] for p in router["points"]], config.reference_target)
     target = router["points"][i]["target"]
-    threshold = benefit_thresholds(c_train.benefit, jnp.asarray([target], jnp.float32))
+    threshold = jnp.asarray(record["benefit_thresholds"][i : i + 1], jnp.float32)
     oracle = np.asarray(oracle_labels(c_test, threshold))[0] == 1
     offload = scores_test[i] >= 0.0
     noise = offload != oracle
@@ -172,14 +170,11 @@ def _weight_sweep(run_dir: Path, key) -> list[dict]:
     for sub in sorted(root.iterdir()) if root.is_dir() else []:
         try:
             outputs = load_outputs(sub)
-        except Exception:  # an unfinished sweep run is left out, not fatal
+        except UsageError:  # an unfinished sweep run is left out, not fatal
             continue
         record = runfiles.read_config(sub)
         test = outputs["test"]
         c = correctness(test["local_logits"], test["cloud_logits"], test["labels"])
-        offload = heuristic_offload(
-            "entropy", test["local_logits"], jnp.asarray(HEURISTIC_TARGETS), key
-        )
         rows.append({
             "local_weight": record["local_weight"],
             "seed": record["seed"],
@@ -187,7 +182,7 @@ def _weight_sweep(run_dir: Path, key) -> list[dict]:
             "limit_train": record["limit_train"],
             "edge_only_accuracy": float(np.asarray(c.local_correct).mean()),
             "cloud_only_accuracy": float(np.asarray(c.cloud_correct).mean()),
-            "entropy": _points(c, offload, HEURISTIC_TARGETS),
+            "entropy": _heuristic_curve("entropy", c, test["local_logits"], HEURISTIC_TARGETS, key),
         })
     return rows
 
@@ -201,30 +196,29 @@ def evaluate(run_dir: Path, config: EvaluationConfig = EvaluationConfig()) -> di
         for s in ("train", "test")
     )
     key = jax.random.fold_in(jax.random.key(record["seed"]), STREAM_RANDOM_RULE)
-    targets = jnp.asarray(HEURISTIC_TARGETS, jnp.float32)
     local_logits = outputs["test"]["local_logits"]
     edge_only = float(np.asarray(c_test.local_correct).mean())
     cloud_only = float(np.asarray(c_test.cloud_correct).mean())
 
     curves = {
-        name: _points(c_test, heuristic_offload(name, local_logits, targets, key), HEURISTIC_TARGETS)
+        name: _heuristic_curve(name, c_test, local_logits, HEURISTIC_TARGETS, key)
         for name in HEURISTICS
     }
-    curves["oracle"] = _points(c_test, oracle_offload(c_test, targets), HEURISTIC_TARGETS)
+    curves["oracle"] = _points(
+        c_test, oracle_offload(c_test, jnp.asarray(HEURISTIC_TARGETS, jnp.float32)), HEURISTIC_TARGETS
+    )
     unconstrained = _points(c_test, unconstrained_oracle_offload(c_test)[None], [np.nan])[0]
     unconstrained["target"] = None  # the oracle chooses its own local rate here
 
-    routers = {}
+    routers, test_analysis = {}, None
     for family, family_dir in trained_families(run_dir).items():
         name = curve_name(family)
-        routers[name] = _router_family(family, family_dir, outputs, c_train, c_test, key)
+        family_record, scores = load_family(family_dir)
+        routers[name] = _router_family(family, family_record, scores["test"], local_logits, c_test, key)
         curves[name] = routers[name]["points"]
         curves[f"entropy_at_{name}"] = routers[name]["entropy_at_achieved_rate"]
-
-    test_analysis = None
-    if "router_logits" in routers:
-        _, scores = load_family(trained_families(run_dir)["logits"])
-        test_analysis = _test_analysis(c_train, c_test, routers["router_logits"], scores["test"], config)
+        if family == "logits":
+            test_analysis = _test_analysis(c_test, routers[name], family_record, scores["test"], config)
 
     # Single-budget studies (depth, dropout at L0 = 0.54) have no curve to integrate.
     summary = {
@@ -234,7 +228,6 @@ def evaluate(run_dir: Path, config: EvaluationConfig = EvaluationConfig()) -> di
     for name in summary:
         summary[name]["gap_to_oracle"] = summary["oracle"]["auc"] - summary[name]["auc"]
 
-    metrics = [json.loads(line) for line in (run_dir / runfiles.METRICS).read_text().splitlines()]
     results = {
         "dataset": record["dataset"],
         "seed": record["seed"],
@@ -253,7 +246,7 @@ def evaluate(run_dir: Path, config: EvaluationConfig = EvaluationConfig()) -> di
         "latency_model": _latency_model(edge_only, cloud_only, config),
         "local_weight_sweep": _weight_sweep(run_dir, key),
         "timing": {
-            "ddnn_training_seconds": float(sum(row["seconds"] for row in metrics)),
+            "ddnn_training_seconds": float(sum(row["seconds"] for row in runfiles.read_metrics(run_dir))),
             "ddnn_training_backend": record.get("backend"),
             "router_training_seconds": {
                 name: r["seconds"]["train"] for name, r in routers.items()

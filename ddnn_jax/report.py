@@ -101,28 +101,32 @@ def _fig_5_1(results):
     )
 
 
-def _ablation(results, families: dict[str, str], title: str):
-    """Bars of accuracy and local rate at the reference target for several router families."""
+def _grouped_bars(ax, groups: list[str], series: dict[str, list[float]], fmts: list[str],
+                  title: str) -> None:
+    """Side-by-side bars (in %) of several series over the same groups."""
+    width = 0.8 / len(series)
+    for j, ((label, values), fmt) in enumerate(zip(series.items(), fmts)):
+        offset = (j - (len(series) - 1) / 2) * width
+        bars = ax.bar([x + offset for x in range(len(groups))], [100 * v for v in values], width,
+                      label=label)
+        ax.bar_label(bars, fmt=fmt, fontsize=7)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("%")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+def _ablation(results, families: dict[str, str], title: str,
+              metrics: tuple[str, str] = ("accuracy", "local_rate")):
+    """Bars of two metrics at the reference target for variants (router families) of one study;
+    None unless at least two variants were trained."""
     present = {label: f for label, f in families.items() if f in results["routers"]}
-    if not present:
+    if len(present) < 2:
         return None
     target = results["evaluation_config"]["reference_target"]
     points = {label: _at(results["routers"][f]["points"], target) for label, f in present.items()}
-
-    def draw(ax):
-        labels = list(points)
-        xs = range(len(labels))
-        acc = ax.bar([x - 0.2 for x in xs], [100 * p["accuracy"] for p in points.values()], 0.4,
-                     label="accuracy")
-        rate = ax.bar([x + 0.2 for x in xs], [100 * p["local_rate"] for p in points.values()], 0.4,
-                      label="local rate")
-        ax.bar_label(acc, fmt="%.2f", fontsize=7)
-        ax.bar_label(rate, fmt="%.1f", fontsize=7)
-        ax.set_xticks(list(xs), labels)
-        ax.set_ylabel("%")
-        ax.set_title(f"{title} (L0={target})")
-        ax.legend(fontsize=8)
-
+    series = {m: [p[m] for p in points.values()] for m in metrics}
+    draw = lambda ax: _grouped_bars(ax, list(points), series, ["%.2f"] * 2, f"{title} (L0={target})")
     table = "| variant | accuracy % | local rate % | decision accuracy % |\n|---|---|---|---|\n"
     table += "\n".join(
         f"| {label} | {_pct(p['accuracy'])} | {_pct(p['local_rate'])} | "
@@ -155,30 +159,6 @@ def _history(results, router: str, title: str):
     return draw, table
 
 
-def _fig_5_2(results):
-    if "router_logits" not in results["routers"] or "router_logits_oracle" not in results["routers"]:
-        return None
-    target = results["evaluation_config"]["reference_target"]
-    points = {k: _at(results["routers"][f]["points"], target)
-              for k, f in (("cost labels", "router_logits"), ("oracle labels", "router_logits_oracle"))}
-
-    def draw(ax):
-        labels = list(points)
-        for j, (metric, offset) in enumerate((("accuracy", -0.2), ("decision_accuracy", 0.2))):
-            bars = ax.bar([x + offset for x in range(2)], [100 * points[k][metric] for k in labels],
-                          0.4, label=metric)
-            ax.bar_label(bars, fmt="%.2f", fontsize=8)
-        ax.set_xticks(range(2), labels)
-        ax.set_ylabel("%")
-        ax.set_title(f"router on cost vs oracle labels (L0={target})")
-        ax.legend(fontsize=8)
-
-    table = "| labels | accuracy % | decision accuracy % | local rate % |\n|---|---|---|---|\n"
-    table += "\n".join(f"| {k} | {_pct(p['accuracy'])} | {_pct(p['decision_accuracy'])} | "
-                       f"{_pct(p['local_rate'])} |" for k, p in points.items())
-    return draw, table
-
-
 def _fig_6_1(results):
     values = {"edge-only": results["edge_only_accuracy"], "cloud-only": results["cloud_only_accuracy"],
               "oracle": results["oracle_unconstrained"]["accuracy"]}
@@ -193,19 +173,13 @@ def _fig_6_12(results):
     if ta is None:
         return None
 
-    def draw(ax):
-        groups = list(ta["shares"])
-        xs = range(len(groups))
-        share = ax.bar([x - 0.2 for x in xs], [100 * ta["shares"][g] for g in groups], 0.4,
-                       label="share of test samples")
-        miss = ax.bar([x + 0.2 for x in xs], [100 * (ta["misclassification"][g] or 0) for g in groups],
-                      0.4, label="misclassification within group")
-        ax.bar_label(share, fmt="%.1f", fontsize=8)
-        ax.bar_label(miss, fmt="%.1f", fontsize=8)
-        ax.set_xticks(list(xs), groups)
-        ax.set_ylabel("%")
-        ax.set_title(f"test analysis, router {ta['router']} (L0={ta['target']}, tau={ta['tau']})")
-        ax.legend(fontsize=8)
+    groups = list(ta["shares"])
+    series = {
+        "share of test samples": [ta["shares"][g] for g in groups],
+        "misclassification within group": [ta["misclassification"][g] or 0 for g in groups],
+    }
+    title = f"test analysis, router {ta['router']} (L0={ta['target']}, tau={ta['tau']})"
+    draw = lambda ax: _grouped_bars(ax, groups, series, ["%.1f"] * 2, title)
 
     table = "| group | share % | misclassification % |\n|---|---|---|\n" + "\n".join(
         f"| {g} | {_pct(ta['shares'][g])} | {_pct(ta['misclassification'][g])} |" for g in ta["shares"])
@@ -242,7 +216,10 @@ def _fig_6_17(results):
 # (figure id, title, builder, how to produce the missing inputs)
 SECTIONS: list[tuple[str, str, Callable, str]] = [
     ("5.1", "Meta-dataset label analysis", _fig_5_1, ""),
-    ("5.2", "Cost labels vs oracle labels", _fig_5_2, "ddnn route --labels oracle"),
+    ("5.2", "Cost labels vs oracle labels", lambda r: _ablation(
+        r, {"cost labels": "router_logits", "oracle labels": "router_logits_oracle"},
+        "router on cost vs oracle labels", ("accuracy", "decision_accuracy")),
+     "ddnn route --labels oracle"),
     ("6.1", "Standalone exits", _fig_6_1, ""),
     ("6.2", "Router (logits) vs heuristics and oracle",
      lambda r: _comparison(r, ["router_logits", "random", "max_prob", "margin"], "router on logits"),

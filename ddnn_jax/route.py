@@ -29,7 +29,7 @@ from ddnn_jax.collect import SPLITS, load_outputs
 from ddnn_jax.config import config_from_record
 from ddnn_jax.data import load_dataset
 from ddnn_jax.errors import UsageError
-from ddnn_jax.labels import benefit_thresholds, check_targets, correctness, cost_labels, oracle_labels
+from ddnn_jax.labels import benefit_thresholds, check_targets, correctness, labels_of_kind
 from ddnn_jax.router import (
     RouterConfig, make_grid_predictor, make_grid_trainer, raw_inputs, standardization, target_keys,
 )
@@ -54,11 +54,8 @@ def meta_labels(
         for name, o in outputs.items()
     }
     thresholds = benefit_thresholds(per_split["train"].benefit, targets)
-    label_fn = (
-        (lambda c: cost_labels(c.benefit, thresholds)) if kind == "cost"
-        else (lambda c: oracle_labels(c, thresholds))
-    )
-    return np.asarray(thresholds), {name: np.asarray(label_fn(c)) for name, c in per_split.items()}
+    labels = {name: np.asarray(labels_of_kind(kind, c, thresholds)) for name, c in per_split.items()}
+    return np.asarray(thresholds), labels
 
 
 def _split_images(run_dir: Path, outputs) -> dict[str, np.ndarray]:

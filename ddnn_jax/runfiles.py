@@ -44,6 +44,14 @@ def write_json_atomic(path: Path, value: Any) -> None:
     write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The per-epoch rows of metrics.jsonl (empty before the first epoch ends)."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The config.json of an existing run, or a UsageError saying how to make one."""
     path = run_dir / CONFIG

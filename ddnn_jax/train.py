@@ -171,12 +171,6 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(-1) == labels).mean())
 
 
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _write_metrics(path: Path, rows: list[dict]) -> None:
     runfiles.write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
@@ -225,7 +219,7 @@ def train(
         start_epoch = manager.latest_step()
         state = checkpointing.restore(manager, start_epoch, state)
     metrics_path = run_dir / runfiles.METRICS
-    history = [row for row in _read_metrics(metrics_path) if row["epoch"] <= start_epoch]
+    history = [row for row in runfiles.read_metrics(run_dir) if row["epoch"] <= start_epoch]
 
     train_step = make_train_step(
         local_weight=local_weight, mean=data.mean, std=data.std,
