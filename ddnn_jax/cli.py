@@ -108,6 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="figures and report.md from results.json")
     report.add_argument("--run", required=True, type=Path, help="run directory")
 
+    importer = commands.add_parser("import-torch",
+                                   help="make a run directory from PyTorch reference weights")
+    importer.add_argument("--feature-extractor", required=True, type=Path,
+                          help="LocalFeatureExtractor state dict (.pth)")
+    importer.add_argument("--local-classifier", required=True, type=Path,
+                          help="LocalClassifier state dict (.pth)")
+    importer.add_argument("--cloud", required=True, type=Path, help="CloudCNN state dict (.pth)")
+    importer.add_argument("--dataset", default="fashion_mnist",
+                          help="the dataset the weights were trained on")
+    importer.add_argument("--out", required=True, type=Path, help="new run directory")
+    importer.add_argument("--mean", type=_numbers, default=None,
+                          help="per-channel mean subtracted from x/255 in training, comma-separated "
+                               "(default: the dataset's training statistics)")
+    importer.add_argument("--std", type=_numbers, default=None,
+                          help="per-channel std dividing it (default: the training statistics)")
+    importer.add_argument("--seed", type=_integer, default=0, help="seeds the train/val split")
+    importer.add_argument("--data-dir", default=None, help="tfds data directory")
+    importer.add_argument("--download", action="store_true",
+                          help="let tfds download the dataset if it is not prepared")
+
+    exporter = commands.add_parser("export-torch",
+                                   help="write a run's best weights as PyTorch state dicts")
+    exporter.add_argument("--run", required=True, type=Path, help="run directory")
+    exporter.add_argument("--out", required=True, type=Path, help="directory for the .pth files")
+
     run = commands.add_parser("run", help="train, collect, route, evaluate and report")
     _add_training_flags(run)
     _add_router_flags(run)
@@ -161,6 +186,23 @@ def _report(args) -> None:
     print(f"report: {report(args.run)}")
 
 
+def _import_torch(args) -> None:
+    from ddnn_jax.interop.convert import import_torch
+
+    paths = {"feature_extractor": args.feature_extractor,
+             "local_classifier": args.local_classifier, "cloud": args.cloud}
+    out = import_torch(paths, dataset=args.dataset, out=args.out, mean=args.mean, std=args.std,
+                       data_dir=args.data_dir, download=args.download, seed=args.seed)
+    print(f"imported: {out} (next: ddnn collect --run {out})")
+
+
+def _export_torch(args) -> None:
+    from ddnn_jax.interop.convert import export_torch
+
+    for name, path in export_torch(args.run, args.out).items():
+        print(f"{name}: {path}")
+
+
 def _run(args) -> None:
     plan = RunPlan(
         targets=args.grid or RunPlan.targets, inputs=args.inputs,
@@ -186,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         commands = {"train": _train, "collect": _collect, "route": _route,
-                    "evaluate": _evaluate, "report": _report, "run": _run}
+                    "evaluate": _evaluate, "report": _report, "run": _run,
+                    "import-torch": _import_torch, "export-torch": _export_torch}
         commands[args.command](args)
     except UsageError as err:
         print(f"ddnn: error: {err}", file=sys.stderr)

@@ -28,23 +28,12 @@ def collect(run_dir: Path, *, with_features: bool = False) -> dict[str, Path]:
       run_dir: a training run (config.json and checkpoints/).
       with_features: also store the edge feature maps z.
     """
-    record = runfiles.read_config(run_dir)
+    record, state, best_epoch = restore_best(run_dir)
     config = config_from_record(record)
-    manager = checkpointing.manager(run_dir, keep=config.keep_checkpoints)
-    best_epoch = manager.best_step()
-    if best_epoch is None:
-        manager.close()
-        raise UsageError(
-            f"{run_dir} has no checkpoint yet: finish training with "
-            f"'ddnn train --out {run_dir}' and the run's flags"
-        )
     data = load_dataset(
         config.dataset, data_dir=config.data_dir, split_seed=config.seed,
         limit_train=config.limit_train,
     )
-    template = create_train_state(config, data.image_shape, data.num_classes)
-    state = checkpointing.restore(manager, best_epoch, template)
-    manager.close()
     mean = np.asarray(record["normalization"]["mean"], np.float32)
     std = np.asarray(record["normalization"]["std"], np.float32)
     predict = make_predict_fn(
@@ -65,6 +54,24 @@ def collect(run_dir: Path, *, with_features: bool = False) -> dict[str, Path]:
             arrays["features"] = outputs[2].astype(np.float32)
         written[name] = save_npz_atomic(run_dir / runfiles.OUTPUTS / f"{name}.npz", arrays)
     return written
+
+
+def restore_best(run_dir: Path):
+    """(config record, TrainState of the best epoch on validation, that epoch) of a run."""
+    record = runfiles.read_config(run_dir)
+    config = config_from_record(record)
+    manager = checkpointing.manager(run_dir, keep=config.keep_checkpoints)
+    best_epoch = manager.best_step()
+    if best_epoch is None:
+        manager.close()
+        raise UsageError(
+            f"{run_dir} has no checkpoint yet: finish training with "
+            f"'ddnn train --out {run_dir}' and the run's flags"
+        )
+    template = create_train_state(config, tuple(record["image_shape"]), record["num_classes"])
+    state = checkpointing.restore(manager, best_epoch, template)
+    manager.close()
+    return record, state, best_epoch
 
 
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> Path:

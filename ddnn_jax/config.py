@@ -126,7 +126,9 @@ def config_from_record(record: dict[str, Any]) -> TrainConfig:
     """Rebuilds the TrainConfig a config.json was written from."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in record.items() if k in fields}
-    if record.get("local_weight_mode") in LOCAL_WEIGHT_MODES:
+    if record.get("imported_from"):
+        values["local_weight"] = "per-run"  # unknown; an imported run is never trained further
+    elif record.get("local_weight_mode") in LOCAL_WEIGHT_MODES:
         values["local_weight"] = record["local_weight_mode"]
     else:
         values["local_weight"] = str(record["local_weight"])

@@ -61,7 +61,8 @@ def _dense(features: int, in_features: int, name: str) -> nn.Dense:
 
 def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
     return nn.BatchNorm(
-        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+        use_fast_variance=False, name=name,
     )
 
 
