@@ -39,13 +39,42 @@ def torch_bias_init(fan_in: int):
     return init
 
 
+def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, precision=None, **unused):
+    """Stride-1 NHWC x HWIO convolution as one matmul over the stacked shifted windows.
+
+    A drop-in for ``lax.conv_general_dilated`` in ``nn.Conv`` on XLA:CPU. There, inside a
+    compiled loop (our epoch's ``lax.scan``), the backward convolutions keep non-canonical
+    dimension orders that XLA:CPU runs with a naive loop nest: the epoch ran 7x slower than
+    the same steps driven from Python. As a matmul, forward and backward are Eigen GEMMs in
+    any context (``experiments/bench_train.py --conv`` measures both).
+    """
+    del dimension_numbers, unused  # nn.Conv passes NHWC / HWIO
+    if any(s != 1 for s in window_strides) or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+        raise NotImplementedError("im2col_conv supports stride 1 without dilation only")
+    kh, kw, cin, cout = rhs.shape
+    if padding == "SAME":
+        padding = [((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)]
+    elif padding == "VALID":
+        padding = [(0, 0), (0, 0)]
+    x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    windows = [x[:, i : i + h, j : j + w, :] for i in range(kh) for j in range(kw)]
+    # (row, column, channel) order of the last axis = the row-major order of an HWIO kernel
+    return jnp.dot(jnp.concatenate(windows, axis=-1), rhs.reshape(kh * kw * cin, cout),
+                   precision=precision)
+
+
 def _conv(features: int, in_channels: int, name: str) -> nn.Conv:
+    # XLA's own convolution everywhere but on CPU, where im2col_conv is faster (see there).
+    on_cpu = jax.default_backend() == "cpu"
     return nn.Conv(
         features,
         (3, 3),
         padding="SAME",
         kernel_init=torch_kernel_init,
         bias_init=torch_bias_init(in_channels * 9),
+        conv_general_dilated=im2col_conv if on_cpu else None,
         name=name,
     )
 

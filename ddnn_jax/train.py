@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
-from tqdm import tqdm
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ddnn_jax import checkpointing, runfiles
 from ddnn_jax.config import (
@@ -30,8 +31,10 @@ from ddnn_jax.data import DataSplits, augment, load_dataset, normalize
 from ddnn_jax.errors import TrainingDiverged, UsageError
 from ddnn_jax.models import DDNN
 
-# Crash testing: the process SIGKILLs itself after this many optimizer steps of the process.
-FAULT_ENV = "DDNN_FAULT_AFTER_STEPS"
+# Crash testing: the process SIGKILLs itself when this epoch's training program has run, before
+# the epoch is validated and checkpointed.
+FAULT_ENV = "DDNN_FAULT_IN_EPOCH"
+DATA_AXIS = "data"
 
 
 class TrainState(train_state.TrainState):
@@ -93,11 +96,11 @@ def joint_loss(
     return per_sample.mean()
 
 
-def make_train_step(
+def train_step_fn(
     *, local_weight: float | None, mean: np.ndarray, std: np.ndarray, horizontal_flip: bool,
     crop_padding: int,
-) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict]]:
-    """The jitted ``train_step(state, batch, rng) -> (state, metrics)`` of one run.
+) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]:
+    """The pure ``step(state, images, labels, rng) -> (state, metrics)`` of one run.
 
     Args:
       local_weight: w of the joint loss, or None to draw w ~ U(0, 1) at every step.
@@ -107,11 +110,9 @@ def make_train_step(
     """
     mean, std = jnp.asarray(mean), jnp.asarray(std)
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+    def step(state: TrainState, images: jax.Array, labels: jax.Array, rng: jax.Array):
         augment_rng, dropout_rng, weight_rng = jax.random.split(rng, 3)
-        images = augment(
-            batch["image"], augment_rng, horizontal_flip=horizontal_flip, pad=crop_padding
-        )
+        images = augment(images, augment_rng, horizontal_flip=horizontal_flip, pad=crop_padding)
         images = normalize(images, mean, std)
         w = jax.random.uniform(weight_rng) if local_weight is None else local_weight
 
@@ -123,7 +124,7 @@ def make_train_step(
                 rngs={"dropout": dropout_rng},
                 mutable=["batch_stats"],
             )
-            loss = joint_loss(local_logits, cloud_logits, batch["label"], w)
+            loss = joint_loss(local_logits, cloud_logits, labels, w)
             return loss, (local_logits, cloud_logits, updates["batch_stats"])
 
         (loss, (local_logits, cloud_logits, batch_stats)), grads = jax.value_and_grad(
@@ -132,12 +133,79 @@ def make_train_step(
         state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         metrics = {
             "loss": loss,
-            "correct_local": (local_logits.argmax(-1) == batch["label"]).sum(),
-            "correct_cloud": (cloud_logits.argmax(-1) == batch["label"]).sum(),
+            "correct_local": (local_logits.argmax(-1) == labels).sum(),
+            "correct_cloud": (cloud_logits.argmax(-1) == labels).sum(),
         }
         return state, metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    return step
+
+
+def make_train_step(**step_options):
+    """One jitted optimizer step, ``(state, {"image", "label"}, rng) -> (state, metrics)``,
+    driven from Python: for tests and for benchmarking against the compiled epoch."""
+    step = train_step_fn(**step_options)
+    return jax.jit(lambda state, batch, rng: step(state, batch["image"], batch["label"], rng),
+                   donate_argnums=0)
+
+
+def data_mesh(batch_size: int) -> Mesh:
+    """A 1-D mesh over every device of every process; batches are split along it."""
+    devices = jax.devices()
+    if batch_size % len(devices):
+        raise UsageError(
+            f"--batch-size {batch_size} does not split evenly over {len(devices)} devices: "
+            f"use a multiple of {len(devices)}"
+        )
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicate(mesh: Mesh, tree):
+    """A full copy of every array of ``tree`` on every device of the mesh. Each process passes
+    the same values (the same dataset, the same seeded state), so this works multi-host."""
+    sharding = NamedSharding(mesh, P())
+
+    def put(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
+
+
+def make_train_epoch(
+    step, mesh: Mesh, *, batch_size: int, steps_per_epoch: int,
+) -> Callable[..., tuple[TrainState, dict]]:
+    """The whole epoch as one compiled program:
+    ``epoch(state, images, labels, root_key, epoch) -> (state, per-step metrics)``.
+
+    ``images`` [N, H, W, C] uint8 and ``labels`` live on the devices for the whole run. The
+    program draws the epoch's permutation, then a ``lax.scan`` gathers, augments and trains on
+    each batch. Keys are derived exactly as in a step-by-step loop: the shuffle from
+    (root, STREAM_SHUFFLE, epoch), step i from (root, STREAM_STEP, global step i). The batch
+    axis is sharded over ``mesh``; parameters and optimizer state are replicated, and XLA
+    inserts the reductions of gradients and batch statistics, so any device count computes
+    the same function.
+    """
+    replicated = NamedSharding(mesh, P())
+    by_example = NamedSharding(mesh, P(None, DATA_AXIS))
+    per_step = batch_size * steps_per_epoch
+
+    def epoch_fn(state, images, labels, root, epoch):
+        shuffle_key = jax.random.fold_in(jax.random.fold_in(root, STREAM_SHUFFLE), epoch)
+        order = jax.random.permutation(shuffle_key, labels.shape[0])
+        batches = order[:per_step].reshape(steps_per_epoch, batch_size)
+        batches = jax.lax.with_sharding_constraint(batches, by_example)
+        step_root = jax.random.fold_in(root, STREAM_STEP)
+        first_step = (epoch - 1) * steps_per_epoch
+
+        def body(state, xs):
+            i, idx = xs
+            rng = jax.random.fold_in(step_root, first_step + i)
+            return step(state, images[idx], labels[idx], rng)
+
+        return jax.lax.scan(body, state, (jnp.arange(steps_per_epoch), batches))
+
+    return jax.jit(epoch_fn, donate_argnums=0, out_shardings=(replicated, replicated))
 
 
 def make_predict_fn(model: DDNN, mean: np.ndarray, std: np.ndarray, with_features: bool = False):
@@ -221,37 +289,28 @@ def train(
     metrics_path = run_dir / runfiles.METRICS
     history = [row for row in runfiles.read_metrics(run_dir) if row["epoch"] <= start_epoch]
 
-    train_step = make_train_step(
-        local_weight=local_weight, mean=data.mean, std=data.std,
-        horizontal_flip=data.horizontal_flip, crop_padding=data.crop_padding,
+    mesh = data_mesh(config.batch_size)
+    steps_per_epoch = len(data.train) // config.batch_size
+    run_epoch = make_train_epoch(
+        train_step_fn(local_weight=local_weight, mean=data.mean, std=data.std,
+                      horizontal_flip=data.horizontal_flip, crop_padding=data.crop_padding),
+        mesh, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
     )
     predict = make_predict_fn(build_model(config, data.num_classes), data.mean, data.std)
     plateau = plateau_schedule(config)
     root = jax.random.key(config.seed)
-    steps_per_epoch = len(data.train) // config.batch_size
-    fault_after = int(os.environ.get(FAULT_ENV, "0"))
-    steps_this_process = 0
+    images, labels = replicate(mesh, data.train.images), replicate(mesh, data.train.labels)
+    state = replicate(mesh, state)
+    fault_epoch = int(os.environ.get(FAULT_ENV, "0"))
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
         started = time.perf_counter()
-        shuffle_key = jax.random.fold_in(jax.random.fold_in(root, STREAM_SHUFFLE), epoch)
-        order = np.asarray(jax.random.permutation(shuffle_key, len(data.train)))
         learning_rate = float(state.opt_state.hyperparams["learning_rate"])
-        step_metrics = []
-        for i in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}",
-                      leave=False, disable=None):
-            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-            batch = {"image": data.train.images[idx], "label": data.train.labels[idx]}
-            global_step = (epoch - 1) * steps_per_epoch + i
-            rng = jax.random.fold_in(jax.random.fold_in(root, STREAM_STEP), global_step)
-            state, metrics = train_step(state, batch, rng)
-            step_metrics.append(metrics)
-            steps_this_process += 1
-            if steps_this_process == fault_after:
-                jax.block_until_ready(state)
-                os.kill(os.getpid(), signal.SIGKILL)
+        state, step_metrics = run_epoch(state, images, labels, root, epoch)
         step_metrics = jax.device_get(step_metrics)
-        losses = np.array([m["loss"] for m in step_metrics])
+        if epoch == fault_epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+        losses = step_metrics["loss"]
         _check_finite(losses, first_step=(epoch - 1) * steps_per_epoch + 1, epoch=epoch)
         seen = steps_per_epoch * config.batch_size
 
@@ -267,8 +326,8 @@ def train(
         row = {
             "epoch": epoch,
             "train_loss": float(losses.mean()),
-            "train_accuracy_local": sum(int(m["correct_local"]) for m in step_metrics) / seen,
-            "train_accuracy_cloud": sum(int(m["correct_cloud"]) for m in step_metrics) / seen,
+            "train_accuracy_local": int(step_metrics["correct_local"].sum()) / seen,
+            "train_accuracy_cloud": int(step_metrics["correct_cloud"].sum()) / seen,
             "val_accuracy_local": val_local,
             "val_accuracy_cloud": val_cloud,
             "val_accuracy_mean": selection,

@@ -119,3 +119,24 @@ def test_max_pool_floors_odd_sizes_like_pytorch():
     chex.assert_shape(pooled, (2, 3, 3, 3))
     expected = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
     np.testing.assert_array_equal(pooled, expected)
+
+
+@pytest.mark.parametrize("padding", ["SAME", [(1, 1), (1, 1)], "VALID", [(0, 2), (1, 0)]])
+def test_im2col_convolution_equals_xla_convolution(padding):
+    from ddnn_jax.models import im2col_conv
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (2, 7, 6, 5))
+    w = jax.random.normal(keys[1], (3, 3, 5, 4))
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def xla(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dims)
+
+    def ours(x, w):
+        return im2col_conv(x, w, (1, 1), padding)
+
+    np.testing.assert_allclose(ours(x, w), xla(x, w), atol=1e-5)
+    g = jax.random.normal(keys[2], xla(x, w).shape)
+    grads = [jax.grad(lambda x, w, f=f: (f(x, w) * g).sum(), argnums=(0, 1))(x, w) for f in (ours, xla)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), *grads)

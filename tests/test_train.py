@@ -128,19 +128,19 @@ def test_train_writes_metrics_and_resumes_where_it_stopped(tmp_path: Path):
 def test_nan_loss_stops_training_with_the_step_number(tmp_path: Path, monkeypatch):
     import ddnn_jax.train as train_module
 
-    real = train_module.make_train_step
+    real = train_module.train_step_fn
 
     def poisoned(**kwargs):
         step = real(**kwargs)
 
-        def wrapped(state, batch, rng):
-            state, metrics = step(state, batch, rng)
+        def wrapped(state, images, labels, rng):
+            state, metrics = step(state, images, labels, rng)
             bad = jnp.where(state.step == 3, jnp.nan, metrics["loss"])
             return state, {**metrics, "loss": bad}
 
         return wrapped
 
-    monkeypatch.setattr(train_module, "make_train_step", poisoned)
+    monkeypatch.setattr(train_module, "train_step_fn", poisoned)
     with pytest.raises(TrainingDiverged, match="at step 3 "):
         train(TINY, _tiny_data(), tmp_path, local_weight=0.5)
     assert not (tmp_path / "checkpoints" / "1").exists()

@@ -1,0 +1,57 @@
+"""Data parallelism: the compiled epoch on a 4-device mesh computes what it computes on one.
+
+XLA's host platform is split into 4 CPU devices in a fresh interpreter (the flag must be set
+before JAX starts), and the same epochs run there on a mesh of 4 and of 1 device.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+from ddnn_jax.config import TrainConfig
+from ddnn_jax import train as T
+
+assert jax.device_count() == 4, jax.devices()
+config = TrainConfig(batch_size=16, edge_channels=4, local_hidden=8,
+                     cloud_conv_channels=(8, 8, 8, 8), cloud_dense_features=(16, 8))
+rng = np.random.default_rng(0)
+labels = rng.integers(0, 3, 96).astype(np.int32)
+images = (rng.integers(0, 60, (96, 16, 16, 1)) + 90 * labels[:, None, None, None]).astype(np.uint8)
+step = T.train_step_fn(local_weight=None, mean=np.array([0.5]), std=np.array([0.3]),
+                       horizontal_flip=True, crop_padding=2)
+out = {}
+for n in (4, 1):
+    mesh = jax.make_mesh((n,), (T.DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:n])
+    epoch = T.make_train_epoch(step, mesh, batch_size=16, steps_per_epoch=6)
+    state = T.replicate(mesh, T.create_train_state(config, (16, 16, 1), 3))
+    x, y = T.replicate(mesh, images), T.replicate(mesh, labels)
+    losses = []
+    for e in (1, 2, 3):
+        state, metrics = epoch(state, x, y, jax.random.key(0), e)
+        losses += np.asarray(metrics["loss"]).tolist()
+    out[n] = {"losses": losses, "devices": len(state.params["cloud"]["fc1"]["kernel"].sharding.device_set),
+              "kernel": np.asarray(state.params["cloud"]["fc1"]["kernel"]).ravel()[:20].tolist()}
+print(json.dumps(out))
+"""
+
+
+def test_four_devices_follow_the_one_device_loss_trajectory():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    four, one = out["4"], out["1"]
+    assert (four["devices"], one["devices"]) == (4, 1)
+    assert len(four["losses"]) == 18
+    assert four["losses"][-1] < four["losses"][0]  # it trains
+    for a, b in zip(four["losses"], one["losses"]):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (four["losses"], one["losses"])
+    for a, b in zip(four["kernel"], one["kernel"]):
+        assert abs(a - b) <= 1e-4
