@@ -15,6 +15,7 @@ the same modules serve 28x28x1 and 32x32x3 images and any number of classes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -65,16 +66,26 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
                    precision=precision)
 
 
+# Which convolution nn.Conv runs, read when a model is traced: "auto" (im2col_conv on CPU, XLA's
+# convolution elsewhere), "im2col" or "xla". For benchmarks; every choice computes the same.
+CONV_ENV = "DDNN_CONV"
+
+
+def _use_im2col() -> bool:
+    choice = os.environ.get(CONV_ENV, "auto")
+    if choice not in ("auto", "im2col", "xla"):
+        raise ValueError(f"{CONV_ENV} must be auto, im2col or xla, got '{choice}'")
+    return choice == "im2col" or (choice == "auto" and jax.default_backend() == "cpu")
+
+
 def _conv(features: int, in_channels: int, name: str) -> nn.Conv:
-    # XLA's own convolution everywhere but on CPU, where im2col_conv is faster (see there).
-    on_cpu = jax.default_backend() == "cpu"
     return nn.Conv(
         features,
         (3, 3),
         padding="SAME",
         kernel_init=torch_kernel_init,
         bias_init=torch_bias_init(in_channels * 9),
-        conv_general_dilated=im2col_conv if on_cpu else None,
+        conv_general_dilated=im2col_conv if _use_im2col() else None,
         name=name,
     )
 

@@ -1,27 +1,90 @@
-"""Training throughput of the default configuration on the current JAX backend.
+"""Training throughput: our compiled epoch vs the per-step Python loop vs the PyTorch reference.
 
-    python experiments/bench_train.py [--image-shape 28,28,1] [--batch-size 128] [--steps 30]
+    python experiments/bench_train.py [--image-shape 28,28,1] [--batch-size 128] [--steps 20]
 
-Prints one JSON line per measurement: steady-state images/s of the jitted train step (median of
-repeats, compile excluded), the compile time, evaluation images/s, and the seconds one epoch of
-the default Fashion-MNIST split (54,000 train, 6,000 validation images) takes at those rates.
-Synthetic uint8 images: the step's cost does not depend on pixel values.
+Same model, batch, augmentation, loss and optimizer in every contender, on this machine, in one
+process, interleaved (A B C A B C ...) so that load changes hit all of them alike:
+
+* ``jax_epoch``: ``train.make_train_epoch``, the whole epoch as one compiled program;
+* ``jax_step_loop``: the jitted step driven from Python, one call per batch;
+* ``jax_epoch_xla_conv`` (CPU only): the compiled epoch with XLA's convolution instead of im2col;
+* ``torch``: the PyTorch reference (``ddnn_jax.interop.torch_train``), if torch is installed.
+
+Prints one JSON line per contender (median images/s of ``--repeats``, compile excluded) and the
+ratios to PyTorch and to the step loop. Synthetic uint8 images: the cost does not depend on pixels.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
 import jax
 import numpy as np
 
+from ddnn_jax import models
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.train import (
-    build_model, create_train_state, make_predict_fn, make_train_step, predict_in_batches,
+    create_train_state, data_mesh, make_train_epoch, make_train_step, replicate, train_step_fn,
 )
+
+
+def _jax_epoch(args, shape, images, labels, options, conv):
+    os.environ[models.CONV_ENV] = conv  # read when the model is traced, below
+    mesh = data_mesh(args.batch_size)
+    epoch = make_train_epoch(train_step_fn(**options), mesh, batch_size=args.batch_size,
+                             steps_per_epoch=args.steps)
+    state = replicate(mesh, create_train_state(TrainConfig(), shape, args.num_classes))
+    x, y, root = replicate(mesh, images), replicate(mesh, labels), jax.random.key(0)
+    calls = iter(range(1, 10**6))
+
+    def run():
+        nonlocal state
+        state, metrics = epoch(state, x, y, root, next(calls))
+        jax.block_until_ready(metrics)
+
+    run()  # compile
+    os.environ.pop(models.CONV_ENV)
+    return run
+
+
+def _jax_step_loop(args, shape, images, labels, options):
+    step = make_train_step(**options)
+    state = create_train_state(TrainConfig(), shape, args.num_classes)
+    root, bs = jax.random.key(0), args.batch_size
+
+    def run():
+        nonlocal state
+        for i in range(args.steps):
+            batch = {"image": images[i * bs:(i + 1) * bs], "label": labels[i * bs:(i + 1) * bs]}
+            state, metrics = step(state, batch, jax.random.fold_in(root, i))
+        jax.block_until_ready(metrics)
+
+    run()
+    return run
+
+
+def _torch(args, shape, images, labels, options):
+    import torch
+
+    from ddnn_jax.interop.torch_train import TorchTrainer
+
+    trainer = TorchTrainer(shape, args.num_classes, mean=options["mean"], std=options["std"],
+                           crop_padding=options["crop_padding"])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(labels).long()
+    bs = args.batch_size
+
+    def run():
+        for i in range(args.steps):
+            loss = trainer.step(x[i * bs:(i + 1) * bs], y[i * bs:(i + 1) * bs])
+        loss.item()
+
+    run()
+    return run
 
 
 def main() -> None:
@@ -29,55 +92,47 @@ def main() -> None:
     parser.add_argument("--image-shape", default="28,28,1")
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=30, help="steps per timed repeat")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per timed run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train-size", type=int, default=54000)
-    parser.add_argument("--val-size", type=int, default=6000)
     args = parser.parse_args()
     shape = tuple(int(s) for s in args.image_shape.split(","))
-    config = TrainConfig(batch_size=args.batch_size)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.batch_size, *shape), dtype=np.uint8)
-    labels = rng.integers(0, args.num_classes, args.batch_size).astype(np.int32)
-    mean, std = np.full(shape[-1], 0.5, np.float32), np.full(shape[-1], 0.25, np.float32)
+    n = args.steps * args.batch_size
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    labels = rng.integers(0, args.num_classes, n).astype(np.int32)
+    channels = shape[-1]
+    options = dict(local_weight=0.5, mean=np.full(channels, 0.5, np.float32),
+                   std=np.full(channels, 0.25, np.float32), horizontal_flip=True,
+                   crop_padding=4 if shape[0] >= 32 else 2)
 
-    state = create_train_state(config, shape, args.num_classes)
-    step = make_train_step(local_weight=0.5, mean=mean, std=std, horizontal_flip=True,
-                           crop_padding=4 if shape[0] >= 32 else 2)
-    batch = {"image": images, "label": labels}
-    key = jax.random.key(0)
-    started = time.perf_counter()
-    state, metrics = step(state, batch, key)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - started
+    contenders = {"jax_epoch": _jax_epoch(args, shape, images, labels, options, "auto"),
+                  "jax_step_loop": _jax_step_loop(args, shape, images, labels, options)}
+    if jax.default_backend() == "cpu":
+        contenders["jax_epoch_xla_conv"] = _jax_epoch(args, shape, images, labels, options, "xla")
+    try:
+        contenders["torch"] = _torch(args, shape, images, labels, options)
+    except ImportError:
+        pass
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for name, run in contenders.items():
+            started = time.perf_counter()
+            run()
+            rates[name].append(n / (time.perf_counter() - started))
 
-    rates = []
-    for repeat in range(args.repeats):
-        started = time.perf_counter()
-        for i in range(args.steps):
-            state, metrics = step(state, batch, jax.random.fold_in(key, i))
-        jax.block_until_ready(metrics)
-        rates.append(args.steps * args.batch_size / (time.perf_counter() - started))
-    train_rate = statistics.median(rates)
-
-    predict = make_predict_fn(build_model(config, args.num_classes), mean, std)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    eval_images = rng.integers(0, 256, (4 * config.eval_batch_size, *shape), dtype=np.uint8)
-    predict_in_batches(predict, variables, eval_images[: config.eval_batch_size], config.eval_batch_size)
-    started = time.perf_counter()
-    predict_in_batches(predict, variables, eval_images, config.eval_batch_size)
-    eval_rate = len(eval_images) / (time.perf_counter() - started)
-
-    steps_per_epoch = args.train_size // args.batch_size
-    common = {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-              "image_shape": list(shape), "batch_size": args.batch_size}
-    for name, value, unit in [
-        ("train_throughput", train_rate, "images/s"),
-        ("train_step_compile", compile_s, "s"),
-        ("eval_throughput", eval_rate, "images/s"),
-        ("epoch_time", steps_per_epoch * args.batch_size / train_rate + args.val_size / eval_rate, "s"),
-    ]:
-        print(json.dumps({"measure": name, "value": round(value, 3), "unit": unit, **common}))
+    common = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+              "devices": jax.device_count(), "image_shape": list(shape),
+              "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats}
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    for name, values in rates.items():
+        print(json.dumps({"measure": "train_throughput", "contender": name,
+                          "images_per_s": round(median[name], 1),
+                          "runs": [round(v, 1) for v in values], **common}))
+    for name in median:
+        for base in ("torch", "jax_step_loop"):
+            if base in median and name != base:
+                print(json.dumps({"measure": "train_speed_ratio", "contender": name, "over": base,
+                                  "ratio": round(median[name] / median[base], 3), **common}))
 
 
 if __name__ == "__main__":
