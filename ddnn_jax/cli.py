@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("--run", required=True, type=Path, help="run directory")
     exporter.add_argument("--out", required=True, type=Path, help="directory for the .pth files")
 
+    bench = commands.add_parser("bench", help="benchmarks, one JSON line per measurement",
+                                add_help=False)
+    bench.add_argument("benchmark", choices=sorted(BENCHMARKS),
+                       help="train (vs PyTorch), inference (Fig. 6.5), router (grid), conv")
+    bench.add_argument("options", nargs=argparse.REMAINDER,
+                       help="the benchmark's own flags (ddnn bench NAME --help)")
+
     run = commands.add_parser("run", help="train, collect, route, evaluate and report")
     _add_training_flags(run)
     _add_router_flags(run)
@@ -203,6 +210,17 @@ def _export_torch(args) -> None:
         print(f"{name}: {path}")
 
 
+BENCHMARKS = {"train": "train", "inference": "inference", "router": "router_grid",
+              "conv": "conv_in_loop"}
+
+
+def _bench(args) -> None:
+    import importlib
+
+    module = importlib.import_module(f"ddnn_jax.benchmarks.{BENCHMARKS[args.benchmark]}")
+    module.main(args.options)
+
+
 def _run(args) -> None:
     plan = RunPlan(
         targets=args.grid or RunPlan.targets, inputs=args.inputs,
@@ -229,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         commands = {"train": _train, "collect": _collect, "route": _route,
                     "evaluate": _evaluate, "report": _report, "run": _run,
-                    "import-torch": _import_torch, "export-torch": _export_torch}
+                    "import-torch": _import_torch, "export-torch": _export_torch,
+                    "bench": _bench}
         commands[args.command](args)
     except UsageError as err:
         print(f"ddnn: error: {err}", file=sys.stderr)

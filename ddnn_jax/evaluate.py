@@ -10,6 +10,7 @@ is at the reference target. Rates and accuracies are fractions in [0, 1].
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import jax
@@ -187,6 +188,15 @@ def _weight_sweep(run_dir: Path, key) -> list[dict]:
     return rows
 
 
+INFERENCE_BENCH = "bench_inference.json"
+
+
+def _inference_timings(run_dir: Path) -> list[dict] | None:
+    """The lines of ``ddnn bench inference --run RUN --out RUN/bench_inference.json``, if run."""
+    path = run_dir / INFERENCE_BENCH
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def evaluate(run_dir: Path, config: EvaluationConfig = EvaluationConfig()) -> dict:
     """Computes every mechanism's test curve and the analyses; writes and returns results.json."""
     record = runfiles.read_config(run_dir)
@@ -253,6 +263,7 @@ def evaluate(run_dir: Path, config: EvaluationConfig = EvaluationConfig()) -> di
             },
         },
         "evaluation_config": dataclasses.asdict(config),
+        "inference": _inference_timings(run_dir),
     }
     runfiles.write_json_atomic(run_dir / RESULTS, results)
     return results

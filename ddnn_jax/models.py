@@ -78,7 +78,8 @@ def _use_im2col() -> bool:
     return choice == "im2col" or (choice == "auto" and jax.default_backend() == "cpu")
 
 
-def _conv(features: int, in_channels: int, name: str) -> nn.Conv:
+def conv3x3(features: int, in_channels: int, name: str | None = None) -> nn.Conv:
+    """3x3, stride 1, SAME padding, PyTorch's default initialisation."""
     return nn.Conv(
         features,
         (3, 3),
@@ -129,7 +130,7 @@ class EdgeFeatureExtractor(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = _conv(self.channels, x.shape[-1], "conv1")(x)
+        x = conv3x3(self.channels, x.shape[-1], "conv1")(x)
         x = _batch_norm(train, "bn")(x)
         x = nn.leaky_relu(x, LEAKY_SLOPE)
         x = max_pool_2x2(x)
@@ -165,7 +166,7 @@ class CloudCNN(nn.Module):
     def __call__(self, z: jax.Array, train: bool) -> jax.Array:
         x = z
         for i, (channels, pool) in enumerate(zip(self.conv_channels, self.pool_after), start=1):
-            x = _conv(channels, x.shape[-1], f"conv{i}")(x)
+            x = conv3x3(channels, x.shape[-1], f"conv{i}")(x)
             x = _batch_norm(train, f"bn{i}")(x)
             x = nn.leaky_relu(x, LEAKY_SLOPE)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -14,9 +14,10 @@ from pathlib import Path
 import jax
 
 from ddnn_jax import runfiles
+from ddnn_jax.benchmarks import inference as inference_bench
 from ddnn_jax.collect import collect, outputs_complete
 from ddnn_jax.config import TrainConfig
-from ddnn_jax.evaluate import WEIGHT_SWEEP, evaluate
+from ddnn_jax.evaluate import INFERENCE_BENCH, WEIGHT_SWEEP, evaluate
 from ddnn_jax.report import report
 from ddnn_jax.route import route
 from ddnn_jax.router import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
@@ -43,8 +44,8 @@ class RunPlan:
 
 
 def default_inputs() -> tuple[str, ...]:
-    """Every input mode on an accelerator; no CNN routers on CPU, where XLA runs convolutions
-    inside compiled loops about 8x slower than outside them (experiments/bench_router.py)."""
+    """Every input mode on an accelerator; no CNN routers on CPU, where a CNN router trained on
+    every split's feature maps would cost more than the DDNN itself (``--inputs`` adds them)."""
     if jax.default_backend() == "cpu":
         return ("logits", "logits+", "features")
     return ("logits", "logits+", "features", "features-cnn", "images")
@@ -95,6 +96,9 @@ def run(config: TrainConfig, run_dir: Path, plan: RunPlan = RunPlan()) -> Path:
                 limit_train=min(plan.sweep_limit_train, config.limit_train or plan.sweep_limit_train),
             )
             _train_and_collect(sweep, run_dir / WEIGHT_SWEEP / f"w{weight}_seed{seed}", False)
+    if not (run_dir / INFERENCE_BENCH).is_file():
+        print("[4/5] timing inference per mechanism (Fig. 6.5)", flush=True)
+        inference_bench.main(["--run", str(run_dir), "--out", str(run_dir / INFERENCE_BENCH)])
     runfiles.write_json_atomic(run_dir / RUN_PLAN, dataclasses.asdict(plan))
     print("[4/5] evaluating", flush=True)
     evaluate(run_dir)

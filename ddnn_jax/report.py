@@ -168,6 +168,46 @@ def _fig_6_1(results):
     return lambda ax: _bars(ax, list(values), list(values.values()), "standalone exits (test)"), table
 
 
+def _fig_6_5(results):
+    lines = results.get("inference")
+    if not lines:
+        return None
+    mechanisms = {"random": "ddnn_random", "entropy": "ddnn_entropy", "router (logits)": "ddnn_router"}
+    curves = {"random": "random", "entropy": "entropy", "router (logits)": "router_logits"}
+    timed = [line for line in lines if line["measure"] == "inference"]
+    regimes = list(dict.fromkeys(line["regime"] for line in timed))
+    at = {(line["regime"], line["mechanism"]): line for line in timed}
+
+    def draw(ax):
+        width = 0.8 / len(regimes)
+        for j, regime in enumerate(regimes):
+            rows = [at[(regime, m)] for m in mechanisms.values()]
+            offset = (j - (len(regimes) - 1) / 2) * width
+            bars = ax.bar([x + offset for x in range(len(mechanisms))],
+                          [r["per_sample_ms_mean"] for r in rows], width,
+                          yerr=[r["per_sample_ms_std"] for r in rows], capsize=3, label=regime)
+            ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        ax.set_xticks(range(len(mechanisms)), list(mechanisms))
+        ax.set_ylabel("ms per sample")
+        ax.set_title(f"inference at L0 = {timed[0]['target_local']} ({timed[0]['device']})")
+        ax.legend(fontsize=8)
+
+    table = ["| mechanism | accuracy % at L0 = 0.54 | " + " | ".join(
+        f"{r} ms/sample (mean ± std)" for r in regimes) + " |",
+        "|---|---|" + "---|" * len(regimes)]
+    for label, name in mechanisms.items():
+        curve = results["curves"].get(curves[label])
+        accuracy = _pct(_at(curve, 0.54)["accuracy"]) if curve else "n/a"
+        cells = [f"{at[(r, name)]['per_sample_ms_mean']:.3f} ± {at[(r, name)]['per_sample_ms_std']:.3f}"
+                 for r in regimes]
+        table.append(f"| {label} | {accuracy} | " + " | ".join(cells) + " |")
+    overhead = [line for line in lines if line["measure"] == "router_overhead"]
+    table.append("")
+    table += [f"Router decision cost over entropy ({o['regime']}): {o['over_entropy_ms']:.4f} ms per "
+              f"sample, {100 * o['fraction_of_edge_only']:.1f} % of edge-only." for o in overhead]
+    return draw, "\n".join(table)
+
+
 def _fig_6_12(results):
     ta = results["test_analysis"]
     if ta is None:
@@ -230,6 +270,8 @@ SECTIONS: list[tuple[str, str, Callable, str]] = [
     ("6.4", "Router dropout", lambda r: _ablation(
         r, {f"p={p}": f"router_logits_dropout{p}" for p in ("0.0", "0.1", "0.2", "0.6")}, "router dropout"),
      "ddnn route --dropout 0.6 --name logits-dropout0.6"),
+    ("6.5", "Inference cost per mechanism", _fig_6_5,
+     "ddnn bench inference --run RUN --out RUN/bench_inference.json"),
     ("6.10", "Router training vs validation decision accuracy",
      lambda r: _history(r, "router_logits", "router on logits"), "ddnn route --inputs logits"),
     ("6.11", "Logits+ input", lambda r: _comparison(r, ["router_logits_plus", "router_logits"], "logits+"),

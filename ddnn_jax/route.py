@@ -133,6 +133,8 @@ def route(run_dir: Path, config: RouterConfig, *, name: str | None = None) -> Pa
         "train_decision_accuracy": _history(result.train_accuracy),
         "val_decision_accuracy": _history(result.val_accuracy),
         "input_shape": list(inputs["train"].shape[1:]),
+        # what a deployed router subtracts and divides by before its first layer
+        "input_standardization": {"mean": np.ravel(mean).tolist(), "std": np.ravel(std).tolist()},
         "seconds": {"compile": compiled_at - started, "train": trained_at - compiled_at},
         "backend": jax.default_backend(),
     }

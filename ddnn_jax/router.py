@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddnn_jax.models import BN_EPSILON, BN_MOMENTUM, torch_bias_init, torch_kernel_init
+from ddnn_jax.models import BN_EPSILON, BN_MOMENTUM, conv3x3, torch_bias_init, torch_kernel_init
 from ddnn_jax.policies import normalized_entropy, top2_margin
 
 # What the router sees: the local logits (optionally with the top-2 margin and the normalised
@@ -87,10 +87,7 @@ class RouterNet(nn.Module):
             use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON
         )
         for channels in self.conv_channels:
-            x = nn.Conv(
-                channels, (3, 3), padding="SAME", kernel_init=torch_kernel_init,
-                bias_init=torch_bias_init(9 * x.shape[-1]),
-            )(x)
+            x = conv3x3(channels, x.shape[-1])(x)
             x = nn.relu(norm()(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))

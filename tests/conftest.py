@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """One persistent XLA compilation cache for the session, shared with the CLI subprocesses,
+    which would otherwise compile the same training programs again in every interpreter. It is
+    set before any test module imports jax; a cache the user chose is left alone."""
+    if CACHE_ENV not in os.environ:
+        config.ddnn_cache = os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="ddnn-jax-xla-cache-")
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "ddnn_cache", None):
+        shutil.rmtree(config.ddnn_cache, ignore_errors=True)
+        del os.environ[CACHE_ENV]
 
 
 @pytest.fixture(scope="session")

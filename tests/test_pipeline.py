@@ -136,6 +136,14 @@ def test_run_end_to_end_and_rerun(tmp_path, fashion_mnist_ready):
         (test["local_logits"].argmax(-1) == test["labels"]).mean())
     assert [p["target"] for p in results["curves"]["router_logits"]] == [0.3, 0.54]
     assert (out / "report.md").is_file() and (out / "figures" / "fig_6_2.png").is_file()
+    # Fig. 6.5: the inference timings of this run's network and trained router, 54 % kept local
+    # by each mechanism.
+    assert (out / "figures" / "fig_6_5.png").is_file()
+    timed = {(r["regime"], r["mechanism"]): r for r in results["inference"] if r["measure"] == "inference"}
+    assert len(timed) == 12
+    for mechanism in ("ddnn_entropy", "ddnn_router", "ddnn_random"):
+        assert abs(timed[("batch1024", mechanism)]["offloaded_fraction"] - 0.46) < 0.05
+    assert timed[("batch1", "edge_router")]["router"].startswith(str(out / "routers" / "logits"))
     plan = json.loads((out / "run_plan.json").read_text())
     assert plan["inputs"] == ["logits"] and plan["sweep_weights"] == []
     # Given again, every stage is found complete and the results are the same.

@@ -1,0 +1,140 @@
+"""Training throughput: our compiled epoch vs the per-step Python loop vs the PyTorch reference.
+
+    ddnn bench train [--image-shape 28,28,1] [--batch-size 128] [--steps 20]
+    (or python experiments/bench_train.py ...)
+
+Same model, batch, augmentation, loss and optimizer in every contender, on this machine, in one
+process, interleaved (A B C A B C ...) so that load changes hit all of them alike:
+
+* ``jax_epoch``: ``train.make_train_epoch``, the whole epoch as one compiled program;
+* ``jax_step_loop``: the jitted step driven from Python, one call per batch;
+* ``jax_epoch_xla_conv`` (CPU only): the compiled epoch with XLA's convolution instead of im2col;
+* ``torch``: the PyTorch reference (``ddnn_jax.interop.torch_train``), if torch is installed.
+
+Prints one JSON line per contender (median images/s of ``--repeats``, compile excluded) and the
+ratios to PyTorch and to the step loop. Synthetic uint8 images: the cost does not depend on pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from ddnn_jax import models
+from ddnn_jax.config import TrainConfig
+from ddnn_jax.train import (
+    create_train_state, data_mesh, make_train_epoch, make_train_step, replicate, train_step_fn,
+)
+
+
+def _jax_epoch(args, shape, images, labels, options, conv):
+    os.environ[models.CONV_ENV] = conv  # read when the model is traced, below
+    mesh = data_mesh(args.batch_size)
+    epoch = make_train_epoch(train_step_fn(**options), mesh, batch_size=args.batch_size,
+                             steps_per_epoch=args.steps)
+    state = replicate(mesh, create_train_state(TrainConfig(), shape, args.num_classes))
+    x, y, root = replicate(mesh, images), replicate(mesh, labels), jax.random.key(0)
+    calls = iter(range(1, 10**6))
+
+    def run():
+        nonlocal state
+        state, metrics = epoch(state, x, y, root, next(calls))
+        jax.block_until_ready(metrics)
+
+    run()  # compile
+    os.environ.pop(models.CONV_ENV)
+    return run
+
+
+def _jax_step_loop(args, shape, images, labels, options):
+    step = make_train_step(**options)
+    state = create_train_state(TrainConfig(), shape, args.num_classes)
+    root, bs = jax.random.key(0), args.batch_size
+
+    def run():
+        nonlocal state
+        for i in range(args.steps):
+            batch = {"image": images[i * bs:(i + 1) * bs], "label": labels[i * bs:(i + 1) * bs]}
+            state, metrics = step(state, batch, jax.random.fold_in(root, i))
+        jax.block_until_ready(metrics)
+
+    run()
+    return run
+
+
+def _torch(args, shape, images, labels, options):
+    import torch
+
+    from ddnn_jax.interop.torch_train import TorchTrainer
+
+    trainer = TorchTrainer(shape, args.num_classes, mean=options["mean"], std=options["std"],
+                           crop_padding=options["crop_padding"])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(labels).long()
+    bs = args.batch_size
+
+    def run():
+        for i in range(args.steps):
+            loss = trainer.step(x[i * bs:(i + 1) * bs], y[i * bs:(i + 1) * bs])
+        loss.item()
+
+    run()
+    return run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-shape", default="28,28,1")
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per timed run")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    shape = tuple(int(s) for s in args.image_shape.split(","))
+    rng = np.random.default_rng(0)
+    n = args.steps * args.batch_size
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    labels = rng.integers(0, args.num_classes, n).astype(np.int32)
+    channels = shape[-1]
+    options = dict(local_weight=0.5, mean=np.full(channels, 0.5, np.float32),
+                   std=np.full(channels, 0.25, np.float32), horizontal_flip=True,
+                   crop_padding=4 if shape[0] >= 32 else 2)
+
+    contenders = {"jax_epoch": _jax_epoch(args, shape, images, labels, options, "auto"),
+                  "jax_step_loop": _jax_step_loop(args, shape, images, labels, options)}
+    if jax.default_backend() == "cpu":
+        contenders["jax_epoch_xla_conv"] = _jax_epoch(args, shape, images, labels, options, "xla")
+    try:
+        contenders["torch"] = _torch(args, shape, images, labels, options)
+    except ImportError:
+        pass
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for name, run in contenders.items():
+            started = time.perf_counter()
+            run()
+            rates[name].append(n / (time.perf_counter() - started))
+
+    common = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+              "devices": jax.device_count(), "image_shape": list(shape),
+              "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats}
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    for name, values in rates.items():
+        print(json.dumps({"measure": "train_throughput", "contender": name,
+                          "images_per_s": round(median[name], 1),
+                          "runs": [round(v, 1) for v in values], **common}))
+    for name in median:
+        for base in ("torch", "jax_step_loop"):
+            if base in median and name != base:
+                print(json.dumps({"measure": "train_speed_ratio", "contender": name, "over": base,
+                                  "ratio": round(median[name] / median[base], 3), **common}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""See ddnn_jax/benchmarks/inference.py (also: ddnn bench inference)."""
+
+from ddnn_jax.benchmarks.inference import main
+
+if __name__ == "__main__":
+    main()
