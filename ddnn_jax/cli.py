@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--std", type=_numbers, default=None,
                           help="per-channel std dividing it (default: the training statistics)")
     importer.add_argument("--seed", type=_integer, default=0, help="seeds the train/val split")
+    importer.add_argument("--limit-train", type=_integer, default=None,
+                          help="collect only the first N training images (the routers' training set)")
     importer.add_argument("--data-dir", default=None, help="tfds data directory")
     importer.add_argument("--download", action="store_true",
                           help="let tfds download the dataset if it is not prepared")
@@ -199,7 +201,8 @@ def _import_torch(args) -> None:
     paths = {"feature_extractor": args.feature_extractor,
              "local_classifier": args.local_classifier, "cloud": args.cloud}
     out = import_torch(paths, dataset=args.dataset, out=args.out, mean=args.mean, std=args.std,
-                       data_dir=args.data_dir, download=args.download, seed=args.seed)
+                       data_dir=args.data_dir, download=args.download, seed=args.seed,
+                       limit_train=args.limit_train)
     print(f"imported: {out} (next: ddnn collect --run {out})")
 
 

@@ -48,7 +48,7 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
     compiled loop (our epoch's ``lax.scan``), the backward convolutions keep non-canonical
     dimension orders that XLA:CPU runs with a naive loop nest: the epoch ran 7x slower than
     the same steps driven from Python. As a matmul, forward and backward are Eigen GEMMs in
-    any context (``experiments/bench_train.py --conv`` measures both).
+    any context (``ddnn bench conv`` and ``ddnn bench train`` measure both).
     """
     del dimension_numbers, unused  # nn.Conv passes NHWC / HWIO
     if any(s != 1 for s in window_strides) or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):

@@ -169,8 +169,10 @@ def test_import_collect_export_on_fashion_mnist(tmp_path, fashion_mnist_ready):
     paths = _save_parts(model, tmp_path)
     run = tmp_path / "run"
     mean, std = 0.25, 0.4
-    assert main(_import_args(paths, run, "--mean", str(mean), "--std", str(std))) == 0
+    assert main(_import_args(paths, run, "--mean", str(mean), "--std", str(std),
+                             "--limit-train", "256")) == 0
     assert main(["collect", "--run", str(run)]) == 0
+    assert len(np.load(run / "outputs" / "train.npz")["labels"]) == 256
 
     test = load_dataset("fashion_mnist").test
     x = (test.images.astype(np.float32) / 255 - mean) / std

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from ddnn_jax import cli
 from ddnn_jax.evaluate import HEURISTIC_TARGETS
 
@@ -122,13 +121,13 @@ def test_route_skips_a_family_that_is_up_to_date(tiny_run):
 
 
 @pytest.mark.slow
-def test_run_end_to_end_and_rerun(tmp_path, fashion_mnist_ready):
+def test_run_end_to_end_and_rerun(tmp_path, capsys, fashion_mnist_ready):
     out = tmp_path / "run"
     args = ["run", "--dataset", "fashion_mnist", "--out", str(out), "--epochs", "1",
             "--limit-train", "512", "--inputs", "logits", "--grid", "0.3,0.54",
             "--no-ablations", "--sweep-weights", "none"]
-    first = run_cli(*args)
-    assert first.returncode == 0, first.stderr
+    assert cli.main(args) == 0
+    assert "epoch 1/1" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     test = np.load(out / "outputs" / "test.npz")
     assert results["test_size"] == len(test["labels"]) == 10_000
@@ -147,7 +146,7 @@ def test_run_end_to_end_and_rerun(tmp_path, fashion_mnist_ready):
     plan = json.loads((out / "run_plan.json").read_text())
     assert plan["inputs"] == ["logits"] and plan["sweep_weights"] == []
     # Given again, every stage is found complete and the results are the same.
-    again = run_cli(*args)
-    assert again.returncode == 0, again.stderr
-    assert "epoch 1/1" not in again.stdout
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert "epoch 1/1" not in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text())["curves"] == results["curves"]

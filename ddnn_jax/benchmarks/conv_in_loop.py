@@ -1,15 +1,15 @@
 """XLA:CPU and convolutions inside compiled loops: XLA's convolution vs ``models.im2col_conv``.
 
-    python experiments/bench_conv.py      (or: ddnn bench conv)
+    ddnn bench conv      (or python experiments/bench_conv.py)
 
-The gradient of one 3x3 convolution (batch 256, 14x14x32, the features-cnn router's first layer)
-jitted alone, and the same computation repeated by ``lax.scan``, as our epoch and router loops
-do. In the loop XLA:CPU keeps the backward convolutions in non-canonical dimension orders
-(f01b_i01o->01bf in the compiled HLO) and runs them as a naive loop nest; alone, layout
-assignment makes them canonical. im2col turns them into matmuls either way. One JSON line per
-measurement, then the in-loop slowdown of each; with torch installed, the same gradient in
-PyTorch (oneDNN on CPU) for scale. Gradients are taken with respect to the weights and the input,
-as a training step needs both.
+A gradient step on one 3x3 convolution (batch 256, 14x14x32, the features-cnn router's first
+layer; gradients with respect to the weights and the input, as training needs both) jitted alone,
+and the same step repeated by ``lax.scan``, each iteration on the last one's result, as our epoch
+and router loops do. In the loop XLA:CPU keeps the backward convolutions in non-canonical
+dimension orders (f01b_i01o->01bf in the compiled HLO) and runs them as a naive loop nest;
+alone, layout assignment makes them canonical. im2col turns them into matmuls either way. One
+JSON line per measurement, then the in-loop slowdown of each; with torch installed, the same
+step in PyTorch (oneDNN on CPU) for scale.
 """
 
 from __future__ import annotations
@@ -52,9 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     w = jnp.full((3, 3, 32, 32), 0.01)
     for conv, loss in (("xla", _xla_loss), ("im2col", _im2col_loss)):
         grad = jax.grad(loss, argnums=(0, 1))
-        alone = _median_seconds(jax.jit(grad), w, x)
-        looped = jax.jit(lambda w, x, grad=grad: jax.lax.scan(
-            lambda c, _: (c, grad(w, x)), 0.0, None, length=LOOP)[1])
+
+        def body(carry, _, grad=grad):  # a step that depends on the last, so XLA cannot hoist it
+            w, x = carry
+            dw, dx = grad(w, x)
+            return (w - 1e-6 * dw, x - 1e-6 * dx), None
+
+        alone = _median_seconds(jax.jit(lambda w, x, body=body: body((w, x), None)[0]), w, x)
+        looped = jax.jit(lambda w, x, body=body: jax.lax.scan(body, (w, x), None, length=LOOP)[0])
         in_loop = _median_seconds(looped, w, x) / LOOP
         common = {"conv": conv, "backend": jax.default_backend()}
         print(json.dumps({"measure": "conv_grad_alone", "ms": round(1e3 * alone, 2), **common}))
@@ -68,7 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     wt = torch.full((32, 32, 3, 3), 0.01, requires_grad=True)
 
     def torch_grad():
-        return torch.autograd.grad((torch.nn.functional.conv2d(xt, wt, padding=1) ** 2).sum(), (wt, xt))
+        loss = (torch.nn.functional.conv2d(xt, wt, padding=1) ** 2).sum()
+        dw, dx = torch.autograd.grad(loss, (wt, xt))
+        with torch.no_grad():
+            return wt - 1e-6 * dw, xt - 1e-6 * dx
 
     torch_grad()
     times = []

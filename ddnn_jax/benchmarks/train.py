@@ -8,11 +8,13 @@ process, interleaved (A B C A B C ...) so that load changes hit all of them alik
 
 * ``jax_epoch``: ``train.make_train_epoch``, the whole epoch as one compiled program;
 * ``jax_step_loop``: the jitted step driven from Python, one call per batch;
-* ``jax_epoch_xla_conv`` (CPU only): the compiled epoch with XLA's convolution instead of im2col;
+* with ``--xla-conv``, ``jax_epoch_xla_conv`` and ``jax_step_loop_xla_conv``: both with XLA's
+  convolution instead of the CPU's default im2col (the latter is how we trained before the
+  compiled epoch);
 * ``torch``: the PyTorch reference (``ddnn_jax.interop.torch_train``), if torch is installed.
 
 Prints one JSON line per contender (median images/s of ``--repeats``, compile excluded) and the
-ratios to PyTorch and to the step loop. Synthetic uint8 images: the cost does not depend on pixels.
+ratios to PyTorch and to the step loops. Synthetic uint8 images: the cost does not depend on pixels.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def _jax_epoch(args, shape, images, labels, options, conv):
     return run
 
 
-def _jax_step_loop(args, shape, images, labels, options):
+def _jax_step_loop(args, shape, images, labels, options, conv):
+    os.environ[models.CONV_ENV] = conv
     step = make_train_step(**options)
     state = create_train_state(TrainConfig(), shape, args.num_classes)
     root, bs = jax.random.key(0), args.batch_size
@@ -64,7 +67,8 @@ def _jax_step_loop(args, shape, images, labels, options):
             state, metrics = step(state, batch, jax.random.fold_in(root, i))
         jax.block_until_ready(metrics)
 
-    run()
+    run()  # compile
+    os.environ.pop(models.CONV_ENV)
     return run
 
 
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per timed run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--xla-conv", action="store_true",
+                        help="add both JAX contenders with XLA's convolution (slow on CPU)")
     args = parser.parse_args(argv)
     shape = tuple(int(s) for s in args.image_shape.split(","))
     rng = np.random.default_rng(0)
@@ -107,9 +113,11 @@ def main(argv: list[str] | None = None) -> None:
                    crop_padding=4 if shape[0] >= 32 else 2)
 
     contenders = {"jax_epoch": _jax_epoch(args, shape, images, labels, options, "auto"),
-                  "jax_step_loop": _jax_step_loop(args, shape, images, labels, options)}
-    if jax.default_backend() == "cpu":
+                  "jax_step_loop": _jax_step_loop(args, shape, images, labels, options, "auto")}
+    if args.xla_conv:
         contenders["jax_epoch_xla_conv"] = _jax_epoch(args, shape, images, labels, options, "xla")
+        contenders["jax_step_loop_xla_conv"] = _jax_step_loop(
+            args, shape, images, labels, options, "xla")
     try:
         contenders["torch"] = _torch(args, shape, images, labels, options)
     except ImportError:
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
                           "images_per_s": round(median[name], 1),
                           "runs": [round(v, 1) for v in values], **common}))
     for name in median:
-        for base in ("torch", "jax_step_loop"):
+        for base in ("torch", "jax_step_loop", "jax_step_loop_xla_conv"):
             if base in median and name != base:
                 print(json.dumps({"measure": "train_speed_ratio", "contender": name, "over": base,
                                   "ratio": round(median[name] / median[base], 3), **common}))

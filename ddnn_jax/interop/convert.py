@@ -172,6 +172,7 @@ def _channel_values(flag: str, values, channels: int, positive: bool) -> np.ndar
 def import_torch(
     paths: Mapping[str, Path], *, dataset: str, out: Path, mean=None, std=None,
     data_dir: str | None = None, download: bool = False, seed: int = 0,
+    limit_train: int | None = None,
 ) -> Path:
     """Makes a run directory from PyTorch weights that ``collect``/``route``/``evaluate``/
     ``report`` accept; returns it.
@@ -184,6 +185,8 @@ def import_torch(
         statistics when None.
       data_dir, download: where tfds finds the dataset, and whether it may download it.
       seed: seeds the train/validation split of the run's outputs.
+      limit_train: ``collect`` keeps only the first N training images (the routers' training
+        set); the default normalisation still comes from the whole training split.
     """
     from ddnn_jax.train import (
         accuracy, build_model, create_train_state, make_predict_fn, predict_in_batches,
@@ -191,6 +194,8 @@ def import_torch(
 
     if runfiles.check_run_dir_for_training(out):
         raise UsageError(f"--out {out} already holds a run: choose a new or empty directory")
+    if limit_train is not None and limit_train <= 0:
+        raise UsageError(f"--limit-train must be positive, got {limit_train}")
     state_dicts = load_state_dicts(paths)
     arch = architecture(state_dicts)
     num_classes = arch.pop("num_classes")
@@ -202,7 +207,7 @@ def import_torch(
     mean = data.mean if mean is None else _channel_values("--mean", mean, channels, False)
     std = data.std if std is None else _channel_values("--std", std, channels, True)
     config = TrainConfig(dataset=dataset, epochs=0, seed=seed, data_dir=data_dir,
-                         download=download, **arch)
+                         download=download, limit_train=limit_train, **arch)
     state = create_train_state(config, data.image_shape, num_classes)
     converted = torch_to_flax(state_dicts)
     template = {"params": state.params, "batch_stats": state.batch_stats}
@@ -217,7 +222,8 @@ def import_torch(
     val_local, val_cloud = accuracy(local_logits, data.val.labels), accuracy(cloud_logits, data.val.labels)
     record = resolved_record(
         config, num_classes=num_classes, image_shape=data.image_shape, mean=mean, std=std,
-        split_sizes={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        split_sizes={"train": min(len(data.train), limit_train or len(data.train)),
+                     "val": len(data.val), "test": len(data.test)},
     )
     record.update(local_weight_mode=IMPORTED, local_weight=None, imported_from={
         "format": "pytorch state dicts",
