@@ -135,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("--run", required=True, type=Path, help="run directory")
     exporter.add_argument("--out", required=True, type=Path, help="directory for the .pth files")
 
-    bench = commands.add_parser("bench", help="benchmarks, one JSON line per measurement",
-                                add_help=False)
+    bench = commands.add_parser("bench", help="benchmarks, one JSON line per measurement")
     bench.add_argument("benchmark", choices=sorted(BENCHMARKS),
                        help="train (vs PyTorch), inference (Fig. 6.5), router (grid), conv")
     bench.add_argument("options", nargs=argparse.REMAINDER,
