@@ -46,12 +46,13 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
 
     A drop-in for ``lax.conv_general_dilated`` in ``nn.Conv`` on XLA:CPU. There, inside a
     compiled loop (our epoch's ``lax.scan``), the backward convolutions keep non-canonical
-    dimension orders that XLA:CPU runs with a naive loop nest: the epoch ran 7x slower than
-    the same steps driven from Python. As a matmul, forward and backward are Eigen GEMMs in
+    dimension orders that XLA:CPU runs with a naive loop nest: the epoch ran about 10x slower
+    than the same steps driven from Python. As a matmul, forward and backward are Eigen GEMMs in
     any context (``ddnn bench conv`` and ``ddnn bench train`` measure both).
     """
     del dimension_numbers, unused  # nn.Conv passes NHWC / HWIO
-    if any(s != 1 for s in window_strides) or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+    dilations = (*(lhs_dilation or ()), *(rhs_dilation or ()))
+    if any(s != 1 for s in window_strides) or any(d != 1 for d in dilations):
         raise NotImplementedError("im2col_conv supports stride 1 without dilation only")
     kh, kw, cin, cout = rhs.shape
     if padding == "SAME":

@@ -102,16 +102,19 @@ def _fig_5_1(results):
 
 
 def _grouped_bars(ax, groups: list[str], series: dict[str, list[float]], fmts: list[str],
-                  title: str) -> None:
-    """Side-by-side bars (in %) of several series over the same groups."""
+                  title: str, *, scale: float = 100, ylabel: str = "%",
+                  errors: dict[str, list[float]] | None = None) -> None:
+    """Side-by-side bars of several series over the same groups (fractions shown in % unless
+    ``scale``/``ylabel`` say otherwise), with optional error bars per series."""
     width = 0.8 / len(series)
     for j, ((label, values), fmt) in enumerate(zip(series.items(), fmts)):
         offset = (j - (len(series) - 1) / 2) * width
-        bars = ax.bar([x + offset for x in range(len(groups))], [100 * v for v in values], width,
-                      label=label)
+        yerr = None if errors is None else [scale * e for e in errors[label]]
+        bars = ax.bar([x + offset for x in range(len(groups))], [scale * v for v in values], width,
+                      yerr=yerr, capsize=3, label=label)
         ax.bar_label(bars, fmt=fmt, fontsize=7)
     ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylabel("%")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
 
@@ -178,19 +181,13 @@ def _fig_6_5(results):
     regimes = list(dict.fromkeys(line["regime"] for line in timed))
     at = {(line["regime"], line["mechanism"]): line for line in timed}
 
-    def draw(ax):
-        width = 0.8 / len(regimes)
-        for j, regime in enumerate(regimes):
-            rows = [at[(regime, m)] for m in mechanisms.values()]
-            offset = (j - (len(regimes) - 1) / 2) * width
-            bars = ax.bar([x + offset for x in range(len(mechanisms))],
-                          [r["per_sample_ms_mean"] for r in rows], width,
-                          yerr=[r["per_sample_ms_std"] for r in rows], capsize=3, label=regime)
-            ax.bar_label(bars, fmt="%.3f", fontsize=7)
-        ax.set_xticks(range(len(mechanisms)), list(mechanisms))
-        ax.set_ylabel("ms per sample")
-        ax.set_title(f"inference at L0 = {timed[0]['target_local']} ({timed[0]['device']})")
-        ax.legend(fontsize=8)
+    def series(key):
+        return {r: [at[(r, m)][key] for m in mechanisms.values()] for r in regimes}
+
+    title = f"inference at L0 = {timed[0]['target_local']} ({timed[0]['device']})"
+    draw = lambda ax: _grouped_bars(
+        ax, list(mechanisms), series("per_sample_ms_mean"), ["%.3f"] * len(regimes), title,
+        scale=1, ylabel="ms per sample", errors=series("per_sample_ms_std"))
 
     table = ["| mechanism | accuracy % at L0 = 0.54 | " + " | ".join(
         f"{r} ms/sample (mean ± std)" for r in regimes) + " |",

@@ -355,12 +355,13 @@ def run_training(config: TrainConfig, run_dir: Path) -> list[dict]:
     config.validate()
     resuming = runfiles.check_run_dir_for_training(run_dir)
     if resuming:
-        if runfiles.read_config(run_dir).get("imported_from"):
+        record = runfiles.read_config(run_dir)
+        if record.get("imported_from"):
             raise UsageError(
                 f"{run_dir} holds weights imported from PyTorch and cannot be trained further: "
                 "train a new run with another --out"
             )
-        old = run_identity(config_from_record(runfiles.read_config(run_dir)))
+        old = run_identity(config_from_record(record))
         new = run_identity(config)
         changed = [key for key in new if old[key] != new[key]]
         if changed:

@@ -78,7 +78,9 @@ def _torch(args, shape, images, labels, options):
     from ddnn_jax.interop.torch_train import TorchTrainer
 
     trainer = TorchTrainer(shape, args.num_classes, mean=options["mean"], std=options["std"],
-                           crop_padding=options["crop_padding"])
+                           crop_padding=options["crop_padding"],
+                           horizontal_flip=options["horizontal_flip"],
+                           local_weight=options["local_weight"])
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(labels).long()
     bs = args.batch_size

@@ -40,7 +40,8 @@ class TorchTrainer:
         crops = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
         return (crops.float() / 255.0 - self.mean) / self.std
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimizer step; returns the loss without waiting for it."""
         x = self.augment(images)
         local, cloud = self.model(x)
         loss = self.w * F.cross_entropy(local, labels) + (1 - self.w) * F.cross_entropy(cloud, labels)
