@@ -1,4 +1,6 @@
-"""Orbax checkpoints of the TrainState, one per epoch, under RUN_DIR/checkpoints/.
+"""Orbax checkpoints, the one format for trained weights: the DDNN's TrainState per epoch (a
+CheckpointManager over RUN_DIR/checkpoints/) and a router family's stacked variables (one
+StandardCheckpointer directory).
 
 The latest few epochs are kept for resuming and the best epoch on validation for collection.
 """
@@ -10,8 +12,6 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from ddnn_jax.runfiles import CHECKPOINTS
-
 SELECTION_METRIC = "val_accuracy_mean"
 
 
@@ -19,8 +19,8 @@ def _selection(metrics: dict) -> float:
     return metrics[SELECTION_METRIC]
 
 
-def manager(run_dir: Path, keep: int = 3) -> ocp.CheckpointManager:
-    """A manager whose step numbers are completed epochs."""
+def manager(directory: Path, keep: int = 3) -> ocp.CheckpointManager:
+    """A manager over ``directory`` whose step numbers are completed epochs."""
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
         best_fn=_selection,
@@ -30,14 +30,12 @@ def manager(run_dir: Path, keep: int = 3) -> ocp.CheckpointManager:
         ),
         create=True,
     )
-    return ocp.CheckpointManager((run_dir / CHECKPOINTS).absolute(), options=options)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
 def save(manager: ocp.CheckpointManager, epoch: int, state, selection_accuracy: float) -> None:
     """Saves the state after ``epoch`` and waits until it is safely on disk."""
-    manager.save(
-        epoch, args=ocp.args.StandardSave(state), metrics={SELECTION_METRIC: selection_accuracy}
-    )
+    manager.save(epoch, args=ocp.args.StandardSave(state), metrics={SELECTION_METRIC: selection_accuracy})
     manager.wait_until_finished()
 
 
@@ -45,3 +43,16 @@ def restore(manager: ocp.CheckpointManager, epoch: int, template):
     """The state saved after ``epoch``, with the structure and dtypes of ``template``."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     return manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+
+
+def save_tree(directory: Path, tree) -> None:
+    """Writes a tree of arrays to ``directory`` (which must not exist yet) and waits for it."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(Path(directory).absolute(), jax.device_get(tree))
+        checkpointer.wait_until_finished()
+
+
+def restore_tree(directory: Path):
+    """The tree of numpy arrays written by ``save_tree``."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(Path(directory).absolute())

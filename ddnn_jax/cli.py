@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -11,21 +12,36 @@ from pathlib import Path
 from ddnn_jax.collect import collect
 from ddnn_jax.config import TrainConfig, parse_local_weight
 from ddnn_jax.errors import TrainingDiverged, UsageError
-from ddnn_jax.evaluate import RESULTS, EvaluationConfig, evaluate
+from ddnn_jax.evaluate import EvaluationConfig, evaluate
+from ddnn_jax.families import LABEL_KINDS, input_kind
 from ddnn_jax.labels import check_targets
+from ddnn_jax.models import CONV_CHOICES
 from ddnn_jax.pipeline import RunPlan, run
+from ddnn_jax.progress import Progress
 from ddnn_jax.report import report
 from ddnn_jax.route import route
 from ddnn_jax.router import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
+from ddnn_jax.rundir import RunDir
 from ddnn_jax.train import run_training
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+BENCHMARKS = {"train": "train", "inference": "inference", "router": "router_grid", "conv": "conv_in_loop"}
+DEFAULTS = TrainConfig()
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default after its sentence, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.required:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _integer(text: str) -> int:
@@ -43,130 +59,287 @@ def _number(text: str) -> float:
 
 
 def _numbers(text: str) -> tuple[float, ...]:
-    """'0.1,0.2' -> (0.1, 0.2); 'none' -> ()."""
+    """'0.1,0.2' -> (0.1, 0.2); 'none' -> (); anything else without a number is refused."""
     if text.strip().lower() == "none":
         return ()
-    return tuple(_number(part) for part in text.split(",") if part.strip())
+    parts = text.split(",")
+    if not all(part.strip() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (or 'none'), got '{text}'")
+    return tuple(_number(part) for part in parts)
 
 
 def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    parts = tuple(part.strip() for part in text.split(","))
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got '{text}'")
+    return parts
+
+
+def _grid(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _add_quiet(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--quiet", action="store_true", help="print stage lines and results only: no per-epoch lines, no bars"
+    )
 
 
 def _add_training_flags(train: argparse.ArgumentParser) -> None:
-    train.add_argument("--dataset", default="fashion_mnist",
-                       help="fashion_mnist (default), mnist, cifar10, cifar100, svhn_cropped")
-    train.add_argument("--out", required=True, type=Path, help="run directory (resumed if it exists)")
-    train.add_argument("--epochs", type=_integer, default=20)
-    train.add_argument("--batch-size", type=_integer, default=128)
-    train.add_argument("--local-weight", default="per-run",
-                       help="w of w*CE_local+(1-w)*CE_cloud: per-run (default), per-batch, or a number in [0, 1]")
-    train.add_argument("--seed", type=_integer, default=0)
-    train.add_argument("--data-dir", default=None, help="tfds data directory")
-    train.add_argument("--download", action="store_true",
-                       help="let tfds download the dataset if it is not prepared (needs network)")
-    train.add_argument("--limit-train", type=_integer, default=None,
-                       help="train on the first N training examples only")
+    train.add_argument(
+        "--dataset", default=DEFAULTS.dataset, help="fashion_mnist, mnist, cifar10, cifar100 or svhn_cropped"
+    )
+    train.add_argument(
+        "--out", required=True, type=Path, help="run directory; an existing run there is resumed"
+    )
+    train.add_argument("--epochs", type=_integer, default=DEFAULTS.epochs, help="epochs of joint training")
+    train.add_argument(
+        "--batch-size",
+        type=_integer,
+        default=DEFAULTS.batch_size,
+        help="training batch (a multiple of the device count)",
+    )
+    train.add_argument(
+        "--local-weight",
+        default=DEFAULTS.local_weight,
+        help="w of w*CE_local+(1-w)*CE_cloud: per-run (w ~ U(0,1) from the seed), "
+        "per-batch, or a number in [0, 1]",
+    )
+    train.add_argument(
+        "--seed",
+        type=_integer,
+        default=DEFAULTS.seed,
+        help="seeds the split, initialisation, w, shuffling, dropout, augmentation",
+    )
+    train.add_argument(
+        "--data-dir", default=None, help="tfds data directory (default: tfds's, ~/tensorflow_datasets)"
+    )
+    train.add_argument(
+        "--download",
+        action="store_true",
+        help="let tfds download the dataset if it is not prepared (needs network)",
+    )
+    train.add_argument(
+        "--limit-train",
+        type=_integer,
+        default=None,
+        help="train on the first N training images only (default: all)",
+    )
+    train.add_argument(
+        "--conv",
+        choices=CONV_CHOICES,
+        default=DEFAULTS.conv,
+        help="convolution: im2col (a matmul, fast on CPU), xla, or auto by backend",
+    )
+    _add_quiet(train)
 
 
 def _add_router_flags(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--inputs", type=_names, default=None,
-                         help="comma-separated router inputs: logits, logits+, features, "
-                              "features-cnn, images")
-    command.add_argument("--grid", type=_numbers, default=None,
-                         help="comma-separated local-rate targets L0 in [0, 1] "
-                              "(default 0.1,0.2,0.3,0.4,0.5,0.54,0.6,0.7,0.8,0.9)")
-    command.add_argument("--router-seed", type=_integer, default=0)
+    command.add_argument(
+        "--inputs",
+        type=_names,
+        default=None,
+        help="comma-separated router inputs: logits, logits+, features, "
+        "features-cnn, images (route: logits; run: all but the CNNs on CPU)",
+    )
+    command.add_argument(
+        "--grid",
+        type=_numbers,
+        default=None,
+        help=f"comma-separated local-rate targets L0 in [0, 1] (default: {_grid(DEFAULT_TARGETS)})",
+    )
+    command.add_argument(
+        "--router-seed",
+        type=_integer,
+        default=RouterConfig.seed,
+        help="seeds the routers' initialisation, shuffling and dropout",
+    )
+
+
+def _run_flag(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--run", required=True, type=Path, help="run directory")
+
+
+def _add_train(commands) -> None:
+    train = commands.add_parser("train", help="jointly train the edge and cloud exits", formatter_class=_Help)
+    _add_training_flags(train)
+
+
+def _add_collect(commands) -> None:
+    collect = commands.add_parser(
+        "collect", help="write per-sample outputs of the best weights", formatter_class=_Help
+    )
+    _run_flag(collect)
+    collect.add_argument("--features", action="store_true", help="also store the edge features z")
+    _add_quiet(collect)
+
+
+def _add_route(commands) -> None:
+    route = commands.add_parser(
+        "route", help="train router families on a run's outputs", formatter_class=_Help
+    )
+    _run_flag(route)
+    _add_router_flags(route)
+    route.add_argument(
+        "--labels",
+        default="cost",
+        choices=LABEL_KINDS,
+        help="meta-labels: cost (B >= B*(L0)) or oracle (correctness first)",
+    )
+    route.add_argument(
+        "--depth", type=_integer, default=5, choices=sorted(DEPTH_PRESETS), help="Dense layers of the router"
+    )
+    route.add_argument(
+        "--dropout", type=_number, default=RouterConfig.dropout_rate, help="dropout after each hidden layer"
+    )
+    route.add_argument(
+        "--max-epochs",
+        type=_integer,
+        default=RouterConfig.max_epochs,
+        help="epochs at most per target (early stopping may end sooner)",
+    )
+    route.add_argument(
+        "--name", default=None, help="directory under routers/ (one input only; default: from the inputs)"
+    )
+    _add_quiet(route)
+
+
+def _add_evaluate_report(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="score every mechanism -> results.json", formatter_class=_Help
+    )
+    _run_flag(evaluate)
+    evaluate.add_argument(
+        "--tau",
+        type=_number,
+        default=EvaluationConfig.border_tau,
+        help="|B| below which a sample counts as borderline",
+    )
+    report = commands.add_parser(
+        "report", help="figures and report.md from results.json", formatter_class=_Help
+    )
+    _run_flag(report)
+
+
+def _add_interop(commands) -> None:
+    importer = commands.add_parser(
+        "import-torch", formatter_class=_Help, help="make a run directory from PyTorch reference weights"
+    )
+    importer.add_argument(
+        "--feature-extractor", required=True, type=Path, help="LocalFeatureExtractor state dict (.pth)"
+    )
+    importer.add_argument(
+        "--local-classifier", required=True, type=Path, help="LocalClassifier state dict (.pth)"
+    )
+    importer.add_argument("--cloud", required=True, type=Path, help="CloudCNN state dict (.pth)")
+    importer.add_argument(
+        "--dataset", default=DEFAULTS.dataset, help="the dataset the weights were trained on"
+    )
+    importer.add_argument("--out", required=True, type=Path, help="new run directory")
+    importer.add_argument(
+        "--mean",
+        type=_numbers,
+        default=None,
+        help="per-channel mean subtracted from x/255 in training, comma-separated "
+        "(default: the dataset's training statistics)",
+    )
+    importer.add_argument(
+        "--std",
+        type=_numbers,
+        default=None,
+        help="per-channel std dividing it (default: the training statistics)",
+    )
+    importer.add_argument("--seed", type=_integer, default=0, help="seeds the train/val split")
+    importer.add_argument(
+        "--limit-train",
+        type=_integer,
+        default=None,
+        help="collect only the first N training images (the routers' training set)",
+    )
+    importer.add_argument("--data-dir", default=None, help="tfds data directory")
+    importer.add_argument(
+        "--download", action="store_true", help="let tfds download the dataset if it is not prepared"
+    )
+    exporter = commands.add_parser(
+        "export-torch", formatter_class=_Help, help="write a run's best weights as PyTorch state dicts"
+    )
+    _run_flag(exporter)
+    exporter.add_argument("--out", required=True, type=Path, help="directory for the .pth files")
+
+
+def _add_bench(commands) -> None:
+    bench = commands.add_parser(
+        "bench", help="benchmarks, one JSON line per measurement", formatter_class=_Help
+    )
+    bench.add_argument(
+        "benchmark",
+        choices=sorted(BENCHMARKS),
+        help="train (vs PyTorch), inference (Fig. 6.5), router (grid), conv",
+    )
+    bench.add_argument(
+        "options", nargs=argparse.REMAINDER, help="the benchmark's own flags (ddnn bench NAME --help)"
+    )
+
+
+def _add_run(commands) -> None:
+    run = commands.add_parser("run", help="train, collect, route, evaluate and report", formatter_class=_Help)
+    _add_training_flags(run)
+    _add_router_flags(run)
+    run.add_argument(
+        "--no-ablations", action="store_true", help="skip the oracle-label, depth and dropout router studies"
+    )
+    run.add_argument(
+        "--sweep-weights",
+        type=_numbers,
+        default=RunPlan.sweep_weights,
+        help="local weights of the short Fig. 6.17 runs, comma-separated, or none",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ddnn", description=__doc__)
+    parser = _Parser(prog="ddnn", description=__doc__, formatter_class=_Help)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    train = commands.add_parser("train", help="jointly train the edge and cloud exits")
-    _add_training_flags(train)
-
-    collect = commands.add_parser("collect", help="write per-sample outputs of the best weights")
-    collect.add_argument("--run", required=True, type=Path, help="run directory")
-    collect.add_argument("--features", action="store_true", help="also store the edge features z")
-
-    route = commands.add_parser("route", help="train router families on a run's outputs")
-    route.add_argument("--run", required=True, type=Path, help="run directory")
-    _add_router_flags(route)
-    route.add_argument("--labels", default="cost", help="cost (default) or oracle")
-    route.add_argument("--depth", type=_integer, default=5, help="Dense layers: 3, 5 (default) or 8")
-    route.add_argument("--dropout", type=_number, default=RouterConfig.dropout_rate)
-    route.add_argument("--max-epochs", type=_integer, default=RouterConfig.max_epochs)
-    route.add_argument("--name", default=None,
-                       help="directory under routers/ (one input only); default from the inputs")
-
-    evaluate = commands.add_parser("evaluate", help="score every mechanism -> results.json")
-    evaluate.add_argument("--run", required=True, type=Path, help="run directory")
-    evaluate.add_argument("--tau", type=_number, default=EvaluationConfig.border_tau,
-                          help="|B| below which a sample counts as borderline")
-
-    report = commands.add_parser("report", help="figures and report.md from results.json")
-    report.add_argument("--run", required=True, type=Path, help="run directory")
-
-    importer = commands.add_parser("import-torch",
-                                   help="make a run directory from PyTorch reference weights")
-    importer.add_argument("--feature-extractor", required=True, type=Path,
-                          help="LocalFeatureExtractor state dict (.pth)")
-    importer.add_argument("--local-classifier", required=True, type=Path,
-                          help="LocalClassifier state dict (.pth)")
-    importer.add_argument("--cloud", required=True, type=Path, help="CloudCNN state dict (.pth)")
-    importer.add_argument("--dataset", default="fashion_mnist",
-                          help="the dataset the weights were trained on")
-    importer.add_argument("--out", required=True, type=Path, help="new run directory")
-    importer.add_argument("--mean", type=_numbers, default=None,
-                          help="per-channel mean subtracted from x/255 in training, comma-separated "
-                               "(default: the dataset's training statistics)")
-    importer.add_argument("--std", type=_numbers, default=None,
-                          help="per-channel std dividing it (default: the training statistics)")
-    importer.add_argument("--seed", type=_integer, default=0, help="seeds the train/val split")
-    importer.add_argument("--limit-train", type=_integer, default=None,
-                          help="collect only the first N training images (the routers' training set)")
-    importer.add_argument("--data-dir", default=None, help="tfds data directory")
-    importer.add_argument("--download", action="store_true",
-                          help="let tfds download the dataset if it is not prepared")
-
-    exporter = commands.add_parser("export-torch",
-                                   help="write a run's best weights as PyTorch state dicts")
-    exporter.add_argument("--run", required=True, type=Path, help="run directory")
-    exporter.add_argument("--out", required=True, type=Path, help="directory for the .pth files")
-
-    bench = commands.add_parser("bench", help="benchmarks, one JSON line per measurement")
-    bench.add_argument("benchmark", choices=sorted(BENCHMARKS),
-                       help="train (vs PyTorch), inference (Fig. 6.5), router (grid), conv")
-    bench.add_argument("options", nargs=argparse.REMAINDER,
-                       help="the benchmark's own flags (ddnn bench NAME --help)")
-
-    run = commands.add_parser("run", help="train, collect, route, evaluate and report")
-    _add_training_flags(run)
-    _add_router_flags(run)
-    run.add_argument("--no-ablations", action="store_true",
-                     help="skip the oracle-label, depth and dropout router studies")
-    run.add_argument("--sweep-weights", type=_numbers, default=RunPlan.sweep_weights,
-                     help="local weights of the short Fig. 6.17 runs, comma-separated, or none")
+    for add in (
+        _add_run,
+        _add_train,
+        _add_collect,
+        _add_route,
+        _add_evaluate_report,
+        _add_interop,
+        _add_bench,
+    ):
+        add(commands)
     return parser
 
 
+def _progress(args) -> Progress:
+    return Progress(quiet=getattr(args, "quiet", False))
+
+
 def _train_config(args) -> TrainConfig:
-    return TrainConfig(
-        dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-        local_weight=args.local_weight, seed=args.seed, data_dir=args.data_dir,
-        limit_train=args.limit_train, download=args.download,
+    config = TrainConfig(
+        dataset=args.dataset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        local_weight=args.local_weight,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        limit_train=args.limit_train,
+        download=args.download,
+        conv=args.conv,
     )
+    config.validate()
+    return config
 
 
 def _train(args) -> None:
     config = _train_config(args)
-    history = run_training(config, args.out)
+    history = run_training(config, args.out, progress=_progress(args))
     print(f"trained {args.out}: {len(history)} of {config.epochs} epochs done")
 
 
 def _collect(args) -> None:
-    for name, path in collect(args.run, with_features=args.features).items():
+    for name, path in collect(args.run, with_features=args.features, progress=_progress(args)).items():
         print(f"{name}: {path}")
 
 
@@ -174,20 +347,22 @@ def _route(args) -> None:
     inputs = args.inputs or ("logits",)
     if args.name and len(inputs) > 1:
         raise UsageError("--name names one router family: give a single --inputs value")
-    if args.depth not in DEPTH_PRESETS:
-        raise UsageError(f"--depth {args.depth} is not offered: choose 3, 5 or 8")
     for mode in inputs:
         config = RouterConfig(
-            inputs=mode, labels=args.labels, targets=args.grid or DEFAULT_TARGETS,
-            hidden=DEPTH_PRESETS[args.depth], dropout_rate=args.dropout,
-            max_epochs=args.max_epochs, seed=args.router_seed,
+            inputs=mode,
+            labels=args.labels,
+            targets=args.grid or DEFAULT_TARGETS,
+            hidden=DEPTH_PRESETS[args.depth],
+            dropout_rate=args.dropout,
+            max_epochs=args.max_epochs,
+            seed=args.router_seed,
         )
-        print(f"{mode}: {route(args.run, config, name=args.name)}")
+        print(f"{mode}: {route(args.run, config, name=args.name, progress=_progress(args)).root}")
 
 
 def _evaluate(args) -> None:
     evaluate(args.run, EvaluationConfig(border_tau=args.tau))
-    print(f"results: {args.run / RESULTS}")
+    print(f"results: {RunDir(args.run).results}")
 
 
 def _report(args) -> None:
@@ -197,11 +372,22 @@ def _report(args) -> None:
 def _import_torch(args) -> None:
     from ddnn_jax.interop.convert import import_torch
 
-    paths = {"feature_extractor": args.feature_extractor,
-             "local_classifier": args.local_classifier, "cloud": args.cloud}
-    out = import_torch(paths, dataset=args.dataset, out=args.out, mean=args.mean, std=args.std,
-                       data_dir=args.data_dir, download=args.download, seed=args.seed,
-                       limit_train=args.limit_train)
+    paths = {
+        "feature_extractor": args.feature_extractor,
+        "local_classifier": args.local_classifier,
+        "cloud": args.cloud,
+    }
+    out = import_torch(
+        paths,
+        dataset=args.dataset,
+        out=args.out,
+        mean=args.mean,
+        std=args.std,
+        data_dir=args.data_dir,
+        download=args.download,
+        seed=args.seed,
+        limit_train=args.limit_train,
+    )
     print(f"imported: {out} (next: ddnn collect --run {out})")
 
 
@@ -212,46 +398,56 @@ def _export_torch(args) -> None:
         print(f"{name}: {path}")
 
 
-BENCHMARKS = {"train": "train", "inference": "inference", "router": "router_grid",
-              "conv": "conv_in_loop"}
-
-
 def _bench(args) -> None:
-    import importlib
-
     module = importlib.import_module(f"ddnn_jax.benchmarks.{BENCHMARKS[args.benchmark]}")
     module.main(args.options)
 
 
-def _run(args) -> None:
+def _run_plan(args) -> RunPlan:
+    """The plan of ``ddnn run``, checked before anything is trained."""
     plan = RunPlan(
-        targets=args.grid or RunPlan.targets, inputs=args.inputs,
-        ablations=not args.no_ablations, sweep_weights=args.sweep_weights,
+        targets=args.grid or RunPlan.targets,
+        inputs=args.inputs,
+        ablations=not args.no_ablations,
+        sweep_weights=args.sweep_weights,
         router_seed=args.router_seed,
     )
     try:
         check_targets(plan.targets)
         for mode in plan.inputs or ():
-            RouterConfig(inputs=mode).check()
+            input_kind(mode)
         for weight in plan.sweep_weights:
             parse_local_weight(str(weight))
     except ValueError as err:
         raise UsageError(str(err)) from None
-    _train_config(args).validate()
-    print(f"report: {run(_train_config(args), args.out, plan)}")
+    return plan
+
+
+def _run(args) -> None:
+    plan = _run_plan(args)
+    print(f"report: {run(_train_config(args), args.out, plan, progress=_progress(args))}")
+
+
+COMMANDS = {
+    "train": _train,
+    "collect": _collect,
+    "route": _route,
+    "evaluate": _evaluate,
+    "report": _report,
+    "run": _run,
+    "import-torch": _import_torch,
+    "export-torch": _export_torch,
+    "bench": _bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    # TensorFlow only reads prepared data for us; its and tfds's log lines are noise on stderr.
+    # TensorFlow only prepares data for us; its and tfds's log lines are noise on stderr.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
-        commands = {"train": _train, "collect": _collect, "route": _route,
-                    "evaluate": _evaluate, "report": _report, "run": _run,
-                    "import-torch": _import_torch, "export-torch": _export_torch,
-                    "bench": _bench}
-        commands[args.command](args)
+        COMMANDS[args.command](args)
     except UsageError as err:
         print(f"ddnn: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,4 +1,4 @@
-"""Configuration of the training stage, its validation, and the resolved record written per run."""
+"""Configuration of the training stage and its validation."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import platform
 from typing import Any
 
 import jax
-import numpy as np
 
 from ddnn_jax.data import check_dataset_name
 from ddnn_jax.errors import UsageError
+from ddnn_jax.models import CONV_CHOICES
 
 LOCAL_WEIGHT_MODES = ("per-run", "per-batch")
 
@@ -41,6 +41,7 @@ class TrainConfig:
     cloud_dense_features: tuple[int, ...] = (256, 64)
     eval_batch_size: int = 1000  # evaluation and collection batch size
     keep_checkpoints: int = 3  # latest epochs kept for resuming (the best one is kept as well)
+    conv: str = "auto"  # convolution: 'im2col' (a matmul; fast on CPU), 'xla', or 'auto' (by backend)
 
     def validate(self) -> None:
         """Raises UsageError naming the first bad field and how to fix it."""
@@ -54,7 +55,12 @@ class TrainConfig:
                 f"--limit-train {self.limit_train} is smaller than one batch "
                 f"({self.batch_size}): raise it or lower --batch-size"
             )
+        if self.seed < 0:
+            raise UsageError(f"--seed must be a non-negative integer, got {self.seed}")
+        if self.conv not in CONV_CHOICES:
+            raise UsageError(f"--conv must be one of {', '.join(CONV_CHOICES)}, got '{self.conv}'")
         parse_local_weight(self.local_weight)
+
 
 def parse_local_weight(spec: str) -> tuple[str, float | None]:
     """'per-run' | 'per-batch' | number -> (mode, fixed value or None)."""
@@ -82,8 +88,17 @@ def resolve_local_weight(config: TrainConfig) -> tuple[str, float | None]:
 
 def package_versions() -> dict[str, str]:
     """Versions of what produced the numbers."""
-    names = ["ddnn-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
-             "tensorflow-datasets", "numpy", "chex"]
+    names = [
+        "ddnn-jax",
+        "jax",
+        "jaxlib",
+        "flax",
+        "optax",
+        "orbax-checkpoint",
+        "tensorflow-datasets",
+        "numpy",
+        "chex",
+    ]
     versions = {"python": platform.python_version()}
     for name in names:
         try:
@@ -93,26 +108,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def resolved_record(
-    config: TrainConfig, *, num_classes: int, image_shape, mean: np.ndarray, std: np.ndarray,
-    split_sizes: dict[str, int],
-) -> dict[str, Any]:
-    """The full resolved configuration written to RUN_DIR/config.json."""
-    mode, value = resolve_local_weight(config)
-    record = dataclasses.asdict(config)
-    record.update(
-        local_weight_mode=mode,
-        local_weight=value,
-        num_classes=int(num_classes),
-        image_shape=[int(s) for s in image_shape],
-        normalization={"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
-        split_sizes=split_sizes,
-        backend=jax.default_backend(),
-        versions=package_versions(),
-    )
-    return record
-
-
 def run_identity(config: TrainConfig) -> dict[str, Any]:
     """What makes two runs the same run: every field but where the data comes from, w resolved."""
     identity = dataclasses.asdict(config)
@@ -120,18 +115,3 @@ def run_identity(config: TrainConfig) -> dict[str, Any]:
         identity.pop(where_data_comes_from)
     identity["local_weight"] = resolve_local_weight(config)
     return identity
-
-
-def config_from_record(record: dict[str, Any]) -> TrainConfig:
-    """Rebuilds the TrainConfig a config.json was written from."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in record.items() if k in fields}
-    if record.get("imported_from"):
-        values["local_weight"] = "per-run"  # unknown; an imported run is never trained further
-    elif record.get("local_weight_mode") in LOCAL_WEIGHT_MODES:
-        values["local_weight"] = record["local_weight_mode"]
-    else:
-        values["local_weight"] = str(record["local_weight"])
-    for key in ("cloud_conv_channels", "cloud_dense_features"):
-        values[key] = tuple(values[key])
-    return TrainConfig(**values)

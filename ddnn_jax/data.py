@@ -94,9 +94,7 @@ class DataSplits:
 def check_dataset_name(name: str) -> DatasetPolicy:
     """The policy of a supported dataset, or a UsageError listing the supported ones."""
     if name not in DATASETS:
-        raise UsageError(
-            f"unknown dataset '{name}': choose one of {', '.join(sorted(DATASETS))}"
-        )
+        raise UsageError(f"unknown dataset '{name}': choose one of {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
 
 
@@ -128,17 +126,22 @@ def load_dataset(
     train, val = split_train_validation(official_train, policy.validation_size, split_seed)
     if limit_train is not None:
         train = Split(train.images[:limit_train], train.labels[:limit_train])
-    mean, std = channel_statistics(train.images)
+    mean, std = channel_statistics(train.images, 1 / 255)
     num_classes = builder.info.features["label"].num_classes
     return DataSplits(
-        name, train, val, test, num_classes, mean, std, policy.horizontal_flip,
+        name,
+        train,
+        val,
+        test,
+        num_classes,
+        mean,
+        std,
+        policy.horizontal_flip,
         policy.crop_padding,
     )
 
 
-def split_train_validation(
-    split: Split, validation_size: int | float, seed: int
-) -> tuple[Split, Split]:
+def split_train_validation(split: Split, validation_size: int | float, seed: int) -> tuple[Split, Split]:
     """Deterministic random train/validation partition of one split."""
     n = len(split)
     n_val = validation_size if isinstance(validation_size, int) else round(n * validation_size)
@@ -150,10 +153,14 @@ def split_train_validation(
     )
 
 
-def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of uint8 NHWC images, in [0, 1] units (float64 accumulation)."""
-    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    return pixels.mean(axis=0).astype(np.float32), pixels.std(axis=0).astype(np.float32)
+def channel_statistics(x: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of ``x * scale`` per entry of the last axis (a channel of NHWC images, a
+    feature of a router's inputs), accumulated in float64; the std is floored at 1e-6 so that
+    a constant input standardises to zeros."""
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes, dtype=np.float64) * scale
+    std = x.std(axis=axes, dtype=np.float64) * scale
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
 # Decoded splits by (prepared data directory, split), oldest first: ``ddnn run`` loads the dataset
@@ -241,7 +248,7 @@ def _prepare_fashion_mnist_offline(data_dir: str | None) -> None:
                 )
         base = tfds.builder_cls("fashion_mnist")
 
-        class OfflineFashionMNIST(base, skip_registration=True):
+        class OfflineFashionMNIST(base, skip_registration=True):  # type: ignore[misc, valid-type, call-arg]
             name = "fashion_mnist"
 
             def _split_generators(self, dl_manager):

@@ -15,7 +15,6 @@ the same modules serve 28x28x1 and 32x32x3 images and any number of classes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -40,8 +39,17 @@ def torch_bias_init(fan_in: int):
     return init
 
 
-def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=None, precision=None, **unused):
+def im2col_conv(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    precision=None,
+    **unused,
+):
     """Stride-1 NHWC x HWIO convolution as one matmul over the stacked shifted windows.
 
     A drop-in for ``lax.conv_general_dilated`` in ``nn.Conv`` on XLA:CPU. There, inside a
@@ -63,23 +71,22 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
     h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
     windows = [x[:, i : i + h, j : j + w, :] for i in range(kh) for j in range(kw)]
     # (row, column, channel) order of the last axis = the row-major order of an HWIO kernel
-    return jnp.dot(jnp.concatenate(windows, axis=-1), rhs.reshape(kh * kw * cin, cout),
-                   precision=precision)
+    return jnp.dot(jnp.concatenate(windows, axis=-1), rhs.reshape(kh * kw * cin, cout), precision=precision)
 
 
-# Which convolution nn.Conv runs, read when a model is traced: "auto" (im2col_conv on CPU, XLA's
-# convolution elsewhere), "im2col" or "xla". For benchmarks; every choice computes the same.
-CONV_ENV = "DDNN_CONV"
+CONV_CHOICES = ("auto", "im2col", "xla")
 
 
-def _use_im2col() -> bool:
-    choice = os.environ.get(CONV_ENV, "auto")
-    if choice not in ("auto", "im2col", "xla"):
-        raise ValueError(f"{CONV_ENV} must be auto, im2col or xla, got '{choice}'")
-    return choice == "im2col" or (choice == "auto" and jax.default_backend() == "cpu")
+def uses_im2col(conv: str) -> bool:
+    """Whether the convolution choice runs ``im2col_conv``: 'auto' picks it on CPU, where XLA's
+    own convolution is slow inside compiled loops, and XLA's convolution elsewhere. Every choice
+    computes the same function."""
+    if conv not in CONV_CHOICES:
+        raise ValueError(f"conv must be one of {', '.join(CONV_CHOICES)}, got '{conv}'")
+    return conv == "im2col" or (conv == "auto" and jax.default_backend() == "cpu")
 
 
-def conv3x3(features: int, in_channels: int, name: str | None = None) -> nn.Conv:
+def conv3x3(features: int, in_channels: int, name: str | None = None, *, conv: str = "auto") -> nn.Conv:
     """3x3, stride 1, SAME padding, PyTorch's default initialisation."""
     return nn.Conv(
         features,
@@ -87,12 +94,13 @@ def conv3x3(features: int, in_channels: int, name: str | None = None) -> nn.Conv
         padding="SAME",
         kernel_init=torch_kernel_init,
         bias_init=torch_bias_init(in_channels * 9),
-        conv_general_dilated=im2col_conv if _use_im2col() else None,
+        conv_general_dilated=im2col_conv if uses_im2col(conv) else None,
         name=name,
     )
 
 
-def _dense(features: int, in_features: int, name: str) -> nn.Dense:
+def dense(features: int, in_features: int, name: str | None = None) -> nn.Dense:
+    """A Dense layer with PyTorch's default initialisation."""
     return nn.Dense(
         features,
         kernel_init=torch_kernel_init,
@@ -101,10 +109,14 @@ def _dense(features: int, in_features: int, name: str) -> nn.Dense:
     )
 
 
-def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+    """Batch norm with PyTorch's momentum and epsilon and its exact variance E[(x - mean)^2]."""
     return nn.BatchNorm(
-        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-        use_fast_variance=False, name=name,
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        use_fast_variance=False,
+        name=name,
     )
 
 
@@ -128,11 +140,12 @@ class EdgeFeatureExtractor(nn.Module):
 
     channels: int = 32
     dropout_rate: float = 0.2
+    conv: str = "auto"  # see CONV_CHOICES
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = conv3x3(self.channels, x.shape[-1], "conv1")(x)
-        x = _batch_norm(train, "bn")(x)
+        x = conv3x3(self.channels, x.shape[-1], "conv1", conv=self.conv)(x)
+        x = batch_norm(train, "bn")(x)
         x = nn.leaky_relu(x, LEAKY_SLOPE)
         x = max_pool_2x2(x)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -147,8 +160,8 @@ class LocalClassifier(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         x = _flatten_channels_first(z)
-        x = nn.leaky_relu(_dense(self.hidden, x.shape[-1], "fc1")(x), LEAKY_SLOPE)
-        return _dense(self.num_classes, self.hidden, "fc2")(x)
+        x = nn.leaky_relu(dense(self.hidden, x.shape[-1], "fc1")(x), LEAKY_SLOPE)
+        return dense(self.num_classes, self.hidden, "fc2")(x)
 
 
 class CloudCNN(nn.Module):
@@ -162,22 +175,23 @@ class CloudCNN(nn.Module):
     pool_after: Sequence[bool] = (True, True, False, True)
     dense_features: Sequence[int] = (256, 64)
     dropout_rate: float = 0.2
+    conv: str = "auto"  # see CONV_CHOICES
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool) -> jax.Array:
         x = z
-        for i, (channels, pool) in enumerate(zip(self.conv_channels, self.pool_after), start=1):
-            x = conv3x3(channels, x.shape[-1], f"conv{i}")(x)
-            x = _batch_norm(train, f"bn{i}")(x)
+        for i, (channels, pool) in enumerate(zip(self.conv_channels, self.pool_after, strict=False), start=1):
+            x = conv3x3(channels, x.shape[-1], f"conv{i}", conv=self.conv)(x)
+            x = batch_norm(train, f"bn{i}")(x)
             x = nn.leaky_relu(x, LEAKY_SLOPE)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             if pool:
                 x = max_pool_2x2(x)
         x = _flatten_channels_first(x)
         for i, features in enumerate(self.dense_features, start=1):
-            x = nn.leaky_relu(_dense(features, x.shape[-1], f"fc{i}")(x), LEAKY_SLOPE)
+            x = nn.leaky_relu(dense(features, x.shape[-1], f"fc{i}")(x), LEAKY_SLOPE)
         out_name = f"fc{len(self.dense_features) + 1}"
-        return _dense(self.num_classes, x.shape[-1], out_name)(x)
+        return dense(self.num_classes, x.shape[-1], out_name)(x)
 
 
 class DDNN(nn.Module):
@@ -193,15 +207,17 @@ class DDNN(nn.Module):
     cloud_conv_channels: Sequence[int] = (64, 128, 256, 256)
     cloud_dense_features: Sequence[int] = (256, 64)
     dropout_rate: float = 0.2
+    conv: str = "auto"  # the convolution implementation, see CONV_CHOICES
 
     def setup(self):
-        self.feature_extractor = EdgeFeatureExtractor(self.edge_channels, self.dropout_rate)
+        self.feature_extractor = EdgeFeatureExtractor(self.edge_channels, self.dropout_rate, self.conv)
         self.local_classifier = LocalClassifier(self.num_classes, self.local_hidden)
         self.cloud = CloudCNN(
             self.num_classes,
             conv_channels=self.cloud_conv_channels,
             dense_features=self.cloud_dense_features,
             dropout_rate=self.dropout_rate,
+            conv=self.conv,
         )
 
     def edge(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:

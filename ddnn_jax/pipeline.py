@@ -1,9 +1,9 @@
 """``ddnn run``: train -> collect -> route -> evaluate -> report, resumable stage by stage.
 
 Training resumes from its last checkpoint, collection is skipped when the outputs come from the
-current best epoch, a router family is skipped when its directory holds the same configuration,
-and evaluate/report (seconds) are always redone from the files. An interrupted run therefore
-continues where it stopped when the same command is given again.
+current best epoch, a router family is skipped when it holds the same configuration trained on
+the same outputs, and evaluate/report (seconds) are always redone from the files. An interrupted
+run therefore continues where it stopped when the same command is given again.
 """
 
 from __future__ import annotations
@@ -13,17 +13,19 @@ from pathlib import Path
 
 import jax
 
-from ddnn_jax import runfiles
-from ddnn_jax.benchmarks import inference as inference_bench
+from ddnn_jax.benchmarks.inference import InferenceBenchConfig, time_inference
 from ddnn_jax.collect import collect, outputs_complete
 from ddnn_jax.config import TrainConfig
-from ddnn_jax.evaluate import INFERENCE_BENCH, WEIGHT_SWEEP, evaluate
+from ddnn_jax.evaluate import evaluate
+from ddnn_jax.families import FAMILIES, INPUT_KINDS, Family
+from ddnn_jax.progress import Progress
 from ddnn_jax.report import report
 from ddnn_jax.route import route
 from ddnn_jax.router import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
+from ddnn_jax.rundir import RunDir, as_run, write_json
 from ddnn_jax.train import run_training
 
-RUN_PLAN = "run_plan.json"
+REFERENCE_TARGET = 0.54  # the single budget of the depth and dropout studies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,66 +43,88 @@ class RunPlan:
     sweep_epochs: int = 2  # short runs, stated on the figure
     sweep_limit_train: int = 5000
     router_seed: int = 0
+    inference_timing: bool = True  # Fig. 6.5 (bench_inference.json)
 
 
 def default_inputs() -> tuple[str, ...]:
-    """Every input mode on an accelerator; no CNN routers on CPU, where a CNN router trained on
+    """Every input kind on an accelerator; no CNN routers on CPU, where a CNN router trained on
     every split's feature maps would cost more than the DDNN itself (``--inputs`` adds them)."""
-    if jax.default_backend() == "cpu":
-        return ("logits", "logits+", "features")
-    return ("logits", "logits+", "features", "features-cnn", "images")
+    on_cpu = jax.default_backend() == "cpu"
+    return tuple(name for name, kind in INPUT_KINDS.items() if not (on_cpu and kind.cnn))
 
 
-def router_families(plan: RunPlan) -> dict[str, RouterConfig]:
-    """Every router family of the plan, by directory name."""
-    families = {}
+def router_config(family: Family, plan: RunPlan) -> RouterConfig:
+    """The RouterConfig a registered family gets under this plan."""
+    heavy = family.kind.high_dimensional
+    if family.grid == "reference":
+        targets: tuple[float, ...] = (REFERENCE_TARGET,)
+    else:
+        targets = plan.heavy_targets if heavy else plan.targets
+    return RouterConfig(
+        inputs=family.inputs,
+        labels=family.labels,
+        targets=targets,
+        hidden=DEPTH_PRESETS[family.depth],
+        dropout_rate=RouterConfig.dropout_rate if family.dropout_rate is None else family.dropout_rate,
+        max_epochs=plan.heavy_max_epochs if heavy else RouterConfig.max_epochs,
+        seed=plan.router_seed,
+    )
+
+
+def planned_families(plan: RunPlan) -> dict[str, RouterConfig]:
+    """Every router family of the plan, by directory name: the registered families whose input
+    kind is asked for, and the ablations (on logits) unless they are switched off."""
     inputs = plan.inputs or default_inputs()
-    for mode in inputs:
-        heavy = mode not in ("logits", "logits+")
-        families[mode] = RouterConfig(
-            inputs=mode, seed=plan.router_seed,
-            targets=plan.heavy_targets if heavy else plan.targets,
-            max_epochs=plan.heavy_max_epochs if heavy else RouterConfig.max_epochs,
-        )
-    if plan.ablations and "logits" in inputs:
-        single = dict(inputs="logits", seed=plan.router_seed, targets=(0.54,))
-        families["logits-oracle"] = RouterConfig(labels="oracle", **{**single, "targets": plan.targets})
-        for depth in (3, 8):
-            families[f"logits-depth{depth}"] = RouterConfig(hidden=DEPTH_PRESETS[depth], **single)
-        for rate in (0.0, 0.1, 0.2, 0.6):
-            families[f"logits-dropout{rate}"] = RouterConfig(dropout_rate=rate, **single)
-    return families
+    return {
+        family.name: router_config(family, plan)
+        for family in FAMILIES
+        if family.inputs in inputs and (plan.ablations or not family.ablation)
+    }
 
 
-def _train_and_collect(config: TrainConfig, run_dir: Path, with_features: bool) -> None:
-    run_training(config, run_dir)
-    if not outputs_complete(run_dir, with_features=with_features):
-        collect(run_dir, with_features=with_features)
+def _train_and_collect(config: TrainConfig, run: RunDir, with_features: bool, progress: Progress) -> None:
+    run_training(config, run, progress=progress)
+    if not outputs_complete(run, with_features=with_features):
+        collect(run, with_features=with_features, progress=progress)
 
 
-def run(config: TrainConfig, run_dir: Path, plan: RunPlan = RunPlan()) -> Path:
-    """Runs every stage of the plan on ``run_dir``; returns the report's path."""
-    plan = dataclasses.replace(plan, inputs=plan.inputs or default_inputs())
-    families = router_families(plan)
-    needs_features = any(f.inputs.startswith("features") for f in families.values())
-    print(f"[1-2/5] training {run_dir} and collecting its per-sample outputs", flush=True)
-    _train_and_collect(config, run_dir, needs_features)
-    for name, family in families.items():
-        print(f"[3/5] router family {name}", flush=True)
-        route(run_dir, family, name=name)
+def _weight_sweep(config: TrainConfig, run: RunDir, plan: RunPlan, progress: Progress) -> None:
+    """The short runs of Fig. 6.17, each a run directory of its own under weight_sweep/."""
     for weight in plan.sweep_weights:
         for seed in range(plan.sweep_seeds):
-            print(f"[3/5] local-weight sweep: w={weight} seed {seed}", flush=True)
+            progress.stage(f"[3/5] local-weight sweep: w={weight} seed {seed}")
             sweep = dataclasses.replace(
-                config, local_weight=str(weight), seed=seed, epochs=plan.sweep_epochs,
+                config,
+                local_weight=str(weight),
+                seed=seed,
+                epochs=plan.sweep_epochs,
                 limit_train=min(plan.sweep_limit_train, config.limit_train or plan.sweep_limit_train),
             )
-            _train_and_collect(sweep, run_dir / WEIGHT_SWEEP / f"w{weight}_seed{seed}", False)
-    if not (run_dir / INFERENCE_BENCH).is_file():
-        print("[4/5] timing inference per mechanism (Fig. 6.5)", flush=True)
-        inference_bench.main(["--run", str(run_dir), "--out", str(run_dir / INFERENCE_BENCH)])
-    runfiles.write_json_atomic(run_dir / RUN_PLAN, dataclasses.asdict(plan))
-    print("[4/5] evaluating", flush=True)
-    evaluate(run_dir)
-    print("[5/5] writing the report", flush=True)
-    return report(run_dir)
+            _train_and_collect(sweep, run.sweep_run(weight, seed), False, progress)
+
+
+def run(
+    config: TrainConfig,
+    run_dir: RunDir | Path,
+    plan: RunPlan = RunPlan(),
+    progress: Progress = Progress(),
+) -> Path:
+    """Runs every stage of the plan on ``run_dir``; returns the report's path."""
+    run = as_run(run_dir)
+    plan = dataclasses.replace(plan, inputs=plan.inputs or default_inputs())
+    families = planned_families(plan)
+    needs_features = any(f.kind.needs_features for f in families.values())
+    progress.stage(f"[1-2/5] training {run} and collecting its per-sample outputs")
+    _train_and_collect(config, run, needs_features, progress)
+    for name, family in families.items():
+        progress.stage(f"[3/5] router family {name}")
+        route(run, family, name=name, progress=progress)
+    _weight_sweep(config, run, plan, progress)
+    if plan.inference_timing and not run.bench_inference.is_file():
+        progress.stage("[4/5] timing inference per mechanism (Fig. 6.5)")
+        write_json(run.bench_inference, time_inference(InferenceBenchConfig(run=run.root)))
+    write_json(run.run_plan, dataclasses.asdict(plan))
+    progress.stage("[4/5] evaluating")
+    evaluate(run)
+    progress.stage("[5/5] writing the report")
+    return report(run)

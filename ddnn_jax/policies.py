@@ -66,9 +66,7 @@ def heuristic_priority(name: str, local_logits: jax.Array, key: jax.Array) -> ja
     raise ValueError(f"unknown heuristic '{name}': choose from {', '.join(HEURISTICS)}")
 
 
-def heuristic_offload(
-    name: str, local_logits: jax.Array, targets: jax.Array, key: jax.Array
-) -> jax.Array:
+def heuristic_offload(name: str, local_logits: jax.Array, targets: jax.Array, key: jax.Array) -> jax.Array:
     """[G, N] offload mask of a heuristic at matched budgets."""
     order = order_by_priority(heuristic_priority(name, local_logits, key))
     return keep_top(order, local_counts(targets, local_logits.shape[0]))

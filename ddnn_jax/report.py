@@ -7,22 +7,34 @@ the report with the command that produces them instead of being drawn.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ddnn_jax import runfiles  # noqa: E402
-from ddnn_jax.errors import UsageError  # noqa: E402
-from ddnn_jax.evaluate import RESULTS  # noqa: E402
+from ddnn_jax.families import FAMILIES, study  # noqa: E402
+from ddnn_jax.rundir import (  # noqa: E402
+    Point,
+    Results,
+    RunDir,
+    as_run,
+    atomic_file,
+    read_results,
+    write_text,
+)
 
-FIGURES = "figures"
-REPORT = "report.md"
-STYLES = {
+
+def _curve(family: str) -> str:
+    """The curve name of a registered family."""
+    return next(f.curve for f in FAMILIES if f.name == family)
+
+
+LOGITS = _curve("logits")
+STYLES: dict[str, dict[str, Any]] = {
     "oracle": dict(color="black", linestyle="--"),
     "random": dict(color="tab:gray", linestyle=":"),
     "entropy": dict(color="tab:orange"),
@@ -35,16 +47,19 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
-def _at(points: list[dict], target: float) -> dict:
+def _at(points: list[Point], target: float) -> Point:
     return min(points, key=lambda p: abs(p["target"] - target))
 
 
-def _curve_axes(ax, results: dict, names: list[str], title: str) -> None:
+def _curve_axes(ax, results: Results, names: list[str], title: str) -> None:
     for name in names:
         points = sorted(results["curves"][name], key=lambda p: p["local_rate"])
         ax.plot(
-            [100 * p["local_rate"] for p in points], [100 * p["accuracy"] for p in points],
-            marker="o" if name.startswith("router") else None, markersize=3, label=name,
+            [100 * p["local_rate"] for p in points],
+            [100 * p["accuracy"] for p in points],
+            marker="o" if name.startswith("router") else None,
+            markersize=3,
+            label=name,
             **STYLES.get(name, {}),
         )
     ax.set_xlabel("local classification rate (%)")
@@ -54,7 +69,7 @@ def _curve_axes(ax, results: dict, names: list[str], title: str) -> None:
     ax.legend(fontsize=8)
 
 
-def _curve_table(results: dict, names: list[str], targets=(0.3, 0.54, 0.7)) -> str:
+def _curve_table(results: Results, names: list[str], targets=(0.3, 0.54, 0.7)) -> str:
     head = "| mechanism | " + " | ".join(f"L0={t}: local % / acc %" for t in targets) + " | AUC |"
     rows = [head, "|---" * (len(targets) + 2) + "|"]
     for name in names:
@@ -70,7 +85,7 @@ def _curve_table(results: dict, names: list[str], targets=(0.3, 0.54, 0.7)) -> s
     return "\n".join(rows)
 
 
-def _comparison(results: dict, routers: list[str], title: str):
+def _comparison(results: Results, routers: list[str], title: str):
     """A curve figure: the given routers against entropy at the same rates, and the oracle."""
     names = [r for r in routers if r in results["curves"]]
     if not names:
@@ -95,23 +110,41 @@ def _fig_5_1(results):
     keys = ["noise_rate", "border_rate", "oracle_local_rate", "oracle_accuracy"]
     table = "| metric | % |\n|---|---|\n" + "\n".join(f"| {k} | {_pct(la[k])} |" for k in keys)
     return (
-        lambda ax: _bars(ax, keys, [la[k] for k in keys],
-                         f"meta-dataset labels (train, L0={la['target']}, tau={la['tau']})"),
+        lambda ax: _bars(
+            ax,
+            keys,
+            [la[k] for k in keys],
+            f"meta-dataset labels (train, L0={la['target']}, tau={la['tau']})",
+        ),
         table,
     )
 
 
-def _grouped_bars(ax, groups: list[str], series: dict[str, list[float]], fmts: list[str],
-                  title: str, *, scale: float = 100, ylabel: str = "%",
-                  errors: dict[str, list[float]] | None = None) -> None:
+def _grouped_bars(
+    ax,
+    groups: list[str],
+    series: dict[str, list[float]],
+    fmts: list[str],
+    title: str,
+    *,
+    scale: float = 100,
+    ylabel: str = "%",
+    errors: dict[str, list[float]] | None = None,
+) -> None:
     """Side-by-side bars of several series over the same groups (fractions shown in % unless
     ``scale``/``ylabel`` say otherwise), with optional error bars per series."""
     width = 0.8 / len(series)
-    for j, ((label, values), fmt) in enumerate(zip(series.items(), fmts)):
+    for j, ((label, values), fmt) in enumerate(zip(series.items(), fmts, strict=False)):
         offset = (j - (len(series) - 1) / 2) * width
         yerr = None if errors is None else [scale * e for e in errors[label]]
-        bars = ax.bar([x + offset for x in range(len(groups))], [scale * v for v in values], width,
-                      yerr=yerr, capsize=3, label=label)
+        bars = ax.bar(
+            [x + offset for x in range(len(groups))],
+            [scale * v for v in values],
+            width,
+            yerr=yerr,
+            capsize=3,
+            label=label,
+        )
         ax.bar_label(bars, fmt=fmt, fontsize=7)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(ylabel)
@@ -119,8 +152,9 @@ def _grouped_bars(ax, groups: list[str], series: dict[str, list[float]], fmts: l
     ax.legend(fontsize=8)
 
 
-def _ablation(results, families: dict[str, str], title: str,
-              metrics: tuple[str, str] = ("accuracy", "local_rate")):
+def _ablation(
+    results, families: dict[str, str], title: str, metrics: tuple[str, str] = ("accuracy", "local_rate")
+):
     """Bars of two metrics at the reference target for variants (router families) of one study;
     None unless at least two variants were trained."""
     present = {label: f for label, f in families.items() if f in results["routers"]}
@@ -128,12 +162,13 @@ def _ablation(results, families: dict[str, str], title: str,
         return None
     target = results["evaluation_config"]["reference_target"]
     points = {label: _at(results["routers"][f]["points"], target) for label, f in present.items()}
-    series = {m: [p[m] for p in points.values()] for m in metrics}
+    values: dict[str, dict[str, Any]] = {label: dict(p) for label, p in points.items()}
+    series = {m: [v[m] for v in values.values()] for m in metrics}
     draw = lambda ax: _grouped_bars(ax, list(points), series, ["%.2f"] * 2, f"{title} (L0={target})")
     table = "| variant | accuracy % | local rate % | decision accuracy % |\n|---|---|---|---|\n"
     table += "\n".join(
-        f"| {label} | {_pct(p['accuracy'])} | {_pct(p['local_rate'])} | "
-        f"{_pct(p['decision_accuracy'])} |" for label, p in points.items()
+        f"| {label} | {_pct(p['accuracy'])} | {_pct(p['local_rate'])} | {_pct(p['decision_accuracy'])} |"
+        for label, p in points.items()
     )
     return draw, table
 
@@ -143,8 +178,10 @@ def _history(results, router: str, title: str):
     if router not in results["routers"]:
         return None
     r = results["routers"][router]
-    i = min(range(len(r["points"])),
-            key=lambda j: abs(r["points"][j]["target"] - results["evaluation_config"]["reference_target"]))
+    i = min(
+        range(len(r["points"])),
+        key=lambda j: abs(r["points"][j]["target"] - results["evaluation_config"]["reference_target"]),
+    )
     train, val = r["train_decision_accuracy"][i], r["val_decision_accuracy"][i]
 
     def draw(ax):
@@ -157,17 +194,25 @@ def _history(results, router: str, title: str):
         ax.set_title(f"{title} (L0={r['points'][i]['target']})")
         ax.legend(fontsize=8)
 
-    table = (f"best epoch {r['points'][i]['best_epoch']} of {len(train)}; final train "
-             f"{_pct(train[-1])} %, best validation {_pct(max(val))} %")
+    table = (
+        f"best epoch {r['points'][i]['best_epoch']} of {len(train)}; final train "
+        f"{_pct(train[-1])} %, best validation {_pct(max(val))} %"
+    )
     return draw, table
 
 
 def _fig_6_1(results):
-    values = {"edge-only": results["edge_only_accuracy"], "cloud-only": results["cloud_only_accuracy"],
-              "oracle": results["oracle_unconstrained"]["accuracy"]}
+    values = {
+        "edge-only": results["edge_only_accuracy"],
+        "cloud-only": results["cloud_only_accuracy"],
+        "oracle": results["oracle_unconstrained"]["accuracy"],
+    }
     table = "| exit | test accuracy % |\n|---|---|\n" + "\n".join(
-        f"| {k} | {_pct(v)} |" for k, v in values.items())
-    table += f"\n\nThe unconstrained oracle keeps {_pct(results['oracle_unconstrained']['local_rate'])} % local."
+        f"| {k} | {_pct(v)} |" for k, v in values.items()
+    )
+    table += (
+        f"\n\nThe unconstrained oracle keeps {_pct(results['oracle_unconstrained']['local_rate'])} % local."
+    )
     return lambda ax: _bars(ax, list(values), list(values.values()), "standalone exits (test)"), table
 
 
@@ -176,7 +221,7 @@ def _fig_6_5(results):
     if not lines:
         return None
     mechanisms = {"random": "ddnn_random", "entropy": "ddnn_entropy", "router (logits)": "ddnn_router"}
-    curves = {"random": "random", "entropy": "entropy", "router (logits)": "router_logits"}
+    curves = {"random": "random", "entropy": "entropy", "router (logits)": LOGITS}
     timed = [line for line in lines if line["measure"] == "inference"]
     regimes = list(dict.fromkeys(line["regime"] for line in timed))
     at = {(line["regime"], line["mechanism"]): line for line in timed}
@@ -186,22 +231,37 @@ def _fig_6_5(results):
 
     title = f"inference at L0 = {timed[0]['target_local']} ({timed[0]['device']})"
     draw = lambda ax: _grouped_bars(
-        ax, list(mechanisms), series("per_sample_ms_mean"), ["%.3f"] * len(regimes), title,
-        scale=1, ylabel="ms per sample", errors=series("per_sample_ms_std"))
+        ax,
+        list(mechanisms),
+        series("per_sample_ms_mean"),
+        ["%.3f"] * len(regimes),
+        title,
+        scale=1,
+        ylabel="ms per sample",
+        errors=series("per_sample_ms_std"),
+    )
 
-    table = ["| mechanism | accuracy % at L0 = 0.54 | " + " | ".join(
-        f"{r} ms/sample (mean ± std)" for r in regimes) + " |",
-        "|---|---|" + "---|" * len(regimes)]
+    table = [
+        "| mechanism | accuracy % at L0 = 0.54 | "
+        + " | ".join(f"{r} ms/sample (mean ± std)" for r in regimes)
+        + " |",
+        "|---|---|" + "---|" * len(regimes),
+    ]
     for label, name in mechanisms.items():
         curve = results["curves"].get(curves[label])
         accuracy = _pct(_at(curve, 0.54)["accuracy"]) if curve else "n/a"
-        cells = [f"{at[(r, name)]['per_sample_ms_mean']:.3f} ± {at[(r, name)]['per_sample_ms_std']:.3f}"
-                 for r in regimes]
+        cells = [
+            f"{at[(r, name)]['per_sample_ms_mean']:.3f} ± {at[(r, name)]['per_sample_ms_std']:.3f}"
+            for r in regimes
+        ]
         table.append(f"| {label} | {accuracy} | " + " | ".join(cells) + " |")
     overhead = [line for line in lines if line["measure"] == "router_overhead"]
     table.append("")
-    table += [f"Router decision cost over entropy ({o['regime']}): {o['over_entropy_ms']:.4f} ms per "
-              f"sample, {100 * o['fraction_of_edge_only']:.1f} % of edge-only." for o in overhead]
+    table += [
+        f"Router decision cost over entropy ({o['regime']}): {o['over_entropy_ms']:.4f} ms per "
+        f"sample, {100 * o['fraction_of_edge_only']:.1f} % of edge-only."
+        for o in overhead
+    ]
     return draw, "\n".join(table)
 
 
@@ -219,9 +279,12 @@ def _fig_6_12(results):
     draw = lambda ax: _grouped_bars(ax, groups, series, ["%.1f"] * 2, title)
 
     table = "| group | share % | misclassification % |\n|---|---|---|\n" + "\n".join(
-        f"| {g} | {_pct(ta['shares'][g])} | {_pct(ta['misclassification'][g])} |" for g in ta["shares"])
-    table += (f"\n\nNoise (router ≠ oracle) {_pct(ta['noise_rate'])} %, border (|B| < tau) "
-              f"{_pct(ta['border_rate'])} % of the test split; groups are disjoint, noise first.")
+        f"| {g} | {_pct(ta['shares'][g])} | {_pct(ta['misclassification'][g])} |" for g in ta["shares"]
+    )
+    table += (
+        f"\n\nNoise (router ≠ oracle) {_pct(ta['noise_rate'])} %, border (|B| < tau) "
+        f"{_pct(ta['border_rate'])} % of the test split; groups are disjoint, noise first."
+    )
     return draw, table
 
 
@@ -233,12 +296,18 @@ def _fig_6_17(results):
     def draw(ax):
         for row in sweep:
             points = row["entropy"]
-            ax.plot([100 * p["local_rate"] for p in points], [100 * p["accuracy"] for p in points],
-                    label=f"w={row['local_weight']:.2f} seed {row['seed']}")
+            ax.plot(
+                [100 * p["local_rate"] for p in points],
+                [100 * p["accuracy"] for p in points],
+                label=f"w={row['local_weight']:.2f} seed {row['seed']}",
+            )
         ax.set_xlabel("local classification rate (%)")
         ax.set_ylabel("overall accuracy (%)")
-        ax.set_title(f"entropy rule across local weights (short runs: {sweep[0]['epochs']} epochs, "
-                     f"{sweep[0]['limit_train']} train images)", fontsize=9)
+        ax.set_title(
+            f"entropy rule across local weights (short runs: {sweep[0]['epochs']} epochs, "
+            f"{sweep[0]['limit_train']} train images)",
+            fontsize=9,
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
 
@@ -246,101 +315,166 @@ def _fig_6_17(results):
     table += "\n".join(
         f"| {row['local_weight']:.3f} | {row['seed']} | {_pct(row['edge_only_accuracy'])} | "
         f"{_pct(row['cloud_only_accuracy'])} | {_pct(_at(row['entropy'], 0.54)['accuracy'])} |"
-        for row in sweep)
+        for row in sweep
+    )
     return draw, table
 
 
 # (figure id, title, builder, how to produce the missing inputs)
+# (figure id, title, builder, how to produce the missing inputs)
 SECTIONS: list[tuple[str, str, Callable, str]] = [
     ("5.1", "Meta-dataset label analysis", _fig_5_1, ""),
-    ("5.2", "Cost labels vs oracle labels", lambda r: _ablation(
-        r, {"cost labels": "router_logits", "oracle labels": "router_logits_oracle"},
-        "router on cost vs oracle labels", ("accuracy", "decision_accuracy")),
-     "ddnn route --labels oracle"),
+    (
+        "5.2",
+        "Cost labels vs oracle labels",
+        lambda r: _ablation(
+            r, study("labels"), "router on cost vs oracle labels", ("accuracy", "decision_accuracy")
+        ),
+        "ddnn route --labels oracle",
+    ),
     ("6.1", "Standalone exits", _fig_6_1, ""),
-    ("6.2", "Router (logits) vs heuristics and oracle",
-     lambda r: _comparison(r, ["router_logits", "random", "max_prob", "margin"], "router on logits"),
-     "ddnn route --inputs logits"),
-    ("6.3", "Router depth", lambda r: _ablation(
-        r, {"3 layers": "router_logits_depth3", "5 layers": "router_logits", "8 layers": "router_logits_depth8"},
-        "router depth"), "ddnn route --depth 3 --name logits-depth3"),
-    ("6.4", "Router dropout", lambda r: _ablation(
-        r, {f"p={p}": f"router_logits_dropout{p}" for p in ("0.0", "0.1", "0.2", "0.6")}, "router dropout"),
-     "ddnn route --dropout 0.6 --name logits-dropout0.6"),
-    ("6.5", "Inference cost per mechanism", _fig_6_5,
-     "ddnn bench inference --run RUN --out RUN/bench_inference.json"),
-    ("6.10", "Router training vs validation decision accuracy",
-     lambda r: _history(r, "router_logits", "router on logits"), "ddnn route --inputs logits"),
-    ("6.11", "Logits+ input", lambda r: _comparison(r, ["router_logits_plus", "router_logits"], "logits+"),
-     "ddnn route --inputs logits+"),
+    (
+        "6.2",
+        "Router (logits) vs heuristics and oracle",
+        lambda r: _comparison(r, [LOGITS, "random", "max_prob", "margin"], "router on logits"),
+        "ddnn route --inputs logits",
+    ),
+    (
+        "6.3",
+        "Router depth",
+        lambda r: _ablation(r, study("depth"), "router depth"),
+        "ddnn route --depth 3 --name logits-depth3",
+    ),
+    (
+        "6.4",
+        "Router dropout",
+        lambda r: _ablation(r, study("dropout"), "router dropout"),
+        "ddnn route --dropout 0.6 --name logits-dropout0.6",
+    ),
+    (
+        "6.5",
+        "Inference cost per mechanism",
+        _fig_6_5,
+        "ddnn bench inference --run RUN --out RUN/bench_inference.json",
+    ),
+    (
+        "6.10",
+        "Router training vs validation decision accuracy",
+        lambda r: _history(r, LOGITS, "router on logits"),
+        "ddnn route --inputs logits",
+    ),
+    (
+        "6.11",
+        "Logits+ input",
+        lambda r: _comparison(r, list(reversed(study("logits+").values())), "logits+"),
+        "ddnn route --inputs logits+",
+    ),
     ("6.12", "Test-data analysis", _fig_6_12, "ddnn route --inputs logits"),
-    ("6.13", "Router on edge features (MLP)",
-     lambda r: _comparison(r, ["router_features"], "features, MLP"), "ddnn route --inputs features"),
-    ("6.14", "Router on edge features (CNN)",
-     lambda r: _comparison(r, ["router_features_cnn"], "features, CNN"), "ddnn route --inputs features-cnn"),
-    ("6.15", "Feature CNN router: training vs validation",
-     lambda r: _history(r, "router_features_cnn", "features CNN"), "ddnn route --inputs features-cnn"),
-    ("6.16", "Edge features vs raw images",
-     lambda r: _comparison(r, ["router_features_cnn", "router_images"], "features vs images"),
-     "ddnn route --inputs images"),
+    (
+        "6.13",
+        "Router on edge features (MLP)",
+        lambda r: _comparison(r, [_curve("features")], "features, MLP"),
+        "ddnn route --inputs features",
+    ),
+    (
+        "6.14",
+        "Router on edge features (CNN)",
+        lambda r: _comparison(r, [_curve("features-cnn")], "features, CNN"),
+        "ddnn route --inputs features-cnn",
+    ),
+    (
+        "6.15",
+        "Feature CNN router: training vs validation",
+        lambda r: _history(r, _curve("features-cnn"), "features CNN"),
+        "ddnn route --inputs features-cnn",
+    ),
+    (
+        "6.16",
+        "Edge features vs raw images",
+        lambda r: _comparison(r, list(study("images").values()), "features vs images"),
+        "ddnn route --inputs images",
+    ),
     ("6.17", "Robustness to the local weight w", _fig_6_17, "ddnn run (local-weight sweep)"),
 ]
 
 
-def report(run_dir: Path) -> Path:
+def report(run_dir: RunDir | Path) -> Path:
     """Draws every figure it has results for under RUN_DIR/figures/ and writes RUN_DIR/report.md."""
-    path = run_dir / RESULTS
-    if not path.is_file():
-        raise UsageError(f"{path} is missing: run 'ddnn evaluate --run {run_dir}' first")
-    results = json.loads(path.read_text())
-    figures = run_dir / FIGURES
-    figures.mkdir(parents=True, exist_ok=True)
+    run = as_run(run_dir)
+    results = read_results(run)
+    run.figures.mkdir(parents=True, exist_ok=True)
     lines = [
         f"# DDNN offloading report: {results['dataset']}",
         "",
-        f"Seed {results['seed']}, local weight w = {results['local_weight']:.4f} "
-        f"({results['local_weight_mode']}), best epoch {results['best_epoch']}, "
+        f"Seed {results['seed']}, {_local_weight(results)}, best epoch {results['best_epoch']}, "
         f"{results['test_size']} test samples. Edge-only {_pct(results['edge_only_accuracy'])} %, "
-        f"cloud-only {_pct(results['cloud_only_accuracy'])} %. All numbers are in `{RESULTS}`.",
+        f"cloud-only {_pct(results['cloud_only_accuracy'])} %. "
+        f"All numbers are in `{run.results.name}`.",
         "",
     ]
     for fig_id, title, build, how in SECTIONS:
         lines.append(f"## Fig. {fig_id}: {title}\n")
         built = build(results)
         if built is None:
-            lines.append(f"Not available for this run: produce its inputs with `{how}`, then "
-                         "`ddnn evaluate` and `ddnn report`.\n")
+            lines.append(
+                f"Not available for this run: produce its inputs with `{how}`, then "
+                "`ddnn evaluate` and `ddnn report`.\n"
+            )
             continue
         draw, table = built
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        draw(ax)
-        fig.tight_layout()
-        name = f"fig_{fig_id.replace('.', '_')}.png"
-        with runfiles.atomic_file(figures / name, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        plt.close(fig)
-        lines += [f"![Fig. {fig_id}]({FIGURES}/{name})", "", table, ""]
+        path = run.figure(fig_id)
+        _draw(draw, path)
+        lines += [f"![Fig. {fig_id}]({path.relative_to(run.root)})", "", table, ""]
     lines += _summary_section(results)
-    runfiles.write_text_atomic(run_dir / REPORT, "\n".join(lines) + "\n")
-    return run_dir / REPORT
+    write_text(run.report, "\n".join(lines) + "\n")
+    return run.report
 
 
-def _summary_section(results: dict) -> list[str]:
-    rows = ["## Area under the accuracy-vs-local-rate curve", "",
-            "| mechanism | AUC | gap to oracle (points) |", "|---|---|---|"]
+def _local_weight(results: Results) -> str:
+    w = results["local_weight"]
+    return f"local weight {'unknown' if w is None else f'w = {w:.4f}'} ({results['local_weight_mode']})"
+
+
+def _draw(draw: Callable, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    draw(ax)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _summary_section(results: Results) -> list[str]:
+    rows = [
+        "## Area under the accuracy-vs-local-rate curve",
+        "",
+        "| mechanism | AUC | gap to oracle (points) |",
+        "|---|---|---|",
+    ]
     for name, s in sorted(results["summary"].items(), key=lambda kv: -kv[1]["auc"]):
         rows.append(f"| {name} | {s['auc']:.4f} | {100 * s['gap_to_oracle']:.2f} |")
     lm = results["latency_model"]
-    rows += ["", f"## Latency model (T_edge = {lm['edge_ms']} ms, T_cloud = {lm['cloud_ms']} ms)", "",
-             "| L0 | latency ms | naive accuracy mix % | entropy % | oracle % |", "|---|---|---|---|---|"]
+    rows += [
+        "",
+        f"## Latency model (T_edge = {lm['edge_ms']} ms, T_cloud = {lm['cloud_ms']} ms)",
+        "",
+        "| L0 | latency ms | naive accuracy mix % | entropy % | oracle % |",
+        "|---|---|---|---|---|",
+    ]
     for p in lm["points"]:
         if p["target"] in (0.0, 0.3, 0.54, 0.7, 1.0):
             rows.append(
                 f"| {p['target']} | {p['latency_ms']:.1f} | {_pct(p['naive_accuracy'])} | "
                 f"{_pct(_at(results['curves']['entropy'], p['target'])['accuracy'])} | "
-                f"{_pct(_at(results['curves']['oracle'], p['target'])['accuracy'])} |")
+                f"{_pct(_at(results['curves']['oracle'], p['target'])['accuracy'])} |"
+            )
     timing = results["timing"]
-    rows += ["", "## Timing", "",
-             f"DDNN training: {timing['ddnn_training_seconds']:.1f} s ({timing['ddnn_training_backend']}).", ""]
+    rows += [
+        "",
+        "## Timing",
+        "",
+        f"DDNN training: {timing['ddnn_training_seconds']:.1f} s ({timing['ddnn_training_backend']}).",
+        "",
+    ]
     rows += [f"- router family {k}: {v:.1f} s" for k, v in timing["router_training_seconds"].items()]
     return rows

@@ -12,7 +12,7 @@ that already have, which is exactly per-target early stopping. Each target's ran
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -21,14 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddnn_jax.models import BN_EPSILON, BN_MOMENTUM, conv3x3, torch_bias_init, torch_kernel_init
+from ddnn_jax import optim
+from ddnn_jax.families import INPUT_KINDS, LABEL_KINDS, InputKind, input_kind
+from ddnn_jax.models import batch_norm, conv3x3, dense
 from ddnn_jax.policies import normalized_entropy, top2_margin
+from ddnn_jax.retrace import trace_once
+from ddnn_jax.rundir import SplitOutputs
 
-# What the router sees: the local logits (optionally with the top-2 margin and the normalised
-# entropy), the edge feature map z through an MLP or a CNN, or the raw image through a CNN.
-INPUT_MODES = ("logits", "logits+", "features", "features-cnn", "images")
-CNN_MODES = ("features-cnn", "images")
-LABEL_KINDS = ("cost", "oracle")
 DEFAULT_TARGETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.54, 0.6, 0.7, 0.8, 0.9)
 # Hidden widths of the thesis's depth ablation, by number of Dense layers (the output included).
 DEPTH_PRESETS = {3: (128, 64), 5: (256, 128, 64, 32), 8: (512, 256, 256, 128, 128, 64, 32)}
@@ -37,13 +36,13 @@ STREAM_ROUTER = 100  # fold_in stream of the run seed reserved for routers
 
 @dataclasses.dataclass(frozen=True)
 class RouterConfig:
-    """One router family: input mode, labels, architecture and training, for a grid of targets."""
+    """One router family: input kind, labels, architecture and training, for a grid of targets."""
 
-    inputs: str = "logits"  # one of INPUT_MODES
+    inputs: str = "logits"  # a key of families.INPUT_KINDS
     labels: str = "cost"  # 'cost' (B >= B*) or 'oracle' (correctness first) labels
     targets: tuple[float, ...] = DEFAULT_TARGETS  # local-rate targets L0, one router each
     hidden: tuple[int, ...] = DEPTH_PRESETS[5]  # Dense widths before the output unit
-    conv_channels: tuple[int, ...] = (32, 64)  # conv blocks in front of the MLP (CNN modes only)
+    conv_channels: tuple[int, ...] = (32, 64)  # conv blocks in front of the MLP (CNN kinds only)
     dropout_rate: float = 0.1  # after each hidden ReLU; the thesis used 0 to 0.2
     batch_size: int = 256
     max_epochs: int = 40
@@ -54,23 +53,28 @@ class RouterConfig:
     early_stopping_patience: int = 8  # epochs without a new best before a target stops
     eval_batch_size: int = 2048
     seed: int = 0
+    conv: str = "auto"  # convolution implementation of the CNN kinds (models.CONV_CHOICES)
 
-    def uses_cnn(self) -> bool:
-        return self.inputs in CNN_MODES
+    @property
+    def kind(self) -> InputKind:
+        return INPUT_KINDS[self.inputs]
 
     def check(self) -> None:
         """Raises ValueError naming the first bad field."""
-        if self.inputs not in INPUT_MODES:
-            raise ValueError(
-                f"unknown router input '{self.inputs}': choose from {', '.join(INPUT_MODES)}"
-            )
+        input_kind(self.inputs)
         if self.labels not in LABEL_KINDS:
-            raise ValueError(f"unknown labels '{self.labels}': choose cost or oracle")
+            raise ValueError(f"unknown labels '{self.labels}': choose {' or '.join(LABEL_KINDS)}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"router dropout {self.dropout_rate} is outside [0, 1)")
         for name in ("batch_size", "max_epochs", "early_stopping_patience", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"router {name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> RouterConfig:
+        """The config a family record was written from (lists back to tuples)."""
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+        return cls(**values)
 
 
 class RouterNet(nn.Module):
@@ -80,61 +84,49 @@ class RouterNet(nn.Module):
     hidden: Sequence[int]
     conv_channels: Sequence[int] = ()
     dropout_rate: float = 0.0
+    conv: str = "auto"  # models.CONV_CHOICES
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        norm = lambda: nn.BatchNorm(
-            use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON
-        )
         for channels in self.conv_channels:
-            x = conv3x3(channels, x.shape[-1])(x)
-            x = nn.relu(norm()(x))
+            x = conv3x3(channels, x.shape[-1], conv=self.conv)(x)
+            x = nn.relu(batch_norm(train)(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
         for width in self.hidden:
-            x = nn.Dense(width, kernel_init=torch_kernel_init,
-                         bias_init=torch_bias_init(x.shape[-1]))(x)
-            x = nn.relu(norm()(x))
+            x = nn.relu(batch_norm(train)(dense(width, x.shape[-1])(x)))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        out = nn.Dense(1, kernel_init=torch_kernel_init, bias_init=torch_bias_init(x.shape[-1]))(x)
-        return out[:, 0]
+        return dense(1, x.shape[-1])(x)[:, 0]
 
 
 def build_router(config: RouterConfig) -> RouterNet:
     return RouterNet(
         hidden=tuple(config.hidden),
-        conv_channels=tuple(config.conv_channels) if config.uses_cnn() else (),
+        conv_channels=tuple(config.conv_channels) if config.kind.cnn else (),
         dropout_rate=config.dropout_rate,
+        conv=config.conv,
     )
 
 
-def raw_inputs(mode: str, outputs: dict[str, np.ndarray], images: np.ndarray | None) -> np.ndarray:
+def raw_inputs(kind: InputKind, outputs: SplitOutputs, images: np.ndarray | None) -> np.ndarray:
     """The router's input array for one split, before standardisation.
 
     Args:
-      mode: one of INPUT_MODES.
-      outputs: the split's collected arrays (``local_logits``, and ``features`` for feature modes).
-      images: the split's uint8 images (``images`` mode only).
+      kind: what the router reads.
+      outputs: the split's collected outputs (with ``features`` for the feature kinds).
+      images: the split's uint8 images (image kinds only).
     """
-    if mode == "logits":
-        return np.asarray(outputs["local_logits"], np.float32)
-    if mode == "logits+":
-        logits = jnp.asarray(outputs["local_logits"])
-        extra = jnp.stack([top2_margin(logits), normalized_entropy(logits)], axis=-1)
-        return np.asarray(jnp.concatenate([logits, extra], axis=-1), np.float32)
-    if mode in ("features", "features-cnn"):
-        return np.asarray(outputs["features"], np.float32)
-    if mode == "images":
-        return np.asarray(images, np.float32) / 255.0
-    raise ValueError(f"unknown router input '{mode}': choose from {', '.join(INPUT_MODES)}")
-
-
-def standardization(train_inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std over the training split per last-axis entry (feature or channel)."""
-    axes = tuple(range(train_inputs.ndim - 1))
-    mean = train_inputs.mean(axis=axes, dtype=np.float64)
-    std = train_inputs.std(axis=axes, dtype=np.float64)
-    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+    if kind.reads == "logits":
+        logits = jnp.asarray(outputs.local_logits, jnp.float32)
+        if kind.confidence_extras:
+            extra = jnp.stack([top2_margin(logits), normalized_entropy(logits)], axis=-1)
+            logits = jnp.concatenate([logits, extra], axis=-1)
+        return np.asarray(logits, np.float32)
+    if kind.reads == "features":
+        assert outputs.features is not None, "collect --features"
+        return np.asarray(outputs.features, np.float32)
+    assert images is not None
+    return np.asarray(images, np.float32) / 255.0
 
 
 class Carry(NamedTuple):
@@ -180,58 +172,94 @@ def predict_chunked(model: RouterNet, variables, inputs: jax.Array, chunk: int) 
     return logits.reshape(-1)[:n]
 
 
-def make_train_one(config: RouterConfig, n_train: int):
-    """``train_one(key, x_train, y_train, x_val, y_val) -> GridResult`` (unbatched) for one target."""
-    model = build_router(config)
+class _Loop(NamedTuple):
+    """One target's training, as functions of its Carry (vmapped by the grid trainer)."""
+
+    init: Callable[[jax.Array, jax.Array], Carry]  # (key, x_train) -> Carry
+    epoch: Callable[..., Carry]  # (carry, key, x_train, y_train, x_val, y_val) -> Carry
+    keep_going: Callable[[Carry], jax.Array]  # bool: neither out of epochs nor stopped early
+    result: Callable[[Carry], GridResult]
+
+
+def _optimizer(config: RouterConfig) -> optax.GradientTransformation:
+    """Adam with L2 weight decay added to the gradient (PyTorch's Adam(weight_decay=))."""
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(config.learning_rate))
+
+
+def _train_minibatches(model, tx, config, n_train, carry: Carry, epoch_key, x_train, y_train):
+    """One pass over the shuffled training set: (params, batch_stats, opt_state, accuracy)."""
     batch_size = min(config.batch_size, n_train)
     steps = n_train // batch_size
-    tx = optax.chain(
-        optax.add_decayed_weights(config.weight_decay), optax.adam(config.learning_rate)
-    )
-    plateau = optax.contrib.reduce_on_plateau(
-        factor=config.plateau_factor, patience=config.plateau_patience
-    )
+    order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), n_train)
 
-    def run_epoch(carry: Carry, key, x_train, y_train, x_val, y_val) -> Carry:
+    def step(state, i):
+        params, batch_stats, opt_state, correct = state
+        idx = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
+        x, y = x_train[idx], y_train[idx]
+
+        def loss_fn(p):
+            logits, updates = model.apply(
+                {"params": p, "batch_stats": batch_stats},
+                x,
+                train=True,
+                rngs={"dropout": jax.random.fold_in(epoch_key, i + 1)},
+                mutable=["batch_stats"],
+            )
+            loss = optax.sigmoid_binary_cross_entropy(logits, y.astype(logits.dtype)).mean()
+            return loss, (logits, updates["batch_stats"])
+
+        (_, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, optim.scale_updates(updates, carry.plateau))
+        correct = correct + ((logits >= 0) == (y == 1)).sum()
+        return (params, batch_stats, opt_state, correct), None
+
+    init = (carry.params, carry.batch_stats, carry.opt_state, jnp.zeros((), jnp.int32))
+    (params, batch_stats, opt_state, correct), _ = jax.lax.scan(step, init, jnp.arange(steps))
+    return params, batch_stats, opt_state, correct / (steps * batch_size)
+
+
+def make_loop(config: RouterConfig, n_train: int) -> _Loop:
+    """The training of one target's router: init, one epoch (train, validate, keep the best,
+    step the plateau schedule), the stopping rule, and the result."""
+    model = build_router(config)
+    tx = _optimizer(config)
+    plateau = optim.plateau(config.plateau_factor, config.plateau_patience)
+
+    def init(key, x_train) -> Carry:
+        variables = model.init({"params": key}, x_train[:2], train=False)
+        params, batch_stats = variables["params"], variables["batch_stats"]
+        nan_history = jnp.full((config.max_epochs,), jnp.nan, jnp.float32)
+        return Carry(
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=tx.init(params),
+            plateau=plateau.init(params),
+            best_params=params,
+            best_batch_stats=batch_stats,
+            best_val_accuracy=jnp.asarray(-1.0, jnp.float32),
+            best_epoch=jnp.asarray(0),
+            epoch=jnp.asarray(0),
+            train_accuracy=nan_history,
+            val_accuracy=nan_history,
+        )
+
+    def epoch(carry: Carry, key, x_train, y_train, x_val, y_val) -> Carry:
         epoch_key = jax.random.fold_in(key, carry.epoch)
-        order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), n_train)
-
-        def step(state, i):
-            params, batch_stats, opt_state, correct = state
-            idx = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
-            x, y = x_train[idx], y_train[idx]
-
-            def loss_fn(p):
-                logits, updates = model.apply(
-                    {"params": p, "batch_stats": batch_stats}, x, train=True,
-                    rngs={"dropout": jax.random.fold_in(epoch_key, i + 1)},
-                    mutable=["batch_stats"],
-                )
-                loss = optax.sigmoid_binary_cross_entropy(logits, y.astype(logits.dtype)).mean()
-                return loss, (logits, updates["batch_stats"])
-
-            (_, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            updates = jax.tree.map(lambda u: u * carry.plateau.scale, updates)
-            params = optax.apply_updates(params, updates)
-            correct = correct + ((logits >= 0) == (y == 1)).sum()
-            return (params, batch_stats, opt_state, correct), None
-
-        init = (carry.params, carry.batch_stats, carry.opt_state, jnp.zeros((), jnp.int32))
-        (params, batch_stats, opt_state, correct), _ = jax.lax.scan(step, init, jnp.arange(steps))
-        train_accuracy = correct / (steps * batch_size)
+        params, batch_stats, opt_state, train_accuracy = _train_minibatches(
+            model, tx, config, n_train, carry, epoch_key, x_train, y_train
+        )
         val_logits = predict_chunked(
             model, {"params": params, "batch_stats": batch_stats}, x_val, config.eval_batch_size
         )
         val_accuracy = ((val_logits >= 0) == (y_val == 1)).mean()
         improved = val_accuracy > carry.best_val_accuracy
         keep_best = lambda new, old: jax.tree.map(lambda a, b: jnp.where(improved, a, b), new, old)
-        _, plateau_state = plateau.update(updates={}, state=carry.plateau, value=1.0 - val_accuracy)
         return Carry(
             params=params,
             batch_stats=batch_stats,
             opt_state=opt_state,
-            plateau=plateau_state,
+            plateau=optim.end_of_epoch(plateau, carry.plateau, 1.0 - val_accuracy),
             best_params=keep_best(params, carry.best_params),
             best_batch_stats=keep_best(batch_stats, carry.best_batch_stats),
             best_val_accuracy=jnp.maximum(val_accuracy, carry.best_val_accuracy),
@@ -241,40 +269,58 @@ def make_train_one(config: RouterConfig, n_train: int):
             val_accuracy=carry.val_accuracy.at[carry.epoch].set(val_accuracy),
         )
 
-    def train_one(key, x_train, y_train, x_val, y_val) -> GridResult:
-        init_key, loop_key = jax.random.split(key)
-        variables = model.init({"params": init_key}, x_train[:2], train=False)
-        params, batch_stats = variables["params"], variables["batch_stats"]
-        nan_history = jnp.full((config.max_epochs,), jnp.nan, jnp.float32)
-        carry = Carry(
-            params=params, batch_stats=batch_stats, opt_state=tx.init(params),
-            plateau=plateau.init(params), best_params=params, best_batch_stats=batch_stats,
-            best_val_accuracy=jnp.asarray(-1.0, jnp.float32), best_epoch=jnp.asarray(0),
-            epoch=jnp.asarray(0), train_accuracy=nan_history, val_accuracy=nan_history,
-        )
+    def keep_going(c: Carry) -> jax.Array:
+        return (c.epoch < config.max_epochs) & (c.epoch - c.best_epoch < config.early_stopping_patience)
 
-        def keep_going(c: Carry):
-            return (c.epoch < config.max_epochs) & (
-                c.epoch - c.best_epoch < config.early_stopping_patience
-            )
-
-        carry = jax.lax.while_loop(
-            keep_going, lambda c: run_epoch(c, loop_key, x_train, y_train, x_val, y_val), carry
-        )
+    def result(c: Carry) -> GridResult:
         return GridResult(
-            variables={"params": carry.best_params, "batch_stats": carry.best_batch_stats},
-            train_accuracy=carry.train_accuracy,
-            val_accuracy=carry.val_accuracy,
-            best_epoch=carry.best_epoch,
-            epochs_run=carry.epoch,
+            variables={"params": c.best_params, "batch_stats": c.best_batch_stats},
+            train_accuracy=c.train_accuracy,
+            val_accuracy=c.val_accuracy,
+            best_epoch=c.best_epoch,
+            epochs_run=c.epoch,
         )
 
-    return train_one
+    return _Loop(init, epoch, keep_going, result)
 
 
-def make_grid_trainer(config: RouterConfig, n_train: int):
-    """The whole grid as one jitted program: keys [G], shared inputs, labels [G, N] per split."""
-    return jax.jit(jax.vmap(make_train_one(config, n_train), in_axes=(0, None, 0, None, 0)))
+def make_grid_trainer(
+    config: RouterConfig,
+    n_train: int,
+    on_epoch: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+):
+    """The whole grid as one jitted program:
+    ``grid(keys [G], x_train, y_train [G, N], x_val, y_val [G, N_val]) -> GridResult``.
+
+    A ``lax.while_loop`` runs epochs of every target at once (``vmap``) while any target is
+    still training; a target that has stopped keeps its state (its update is masked), so each
+    target trains exactly as it would alone. ``on_epoch(epochs, still_training, best_val)``, if
+    given, is called on the host after every epoch with the per-target arrays (a progress
+    bar); without it nothing leaves the device. Traced once: a retrace raises.
+    """
+    loop = make_loop(config, n_train)
+    epoch = jax.vmap(loop.epoch, in_axes=(0, 0, None, 0, None, 0))
+    keep_going = jax.vmap(loop.keep_going)
+
+    @trace_once
+    def grid(keys, x_train, y_train, x_val, y_val) -> GridResult:
+        split = jax.vmap(jax.random.split)(keys)
+        init_keys, loop_keys = split[:, 0], split[:, 1]
+        carry = jax.vmap(loop.init, in_axes=(0, None))(init_keys, x_train)
+
+        def body(carry: Carry) -> Carry:
+            active = keep_going(carry)
+            new = epoch(carry, loop_keys, x_train, y_train, x_val, y_val)
+            mask = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+            carry = jax.tree.map(mask, new, carry)
+            if on_epoch is not None:
+                jax.debug.callback(on_epoch, carry.epoch, keep_going(carry), carry.best_val_accuracy)
+            return carry
+
+        carry = jax.lax.while_loop(lambda c: keep_going(c).any(), body, carry)
+        return jax.vmap(loop.result)(carry)
+
+    return jax.jit(grid)
 
 
 def make_grid_predictor(config: RouterConfig):

@@ -7,12 +7,10 @@ uninterrupted one would have done.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,26 +20,39 @@ from flax.training import train_state
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ddnn_jax import checkpointing, runfiles
-from ddnn_jax.config import (
-    STREAM_INIT, STREAM_SHUFFLE, STREAM_STEP, TrainConfig, config_from_record, resolved_record,
-    run_identity,
-)
+from ddnn_jax import checkpointing, optim
+from ddnn_jax.config import STREAM_INIT, STREAM_SHUFFLE, STREAM_STEP, TrainConfig, run_identity
 from ddnn_jax.data import DataSplits, augment, load_dataset, normalize
 from ddnn_jax.errors import TrainingDiverged, UsageError
 from ddnn_jax.models import DDNN
+from ddnn_jax.progress import Progress
+from ddnn_jax.retrace import trace_once
+from ddnn_jax.rundir import (
+    RunDir,
+    RunRecord,
+    as_run,
+    check_for_training,
+    read_metrics,
+    read_run_record,
+    write_metrics,
+    write_run_record,
+)
 
-# Crash testing: the process SIGKILLs itself when this epoch's training program has run, before
-# the epoch is validated and checkpointed.
-FAULT_ENV = "DDNN_FAULT_IN_EPOCH"
 DATA_AXIS = "data"
+TICKS_PER_EPOCH = 50  # progress updates from inside the compiled epoch
 
 
 class TrainState(train_state.TrainState):
-    """Parameters, Adam state and step, plus batch-norm statistics and the plateau scheduler."""
+    """Parameters, Adam state and step, plus batch-norm statistics and the plateau schedule,
+    whose factor scales every update."""
 
     batch_stats: Any
-    plateau: optax.contrib.ReduceLROnPlateauState
+    plateau: optim.PlateauState
+
+    def apply_gradients(self, *, grads, **kwargs):
+        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        params = optax.apply_updates(self.params, optim.scale_updates(updates, self.plateau))
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state, **kwargs)
 
 
 def build_model(config: TrainConfig, num_classes: int) -> DDNN:
@@ -52,31 +63,27 @@ def build_model(config: TrainConfig, num_classes: int) -> DDNN:
         cloud_conv_channels=tuple(config.cloud_conv_channels),
         cloud_dense_features=tuple(config.cloud_dense_features),
         dropout_rate=config.dropout_rate,
+        conv=config.conv,
     )
 
 
 def plateau_schedule(config: TrainConfig) -> optax.GradientTransformationExtraArgs:
-    """Learning-rate scale driven by the validation error, updated once per epoch."""
-    return optax.contrib.reduce_on_plateau(
-        factor=config.plateau_factor, patience=config.plateau_patience
-    )
+    """The learning-rate factor, driven by the validation error once per epoch."""
+    return optim.plateau(config.plateau_factor, config.plateau_patience)
 
 
-def create_train_state(
-    config: TrainConfig, image_shape: tuple[int, ...], num_classes: int
-) -> TrainState:
+def create_train_state(config: TrainConfig, image_shape: tuple[int, ...], num_classes: int) -> TrainState:
     """A freshly initialised state; the initialisation depends only on the seed."""
     model = build_model(config, num_classes)
     key = jax.random.fold_in(jax.random.key(config.seed), STREAM_INIT)
     variables = jax.jit(model.init, static_argnames="train")(
         {"params": key}, jnp.zeros((1, *image_shape), jnp.float32), train=False
     )
-    tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=variables["batch_stats"],
-        tx=tx,
+        tx=optax.adam(config.learning_rate),
         plateau=plateau_schedule(config).init(variables["params"]),
     )
 
@@ -90,14 +97,18 @@ def joint_loss(
     local_logits: jax.Array, cloud_logits: jax.Array, labels: jax.Array, local_weight: jax.Array
 ) -> jax.Array:
     """mean over the batch of w * CE(local) + (1 - w) * CE(cloud)."""
-    per_sample = local_weight * cross_entropy(local_logits, labels) + (
-        1.0 - local_weight
-    ) * cross_entropy(cloud_logits, labels)
+    per_sample = local_weight * cross_entropy(local_logits, labels) + (1.0 - local_weight) * cross_entropy(
+        cloud_logits, labels
+    )
     return per_sample.mean()
 
 
 def train_step_fn(
-    *, local_weight: float | None, mean: np.ndarray, std: np.ndarray, horizontal_flip: bool,
+    *,
+    local_weight: float | None,
+    mean: np.ndarray,
+    std: np.ndarray,
+    horizontal_flip: bool,
     crop_padding: int,
 ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]:
     """The pure ``step(state, images, labels, rng) -> (state, metrics)`` of one run.
@@ -108,12 +119,12 @@ def train_step_fn(
       horizontal_flip: whether augmentation flips images.
       crop_padding: the random crop's shift in pixels.
     """
-    mean, std = jnp.asarray(mean), jnp.asarray(std)
+    channel_mean, channel_std = jnp.asarray(mean), jnp.asarray(std)
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array, rng: jax.Array):
         augment_rng, dropout_rng, weight_rng = jax.random.split(rng, 3)
         images = augment(images, augment_rng, horizontal_flip=horizontal_flip, pad=crop_padding)
-        images = normalize(images, mean, std)
+        images = normalize(images, channel_mean, channel_std)
         w = jax.random.uniform(weight_rng) if local_weight is None else local_weight
 
         def loss_fn(params):
@@ -127,9 +138,9 @@ def train_step_fn(
             loss = joint_loss(local_logits, cloud_logits, labels, w)
             return loss, (local_logits, cloud_logits, updates["batch_stats"])
 
-        (loss, (local_logits, cloud_logits, batch_stats)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True
-        )(state.params)
+        (loss, (local_logits, cloud_logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
         state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         metrics = {
             "loss": loss,
@@ -145,8 +156,9 @@ def make_train_step(**step_options):
     """One jitted optimizer step, ``(state, {"image", "label"}, rng) -> (state, metrics)``,
     driven from Python: for tests and for benchmarking against the compiled epoch."""
     step = train_step_fn(**step_options)
-    return jax.jit(lambda state, batch, rng: step(state, batch["image"], batch["label"], rng),
-                   donate_argnums=0)
+    return jax.jit(
+        lambda state, batch, rng: step(state, batch["image"], batch["label"], rng), donate_argnums=0
+    )
 
 
 def data_mesh(batch_size: int) -> Mesh:
@@ -173,7 +185,12 @@ def replicate(mesh: Mesh, tree):
 
 
 def make_train_epoch(
-    step, mesh: Mesh, *, batch_size: int, steps_per_epoch: int,
+    step,
+    mesh: Mesh,
+    *,
+    batch_size: int,
+    steps_per_epoch: int,
+    on_step: Callable[[int], None] | None = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
     """The whole epoch as one compiled program:
     ``epoch(state, images, labels, root_key, epoch) -> (state, per-step metrics)``.
@@ -185,11 +202,21 @@ def make_train_epoch(
     axis is sharded over ``mesh``; parameters and optimizer state are replicated, and XLA
     inserts the reductions of gradients and batch statistics, so any device count computes
     the same function.
+
+    ``on_step(i)``, if given, is called on the host with the number of steps done, about
+    ``TICKS_PER_EPOCH`` times per epoch (a progress bar); without it nothing leaves the device.
+    The program is traced once: a second trace (a silent recompilation) raises.
     """
     replicated = NamedSharding(mesh, P())
     by_example = NamedSharding(mesh, P(None, DATA_AXIS))
     per_step = batch_size * steps_per_epoch
+    tick_every = max(1, steps_per_epoch // TICKS_PER_EPOCH)
 
+    def tick(i):
+        if on_step is not None:
+            jax.lax.cond((i + 1) % tick_every == 0, lambda: jax.debug.callback(on_step, i + 1), lambda: None)
+
+    @trace_once
     def epoch_fn(state, images, labels, root, epoch):
         shuffle_key = jax.random.fold_in(jax.random.fold_in(root, STREAM_SHUFFLE), epoch)
         order = jax.random.permutation(shuffle_key, labels.shape[0])
@@ -201,46 +228,51 @@ def make_train_epoch(
         def body(state, xs):
             i, idx = xs
             rng = jax.random.fold_in(step_root, first_step + i)
-            return step(state, images[idx], labels[idx], rng)
+            state, metrics = step(state, images[idx], labels[idx], rng)
+            tick(i)
+            return state, metrics
 
         return jax.lax.scan(body, state, (jnp.arange(steps_per_epoch), batches))
 
     return jax.jit(epoch_fn, donate_argnums=0, out_shardings=(replicated, replicated))
 
 
-def make_predict_fn(model: DDNN, mean: np.ndarray, std: np.ndarray, with_features: bool = False):
+def make_predict_fn(model: DDNN, mean, std, with_features: bool = False):
     """Jitted evaluation-mode forward pass on uint8 images: (local_logits, cloud_logits[, z])."""
-    mean, std = jnp.asarray(mean), jnp.asarray(std)
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     @jax.jit
     def predict(variables, images):
-        local_logits, cloud_logits, z = model.apply(
-            variables, normalize(images, mean, std), train=False
-        )
+        local_logits, cloud_logits, z = model.apply(variables, normalize(images, mean, std), train=False)
         return (local_logits, cloud_logits, z) if with_features else (local_logits, cloud_logits)
 
     return predict
 
 
-def predict_in_batches(predict, variables, images: np.ndarray, batch_size: int):
-    """Runs ``predict`` over all images in fixed-size batches (the last one padded): numpy out."""
-    n = len(images)
+def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
+    """``x`` with zero rows appended up to a multiple of ``multiple`` rows."""
+    pad = -len(x) % multiple
+    return np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+
+
+def predict_in_batches(predict, variables, inputs: np.ndarray, batch_size: int, bar=None):
+    """Runs ``predict(variables, batch)`` over all inputs in fixed-size batches (the last one
+    padded, so one compiled program serves every split); numpy arrays out. ``bar`` (a tqdm)
+    advances by the rows done."""
+    n = len(inputs)
     outputs = []
     for start in range(0, n, batch_size):
-        chunk = images[start : start + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        outputs.append(predict(variables, chunk))
-    return tuple(np.concatenate(parts)[:n] for parts in zip(*jax.device_get(outputs)))
+        chunk = inputs[start : start + batch_size]
+        outputs.append(jax.device_get(predict(variables, pad_rows(chunk, batch_size))))
+        if bar is not None:
+            bar.update(len(chunk))
+    parts = zip(*outputs, strict=False) if isinstance(outputs[0], tuple) else [outputs]
+    concatenated = tuple(np.concatenate(part)[:n] for part in parts)
+    return concatenated if isinstance(outputs[0], tuple) else concatenated[0]
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(-1) == labels).mean())
-
-
-def _write_metrics(path: Path, rows: list[dict]) -> None:
-    runfiles.write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _check_finite(losses: np.ndarray, *, first_step: int, epoch: int) -> None:
@@ -253,24 +285,56 @@ def _check_finite(losses: np.ndarray, *, first_step: int, epoch: int) -> None:
         )
 
 
-def _schedule_learning_rate(
-    state: TrainState, plateau, base_learning_rate: float, validation_error: float
-) -> TrainState:
-    """Feeds the epoch's validation error to the plateau scheduler and sets Adam's rate."""
-    _, plateau_state = plateau.update(
-        updates={}, state=state.plateau, value=jnp.asarray(validation_error)
-    )
-    hyperparams = dict(state.opt_state.hyperparams)
-    hyperparams["learning_rate"] = jnp.asarray(
-        base_learning_rate * plateau_state.scale, jnp.float32
-    )
-    return state.replace(
-        plateau=plateau_state, opt_state=state.opt_state._replace(hyperparams=hyperparams)
-    )
+class _EpochBar:
+    """The live bar of the epoch in progress, advanced from inside the compiled epoch."""
+
+    def __init__(self, progress: Progress, steps: int, batch_size: int):
+        self.progress, self.steps, self.batch_size = progress, steps, batch_size
+        self.bar = None
+        self.done = 0
+
+    def open(self, epoch: int, epochs: int) -> None:
+        self.bar = self.progress.bar(
+            self.steps * self.batch_size, f"epoch {epoch}/{epochs}", unit="img", unit_scale=True
+        )
+        self.done = 0
+
+    def on_step(self, steps_done) -> None:
+        steps_done = int(steps_done)
+        if self.bar is not None and steps_done > self.done:
+            self.bar.update((steps_done - self.done) * self.batch_size)
+            self.done = steps_done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _restore_or_init(config: TrainConfig, data: DataSplits, manager) -> tuple[TrainState, int]:
+    """The state to continue from (the latest checkpoint, or a fresh one) and its epoch."""
+    state = create_train_state(config, data.image_shape, data.num_classes)
+    latest = manager.latest_step()
+    if latest is None:
+        return state, 0
+    return checkpointing.restore(manager, latest, state), latest
+
+
+def _validate(predict, state: TrainState, data: DataSplits, batch_size: int) -> tuple[float, float]:
+    """Validation accuracy of the local and the cloud exit."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    local_logits, cloud_logits = predict_in_batches(predict, variables, data.val.images, batch_size)
+    return accuracy(local_logits, data.val.labels), accuracy(cloud_logits, data.val.labels)
 
 
 def train(
-    config: TrainConfig, data: DataSplits, run_dir: Path, *, local_weight: float | None
+    config: TrainConfig,
+    data: DataSplits,
+    run_dir: RunDir | Path,
+    *,
+    local_weight: float | None,
+    progress: Progress = Progress(),
+    on_epoch_trained: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Trains (or resumes training) until ``config.epochs``; returns the per-epoch metrics.
 
@@ -279,53 +343,56 @@ def train(
       data: the dataset in memory.
       run_dir: where checkpoints/ and metrics.jsonl live.
       local_weight: the resolved w, or None for a fresh draw at every step.
+      progress: where epoch lines and the live bar go.
+      on_epoch_trained: called with the epoch number once its training program has run and
+        before it is validated and checkpointed (the resume tests kill the process there).
     """
-    state = create_train_state(config, data.image_shape, data.num_classes)
-    manager = checkpointing.manager(run_dir, keep=config.keep_checkpoints)
-    start_epoch = 0
-    if manager.latest_step() is not None:
-        start_epoch = manager.latest_step()
-        state = checkpointing.restore(manager, start_epoch, state)
-    metrics_path = run_dir / runfiles.METRICS
-    history = [row for row in runfiles.read_metrics(run_dir) if row["epoch"] <= start_epoch]
+    run = as_run(run_dir)
+    manager = checkpointing.manager(run.checkpoints, keep=config.keep_checkpoints)
+    state, start_epoch = _restore_or_init(config, data, manager)
+    history = [row for row in read_metrics(run) if row["epoch"] <= start_epoch]
 
     mesh = data_mesh(config.batch_size)
     steps_per_epoch = len(data.train) // config.batch_size
+    live = _EpochBar(progress, steps_per_epoch, config.batch_size)
     run_epoch = make_train_epoch(
-        train_step_fn(local_weight=local_weight, mean=data.mean, std=data.std,
-                      horizontal_flip=data.horizontal_flip, crop_padding=data.crop_padding),
-        mesh, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
+        train_step_fn(
+            local_weight=local_weight,
+            mean=data.mean,
+            std=data.std,
+            horizontal_flip=data.horizontal_flip,
+            crop_padding=data.crop_padding,
+        ),
+        mesh,
+        batch_size=config.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        on_step=live.on_step if progress.shows_bars else None,
     )
     predict = make_predict_fn(build_model(config, data.num_classes), data.mean, data.std)
     plateau = plateau_schedule(config)
     root = jax.random.key(config.seed)
     images, labels = replicate(mesh, data.train.images), replicate(mesh, data.train.labels)
     state = replicate(mesh, state)
-    fault_epoch = int(os.environ.get(FAULT_ENV, "0"))
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
         started = time.perf_counter()
-        learning_rate = float(state.opt_state.hyperparams["learning_rate"])
-        state, step_metrics = run_epoch(state, images, labels, root, epoch)
-        step_metrics = jax.device_get(step_metrics)
-        if epoch == fault_epoch:
-            os.kill(os.getpid(), signal.SIGKILL)
-        losses = step_metrics["loss"]
-        _check_finite(losses, first_step=(epoch - 1) * steps_per_epoch + 1, epoch=epoch)
-        seen = steps_per_epoch * config.batch_size
-
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        local_logits, cloud_logits = predict_in_batches(
-            predict, variables, data.val.images, config.eval_batch_size
-        )
-        val_local = accuracy(local_logits, data.val.labels)
-        val_cloud = accuracy(cloud_logits, data.val.labels)
+        learning_rate = config.learning_rate * float(state.plateau.scale)
+        live.open(epoch, config.epochs)
+        try:
+            state, step_metrics = run_epoch(state, images, labels, root, epoch)
+            step_metrics = jax.device_get(step_metrics)
+        finally:
+            live.close()
+        if on_epoch_trained is not None:
+            on_epoch_trained(epoch)
+        _check_finite(step_metrics["loss"], first_step=(epoch - 1) * steps_per_epoch + 1, epoch=epoch)
+        val_local, val_cloud = _validate(predict, state, data, config.eval_batch_size)
         selection = (val_local + val_cloud) / 2
-        state = _schedule_learning_rate(state, plateau, config.learning_rate, 1.0 - selection)
-
+        state = state.replace(plateau=optim.end_of_epoch(plateau, state.plateau, 1.0 - selection))
+        seen = steps_per_epoch * config.batch_size
         row = {
             "epoch": epoch,
-            "train_loss": float(losses.mean()),
+            "train_loss": float(step_metrics["loss"].mean()),
             "train_accuracy_local": int(step_metrics["correct_local"].sum()) / seen,
             "train_accuracy_cloud": int(step_metrics["correct_cloud"].sum()) / seen,
             "val_accuracy_local": val_local,
@@ -335,50 +402,78 @@ def train(
             "seconds": time.perf_counter() - started,
         }
         history.append(row)
-        _write_metrics(metrics_path, history)
+        write_metrics(run, history)
         checkpointing.save(manager, epoch, state, selection)
-        print(
+        progress.note(
             f"epoch {epoch}/{config.epochs}  loss {row['train_loss']:.4f}  "
             f"val local {val_local:.4f}  val cloud {val_cloud:.4f}  "
-            f"lr {learning_rate:.2e}  {row['seconds']:.1f}s",
-            flush=True,
+            f"lr {learning_rate:.2e}  {row['seconds']:.1f}s  ({seen / row['seconds']:,.0f} img/s)"
         )
     manager.close()
     return history
 
 
-def run_training(config: TrainConfig, run_dir: Path) -> list[dict]:
+def _check_resumable(run: RunDir, config: TrainConfig) -> None:
+    """UsageError unless the run in ``run`` was trained with ``config`` and can be continued."""
+    record = read_run_record(run)
+    if record.imported_from:
+        raise UsageError(
+            f"{run} holds weights imported from PyTorch and cannot be trained further: "
+            "train a new run with another --out"
+        )
+    old, new = run_identity(record.train), run_identity(config)
+    changed = [key for key in new if old.get(key) != new[key]]
+    if changed:
+        details = ", ".join(f"{key}: {old.get(key)!r} -> {new[key]!r}" for key in changed)
+        raise UsageError(
+            f"{run} holds a run with another configuration ({details}): "
+            "rerun with its original flags to resume, or choose a new --out"
+        )
+
+
+def run_training(
+    config: TrainConfig,
+    run_dir: RunDir | Path,
+    *,
+    progress: Progress = Progress(),
+    on_epoch_trained: Callable[[int], None] | None = None,
+) -> list[dict]:
     """Starts or resumes the run in ``run_dir``: the entry point of ``ddnn train``.
 
     Everything the user can get wrong is checked before the first file is written.
     """
+    run = as_run(run_dir)
     config.validate()
-    resuming = runfiles.check_run_dir_for_training(run_dir)
+    resuming = check_for_training(run)
     if resuming:
-        record = runfiles.read_config(run_dir)
-        if record.get("imported_from"):
-            raise UsageError(
-                f"{run_dir} holds weights imported from PyTorch and cannot be trained further: "
-                "train a new run with another --out"
-            )
-        old = run_identity(config_from_record(record))
-        new = run_identity(config)
-        changed = [key for key in new if old[key] != new[key]]
-        if changed:
-            details = ", ".join(f"{key}: {old[key]!r} -> {new[key]!r}" for key in changed)
-            raise UsageError(
-                f"{run_dir} holds a run with another configuration ({details}): "
-                "rerun with its original flags to resume, or choose a new --out"
-            )
+        _check_resumable(run, config)
     data = load_dataset(
-        config.dataset, data_dir=config.data_dir, split_seed=config.seed,
-        limit_train=config.limit_train, download=config.download,
+        config.dataset,
+        data_dir=config.data_dir,
+        split_seed=config.seed,
+        limit_train=config.limit_train,
+        download=config.download,
     )
-    record = resolved_record(
-        config, num_classes=data.num_classes, image_shape=data.image_shape,
-        mean=data.mean, std=data.std,
+    if len(data.train) < config.batch_size:
+        raise UsageError(
+            f"--batch-size {config.batch_size} is larger than the training split "
+            f"({len(data.train)} images): lower it"
+        )
+    record = RunRecord.resolve(
+        config,
+        num_classes=data.num_classes,
+        image_shape=data.image_shape,
+        mean=data.mean,
+        std=data.std,
         split_sizes={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
     )
     if not resuming:
-        runfiles.write_json_atomic(run_dir / runfiles.CONFIG, record)
-    return train(config, data, run_dir, local_weight=record["local_weight"])
+        write_run_record(run, record)
+    return train(
+        config,
+        data,
+        run,
+        local_weight=record.local_weight,
+        progress=progress,
+        on_epoch_trained=on_epoch_trained,
+    )

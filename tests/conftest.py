@@ -41,5 +41,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "ddnn_jax.cli", *args],
-        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=900,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=900,
     )

@@ -1,12 +1,13 @@
 """The ddnn command line: bad input is one line and exit 2; real runs on a Fashion-MNIST slice."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from conftest import run_cli
-from ddnn_jax.train import FAULT_ENV
 
 
 def _assert_usage_error(result, fragment: str):
@@ -34,6 +35,36 @@ def test_bad_training_arguments(tmp_path, args, fragment):
     assert not (tmp_path / "run").exists()
 
 
+def test_every_flag_has_a_sentence_and_its_default():
+    import argparse
+
+    from ddnn_jax.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and len(action.help) > 10, (name, action.dest)
+
+    def described(command: str, flag: str) -> str:
+        """The words of the flag's entry in the options section of the command's help."""
+        options = commands.choices[command].format_help().split("options:", 1)[1]
+        return " ".join(options.split(f"  {flag}", 1)[1].split("\n  -", 1)[0].split())
+
+    for flag, default in (("--epochs", 20), ("--batch-size", 128), ("--seed", 0), ("--conv", "auto")):
+        assert f"(default: {default})" in described("train", flag), described("train", flag)
+    assert "(default: 0)" in described("run", "--router-seed")
+
+
+@pytest.mark.parametrize("grid", ["", ",,", "0.3,,0.5"])
+def test_an_empty_grid_is_refused(tmp_path, capsys, grid):
+    from ddnn_jax.cli import main
+
+    assert main(["route", "--run", str(tmp_path), "--grid", grid]) == 2
+    assert "expected comma-separated numbers" in capsys.readouterr().err
+
+
 def test_unwritable_run_dir():
     _assert_usage_error(run_cli("train", "--out", "/proc/ddnn-run", "--epochs", "1"), "cannot write")
 
@@ -55,8 +86,7 @@ def test_collect_needs_a_training_run(tmp_path):
     _assert_usage_error(run_cli("collect", "--run", str(tmp_path)), "ddnn train")
 
 
-TRAIN = ["train", "--dataset", "fashion_mnist", "--limit-train", "512", "--batch-size", "128",
-         "--seed", "0"]
+TRAIN = ["train", "--dataset", "fashion_mnist", "--limit-train", "512", "--batch-size", "128", "--seed", "0"]
 
 
 def _metrics(run_dir):
@@ -109,11 +139,28 @@ def test_train_collect_end_to_end_and_conflicting_rerun(two_epoch_run):
     assert (run_dir / "config.json").read_text() == before
 
 
+# The TRAIN run, killed by SIGKILL once epoch 2 has trained and before it is checkpointed.
+KILLED_IN_EPOCH_2 = r"""
+import os, signal, sys
+from pathlib import Path
+from ddnn_jax.config import TrainConfig
+from ddnn_jax.train import run_training
+
+def kill(epoch):
+    if epoch == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+config = TrainConfig(dataset="fashion_mnist", epochs=2, batch_size=128, seed=0, limit_train=512)
+run_training(config, Path(sys.argv[1]), on_epoch_trained=kill)
+"""
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics(tmp_path, two_epoch_run):
     killed = tmp_path / "killed"
-    # SIGKILL once epoch 2 has trained, before it is checkpointed; then the same command again
-    crash = run_cli(*TRAIN, "--epochs", "2", "--out", str(killed), env={FAULT_ENV: "2"})
+    crash = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_EPOCH_2, str(killed)], capture_output=True, text=True, timeout=900
+    )
     assert crash.returncode == -9, crash.stderr
     assert [r["epoch"] for r in _metrics(killed)] == [1]
     resumed = run_cli(*TRAIN, "--epochs", "2", "--out", str(killed))

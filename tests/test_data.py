@@ -5,7 +5,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ddnn_jax.data import (
-    Split, augment, channel_statistics, load_dataset, normalize, split_train_validation,
+    Split,
+    augment,
+    channel_statistics,
+    load_dataset,
+    normalize,
+    split_train_validation,
 )
 from ddnn_jax.errors import UsageError
 
@@ -40,7 +45,7 @@ def test_validation_split_is_a_deterministic_partition():
 def test_channel_statistics_and_normalize():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (50, 4, 4, 3), dtype=np.uint8)
-    mean, std = channel_statistics(images)
+    mean, std = channel_statistics(images, 1 / 255)
     np.testing.assert_allclose(mean, images.reshape(-1, 3).mean(0) / 255, rtol=1e-6)
     normalized = np.asarray(normalize(jnp.asarray(images), mean, std))
     np.testing.assert_allclose(normalized.reshape(-1, 3).mean(0), 0, atol=1e-5)
@@ -56,13 +61,13 @@ def test_augment_crops_with_black_padding_and_flips():
     flipped = jax.jit(lambda x, k: augment(x, k, horizontal_flip=True, pad=0))
     outputs = [np.asarray(flipped(images, jax.random.key(i))) for i in range(20)]
     for out in outputs:
-        for original, result in zip(np.asarray(images), out):
+        for original, result in zip(np.asarray(images), out, strict=False):
             assert np.array_equal(result, original) or np.array_equal(result, original[:, ::-1])
     assert any(not np.array_equal(out, images) for out in outputs)
     # every crop is a window of the zero-padded image
     padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
-    for original, result in zip(padded, np.asarray(shifted)):
-        windows = [original[i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
+    for original, result in zip(padded, np.asarray(shifted), strict=False):
+        windows = [original[i : i + 6, j : j + 6] for i in range(5) for j in range(5)]
         assert any(np.array_equal(result, w) for w in windows)
 
 
@@ -82,8 +87,12 @@ def test_corrupt_fashion_mnist_file_is_refused(tmp_path, monkeypatch):
 
     source = tmp_path / "src"
     source.mkdir()
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (source / f"{stem}.gz").write_bytes(gzip.compress(b"not the data"))
     monkeypatch.setenv("DDNN_FASHION_MNIST_SOURCE", str(source))
     with pytest.raises(UsageError, match="does not hold the original Fashion-MNIST"):

@@ -9,10 +9,19 @@ import pytest
 
 from ddnn_jax.labels import (
     Correctness,
-    benefit_thresholds, check_targets, correctness, cost_labels, label_analysis, oracle_labels,
+    benefit_thresholds,
+    check_targets,
+    correctness,
+    cost_labels,
+    label_analysis,
+    oracle_labels,
 )
 from ddnn_jax.policies import (
-    HEURISTICS, heuristic_offload, local_counts, normalized_entropy, oracle_offload,
+    HEURISTICS,
+    heuristic_offload,
+    local_counts,
+    normalized_entropy,
+    oracle_offload,
     unconstrained_oracle_offload,
 )
 
@@ -46,7 +55,10 @@ def test_costs_and_labels_match_brute_force():
     benefit = np.asarray(c.benefit, np.float64)
     thresholds = np.asarray(benefit_thresholds(c.benefit, TARGETS))
     np.testing.assert_allclose(thresholds, np.quantile(benefit, TARGETS.astype(np.float64)), atol=1e-6)
-    by_cost, by_oracle = np.asarray(cost_labels(c.benefit, thresholds)), np.asarray(oracle_labels(c, thresholds))
+    by_cost, by_oracle = (
+        np.asarray(cost_labels(c.benefit, thresholds)),
+        np.asarray(oracle_labels(c, thresholds)),
+    )
     assert by_cost.shape == by_oracle.shape == (len(TARGETS), len(labels))
     for g, threshold in enumerate(thresholds):
         for i in range(len(labels)):
@@ -64,7 +76,10 @@ def test_label_analysis_matches_brute_force():
     c = correctness(local, cloud, labels)
     thresholds = benefit_thresholds(c.benefit, TARGETS)
     analysis = jax.device_get(label_analysis(c, thresholds, 0.05))
-    by_cost, by_oracle = np.asarray(cost_labels(c.benefit, thresholds)), np.asarray(oracle_labels(c, thresholds))
+    by_cost, by_oracle = (
+        np.asarray(cost_labels(c.benefit, thresholds)),
+        np.asarray(oracle_labels(c, thresholds)),
+    )
     lc, cc, b = (np.asarray(a) for a in c)
     for g in range(len(TARGETS)):
         assert np.isclose(analysis["noise_rate"][g], np.mean(by_cost[g] != by_oracle[g]))
@@ -96,7 +111,6 @@ def test_oracle_priority_and_ties():
     cloud_correct = jnp.array([True, True, False, False, True, False])
     benefit = jnp.array([0.0, 0.3, 0.5, 0.1, 0.1, 0.5])
 
-
     c = Correctness(local_correct, cloud_correct, benefit)
     offload = np.asarray(oracle_offload(c, jnp.array([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])))
     kept_order = [2, 5, 3, 4, 1]  # group 0 by index (equal B), then group 1 by B then index
@@ -118,7 +132,9 @@ def test_budget_matched_rules_keep_exactly_the_count(name):
 
 def test_entropy_keeps_the_least_uncertain():
     local, _, _ = _outputs(n=80)
-    offload = np.asarray(heuristic_offload("entropy", jnp.asarray(local), jnp.array([0.4]), jax.random.key(0)))[0]
+    offload = np.asarray(
+        heuristic_offload("entropy", jnp.asarray(local), jnp.array([0.4]), jax.random.key(0))
+    )[0]
     entropy = np.asarray(normalized_entropy(jnp.asarray(local)))
     assert entropy[~offload].max() <= entropy[offload].min()
     assert np.all((entropy >= 0) & (entropy <= 1 + 1e-6))
@@ -126,7 +142,9 @@ def test_entropy_keeps_the_least_uncertain():
 
 def test_random_rule_is_seeded():
     local, _, _ = _outputs(n=200)
-    run = lambda k: np.asarray(heuristic_offload("random", jnp.asarray(local), jnp.array([0.5]), jax.random.key(k)))
+    run = lambda k: np.asarray(
+        heuristic_offload("random", jnp.asarray(local), jnp.array([0.5]), jax.random.key(k))
+    )
     assert np.array_equal(run(1), run(1)) and not np.array_equal(run(1), run(2))
 
 

@@ -39,8 +39,17 @@ def test_parameter_counts_match_the_spec_architecture_cifar10():
     assert _count(params["feature_extractor"]) == 896 + 64
     assert _count(params["local_classifier"]) == 8192 * 64 + 64 + 64 * 10 + 10
     cloud = [
-        9 * 32 * 64 + 64, 2 * 64, 9 * 64 * 128 + 128, 2 * 128, 9 * 128 * 256 + 256, 2 * 256,
-        9 * 256 * 256 + 256, 2 * 256, 1024 * 256 + 256, 256 * 64 + 64, 64 * 10 + 10,
+        9 * 32 * 64 + 64,
+        2 * 64,
+        9 * 64 * 128 + 128,
+        2 * 128,
+        9 * 128 * 256 + 256,
+        2 * 256,
+        9 * 256 * 256 + 256,
+        2 * 256,
+        1024 * 256 + 256,
+        256 * 64 + 64,
+        64 * 10 + 10,
     ]
     assert _count(params["cloud"]) == sum(cloud)
     assert _count(params) == 1_784_468
@@ -80,10 +89,17 @@ def test_edge_runs_without_cloud_parameters():
     full_local, cloud_logits, full_z = model.apply(variables, x)
     np.testing.assert_allclose(local_logits, full_local, rtol=1e-6)
     np.testing.assert_allclose(
-        model.apply({"params": {"cloud": variables["params"]["cloud"]},
-                     "batch_stats": {"cloud": variables["batch_stats"]["cloud"]}},
-                    z, method=DDNN.cloud_head),
-        cloud_logits, rtol=1e-5, atol=1e-6,
+        model.apply(
+            {
+                "params": {"cloud": variables["params"]["cloud"]},
+                "batch_stats": {"cloud": variables["batch_stats"]["cloud"]},
+            },
+            z,
+            method=DDNN.cloud_head,
+        ),
+        cloud_logits,
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 

@@ -4,31 +4,54 @@ import json
 
 import numpy as np
 import pytest
+from matplotlib import image as mpimg
 
 from ddnn_jax import cli
+from ddnn_jax.config import TrainConfig
 from ddnn_jax.evaluate import HEURISTIC_TARGETS
+from ddnn_jax.rundir import RunDir, RunRecord, SplitOutputs, write_metrics, write_outputs, write_run_record
 
 SIZES = {"train": 600, "val": 150, "test": 400}
 
 
-@pytest.fixture
-def tiny_run(tmp_path):
-    """A run directory with config, metrics and outputs whose cloud exit beats the local one."""
-    run = tmp_path / "run"
-    (run / "outputs").mkdir(parents=True)
-    rng = np.random.default_rng(0)
+def _write_outputs(run: RunDir, seed: int = 0, epoch: int = 1) -> None:
+    """Outputs whose cloud exit beats the local one."""
+    rng = np.random.default_rng(seed)
     for split, n in SIZES.items():
         labels = rng.integers(0, 5, n).astype(np.int32)
         onehot = np.eye(5, dtype=np.float32)[labels]
         local = rng.normal(size=(n, 5)).astype(np.float32) + 1.5 * onehot
         cloud = rng.normal(size=(n, 5)).astype(np.float32) + 3.0 * onehot
-        np.savez(run / "outputs" / f"{split}.npz", local_logits=local, cloud_logits=cloud,
-                 labels=labels, epoch=np.int32(1))
-    record = {"dataset": "fashion_mnist", "seed": 0, "local_weight": 0.3,
-              "local_weight_mode": "fixed", "backend": "cpu"}
-    (run / "config.json").write_text(json.dumps(record))
-    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "seconds": 2.0}) + "\n")
-    return run
+        write_outputs(run, split, SplitOutputs(local, cloud, labels, epoch))
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A run directory with config, metrics and outputs (no checkpoints: route, evaluate and
+    report only read the outputs)."""
+    run = RunDir(tmp_path / "run")
+    _write_outputs(run)
+    record = RunRecord.resolve(
+        TrainConfig(local_weight="0.3"),
+        num_classes=5,
+        image_shape=(28, 28, 1),
+        mean=[0.5],
+        std=[0.3],
+        split_sizes=SIZES,
+    )
+    write_run_record(run, record)
+    write_metrics(run, [{"epoch": 1, "seconds": 2.0}])
+    return run.root
+
+
+def assert_is_a_drawn_figure(path):
+    """A PNG of the report's size (6.4 x 4.2 in at 120 dpi) with something drawn on it: several
+    colours, and dark pixels (axes, text) as well as white ones."""
+    pixels = mpimg.imread(path)
+    assert pixels.shape[:2] == (504, 768), pixels.shape
+    rgb = pixels[..., :3].reshape(-1, 3)
+    assert len(np.unique(rgb.round(2), axis=0)) > 20
+    assert (rgb.mean(-1) < 0.3).mean() > 0.001 and (rgb.mean(-1) > 0.95).mean() > 0.3
 
 
 def _softmax(x):
@@ -37,8 +60,22 @@ def _softmax(x):
 
 
 def test_route_evaluate_report(tiny_run):
-    assert cli.main(["route", "--run", str(tiny_run), "--inputs", "logits,logits+",
-                     "--grid", "0.3,0.54", "--max-epochs", "2"]) == 0
+    assert (
+        cli.main(
+            [
+                "route",
+                "--run",
+                str(tiny_run),
+                "--inputs",
+                "logits,logits+",
+                "--grid",
+                "0.3,0.54",
+                "--max-epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert cli.main(["evaluate", "--run", str(tiny_run)]) == 0
     assert cli.main(["report", "--run", str(tiny_run)]) == 0
     results = json.loads((tiny_run / "results.json").read_text())
@@ -58,7 +95,9 @@ def test_route_evaluate_report(tiny_run):
             assert abs(p["local_rate"] - p["target"]) <= 1 / n
             assert p["accuracy"] <= _oracle_at(curves, p["target"]) + 1e-9
     for p in curves["router_logits"]:
-        assert 0 <= p["local_rate"] <= 1 and p["accuracy"] <= _oracle_at(curves, p["local_rate"], 1 / n) + 1e-9
+        assert (
+            0 <= p["local_rate"] <= 1 and p["accuracy"] <= _oracle_at(curves, p["local_rate"], 1 / n) + 1e-9
+        )
 
     # Entropy at L0 = 0.5, recomputed from test.npz alone.
     p = _softmax(test["local_logits"].astype(np.float64))
@@ -68,15 +107,23 @@ def test_route_evaluate_report(tiny_run):
     expected = np.where(keep, local_ok, cloud_ok).mean()
     assert next(q for q in curves["entropy"] if q["target"] == 0.5)["accuracy"] == pytest.approx(expected)
 
-    assert set(results["label_analysis"]) >= {"noise_rate", "border_rate", "oracle_local_rate", "oracle_accuracy"}
+    assert set(results["label_analysis"]) >= {
+        "noise_rate",
+        "border_rate",
+        "oracle_local_rate",
+        "oracle_accuracy",
+    }
     analysis = results["test_analysis"]
     assert set(analysis["misclassification"]) == {"noise", "border", "normal"}
     assert sum(analysis["shares"].values()) == pytest.approx(1.0)
 
     report = (tiny_run / "report.md").read_text()
     for fig in ("5_1", "6_1", "6_2", "6_10", "6_11", "6_12"):
-        assert (tiny_run / "figures" / f"fig_{fig}.png").stat().st_size > 1000
+        assert_is_a_drawn_figure(tiny_run / "figures" / f"fig_{fig}.png")
         assert f"figures/fig_{fig}.png" in report
+    # every figure's numbers are in its table: the router's accuracy at L0 = 0.3, in %
+    router_at_03 = next(p for p in curves["router_logits"] if p["target"] == 0.3)
+    assert f"{100 * router_at_03['accuracy']:.2f}" in report
     assert "ddnn route --inputs features" in report  # missing studies say how to make them
 
 
@@ -92,11 +139,14 @@ def _assert_usage_error(capsys, argv, fragment):
     assert len(lines) == 1 and fragment in lines[0], lines
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--grid", "0.3,1.5"], "target 1.5 is outside [0, 1]"),
-    (["--grid", "0.3,abc"], "expected a number, got 'abc'"),
-    (["--inputs", "pixels"], "unknown router input 'pixels'"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--grid", "0.3,1.5"], "target 1.5 is outside [0, 1]"),
+        (["--grid", "0.3,abc"], "expected a number, got 'abc'"),
+        (["--inputs", "pixels"], "unknown router input 'pixels'"),
+    ],
+)
 def test_route_bad_arguments(tiny_run, capsys, args, fragment):
     _assert_usage_error(capsys, ["route", "--run", str(tiny_run), *args], fragment)
     assert not (tiny_run / "routers").exists()
@@ -112,32 +162,63 @@ def test_missing_outputs(tiny_run, capsys):
 def test_route_skips_a_family_that_is_up_to_date(tiny_run):
     args = ["route", "--run", str(tiny_run), "--grid", "0.5", "--max-epochs", "1"]
     assert cli.main(args) == 0
-    record = tiny_run / "routers" / "logits" / "router.json"
+    record = RunDir(tiny_run).family("logits").record
     first = record.stat().st_mtime_ns
     assert cli.main(args) == 0
     assert record.stat().st_mtime_ns == first
     assert cli.main([*args[:-1], "2"]) == 0  # another configuration retrains
     assert json.loads(record.read_text())["config"]["max_epochs"] == 2
+    second = record.stat().st_mtime_ns
+    _write_outputs(RunDir(tiny_run), seed=1, epoch=2)  # the DDNN was trained further
+    assert cli.main([*args[:-1], "2"]) == 0  # other outputs retrain
+    assert record.stat().st_mtime_ns != second
+    assert json.loads(record.read_text())["outputs_epoch"] == 2
+    assert not [p for p in (tiny_run / "routers").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("name", ["../victim", "/tmp/victim", ".hidden", "a/b"])
+def test_route_refuses_a_name_that_is_a_path(tiny_run, capsys, name):
+    victim = tiny_run.parent / "victim"
+    victim.mkdir()
+    (victim / "f").write_text("keep")
+    _assert_usage_error(capsys, ["route", "--run", str(tiny_run), "--name", name], "plain directory name")
+    assert (victim / "f").read_text() == "keep"
 
 
 @pytest.mark.slow
 def test_run_end_to_end_and_rerun(tmp_path, capsys, fashion_mnist_ready):
     out = tmp_path / "run"
-    args = ["run", "--dataset", "fashion_mnist", "--out", str(out), "--epochs", "1",
-            "--limit-train", "512", "--inputs", "logits", "--grid", "0.3,0.54",
-            "--no-ablations", "--sweep-weights", "none"]
+    args = [
+        "run",
+        "--dataset",
+        "fashion_mnist",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--limit-train",
+        "512",
+        "--inputs",
+        "logits",
+        "--grid",
+        "0.3,0.54",
+        "--no-ablations",
+        "--sweep-weights",
+        "none",
+    ]
     assert cli.main(args) == 0
     assert "epoch 1/1" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     test = np.load(out / "outputs" / "test.npz")
     assert results["test_size"] == len(test["labels"]) == 10_000
     assert results["edge_only_accuracy"] == pytest.approx(
-        (test["local_logits"].argmax(-1) == test["labels"]).mean())
+        (test["local_logits"].argmax(-1) == test["labels"]).mean()
+    )
     assert [p["target"] for p in results["curves"]["router_logits"]] == [0.3, 0.54]
-    assert (out / "report.md").is_file() and (out / "figures" / "fig_6_2.png").is_file()
+    assert_is_a_drawn_figure(out / "figures" / "fig_6_2.png")
     # Fig. 6.5: the inference timings of this run's network and trained router, 54 % kept local
     # by each mechanism.
-    assert (out / "figures" / "fig_6_5.png").is_file()
+    assert_is_a_drawn_figure(out / "figures" / "fig_6_5.png")
     timed = {(r["regime"], r["mechanism"]): r for r in results["inference"] if r["measure"] == "inference"}
     assert len(timed) == 12
     for mechanism in ("ddnn_entropy", "ddnn_router", "ddnn_random"):

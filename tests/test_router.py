@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from ddnn_jax.router import (
-    RouterConfig, RouterNet, make_grid_predictor, make_grid_trainer, target_keys,
+    RouterConfig,
+    RouterNet,
+    make_grid_predictor,
+    make_grid_trainer,
+    target_keys,
 )
 
 TINY = RouterConfig(hidden=(16, 8), batch_size=64, max_epochs=3, early_stopping_patience=100)
@@ -34,7 +38,9 @@ def test_vmapped_grid_equals_each_target_alone():
     grid, grid_logits = _train(config, x, y, xv, yv)
     chex.assert_shape(grid_logits, (2, 200))
     for g, target in enumerate(config.targets):
-        alone, alone_logits = _train(dataclasses.replace(config, targets=(target,)), x, y[g : g + 1], xv, yv[g : g + 1])
+        alone, alone_logits = _train(
+            dataclasses.replace(config, targets=(target,)), x, y[g : g + 1], xv, yv[g : g + 1]
+        )
         np.testing.assert_allclose(alone.val_accuracy[0], grid.val_accuracy[g], atol=1e-5)
         np.testing.assert_allclose(alone.train_accuracy[0], grid.train_accuracy[g], atol=1e-5)
         # Adam divides by sqrt(v): float-level gradient differences move weights by ~1e-4 here.
@@ -55,8 +61,9 @@ def test_router_learns_a_separable_meta_dataset():
 
 
 def test_early_stopping_masks_each_target_separately():
-    config = dataclasses.replace(TINY, targets=(0.2, 0.5), max_epochs=30, early_stopping_patience=2,
-                                 learning_rate=3e-2)
+    config = dataclasses.replace(
+        TINY, targets=(0.2, 0.5), max_epochs=30, early_stopping_patience=2, learning_rate=3e-2
+    )
     x, y = _separable(640, config.targets, 4)
     xv, yv = _separable(200, config.targets, 5)
     result, _ = _train(config, x, y, xv, yv)
@@ -64,7 +71,7 @@ def test_early_stopping_masks_each_target_separately():
     history = np.asarray(result.val_accuracy)
     for g in range(2):
         assert epochs_run[g] == min(best[g] + 2, 30)
-        assert np.isfinite(history[g, : epochs_run[g]]).all() and np.isnan(history[g, epochs_run[g]:]).all()
+        assert np.isfinite(history[g, : epochs_run[g]]).all() and np.isnan(history[g, epochs_run[g] :]).all()
 
 
 @pytest.mark.parametrize("conv", [(), (4,)])
@@ -75,11 +82,14 @@ def test_router_net_shapes(conv):
     chex.assert_shape(net.apply(variables, x, train=False), (3,))
 
 
-@pytest.mark.parametrize("field, value, fragment", [
-    ("inputs", "pixels", "unknown router input 'pixels'"),
-    ("labels", "soft", "unknown labels 'soft'"),
-    ("dropout_rate", 1.0, "outside [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("inputs", "pixels", "unknown router input 'pixels'"),
+        ("labels", "soft", "unknown labels 'soft'"),
+        ("dropout_rate", 1.0, "outside [0, 1)"),
+    ],
+)
 def test_bad_router_config(field, value, fragment):
     with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace(")", r"\)")):
         dataclasses.replace(RouterConfig(), **{field: value}).check()

@@ -41,17 +41,17 @@ print(json.dumps(out))
 
 
 def test_four_devices_follow_the_one_device_loss_trajectory():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                            env=env, timeout=600)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     four, one = out["4"], out["1"]
     assert (four["devices"], one["devices"]) == (4, 1)
     assert len(four["losses"]) == 18
     assert four["losses"][-1] < four["losses"][0]  # it trains
-    for a, b in zip(four["losses"], one["losses"]):
+    for a, b in zip(four["losses"], one["losses"], strict=False):
         assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (four["losses"], one["losses"])
-    for a, b in zip(four["kernel"], one["kernel"]):
+    for a, b in zip(four["kernel"], one["kernel"], strict=False):
         assert abs(a - b) <= 1e-4

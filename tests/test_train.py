@@ -10,13 +10,23 @@ from ddnn_jax import checkpointing
 from ddnn_jax.config import TrainConfig, resolve_local_weight
 from ddnn_jax.data import DataSplits, Split
 from ddnn_jax.train import (
-    TrainingDiverged, create_train_state, joint_loss, make_train_step, train,
+    TrainingDiverged,
+    create_train_state,
+    joint_loss,
+    make_train_step,
+    train,
 )
 
 SHAPE = (16, 16, 1)
 TINY = TrainConfig(
-    dataset="mnist", epochs=2, batch_size=16, local_weight="0.5", edge_channels=4,
-    local_hidden=8, cloud_conv_channels=(8, 8, 8, 8), cloud_dense_features=(16, 8),
+    dataset="mnist",
+    epochs=2,
+    batch_size=16,
+    local_weight="0.5",
+    edge_channels=4,
+    local_hidden=8,
+    cloud_conv_channels=(8, 8, 8, 8),
+    cloud_dense_features=(16, 8),
     eval_batch_size=32,
 )
 
@@ -64,8 +74,13 @@ def test_per_run_weight_is_drawn_from_the_seed_and_fixed_weights_pass_through():
 @pytest.mark.parametrize("local_weight", [0.5, None])
 def test_a_few_steps_lower_the_loss(local_weight):
     state = create_train_state(TINY, SHAPE, 3)
-    step = make_train_step(local_weight=local_weight, mean=np.array([0.5]), std=np.array([0.3]),
-                           horizontal_flip=True, crop_padding=2)
+    step = make_train_step(
+        local_weight=local_weight,
+        mean=np.array([0.5]),
+        std=np.array([0.3]),
+        horizontal_flip=True,
+        crop_padding=2,
+    )
     batch = _batch()
     losses = []
     for i in range(25):
@@ -80,8 +95,9 @@ def test_train_step_golden_value():
     """Loss after 3 steps at a fixed seed. Update only for an intended change of the model,
     initialisation, augmentation or loss, and say so in the commit."""
     state = create_train_state(TINY, SHAPE, 3)
-    step = make_train_step(local_weight=0.5, mean=np.array([0.5]), std=np.array([0.3]),
-                           horizontal_flip=True, crop_padding=2)
+    step = make_train_step(
+        local_weight=0.5, mean=np.array([0.5]), std=np.array([0.3]), horizontal_flip=True, crop_padding=2
+    )
     for i in range(3):
         state, metrics = step(state, _batch(), jax.random.key(i))
     np.testing.assert_allclose(float(metrics["loss"]), GOLDEN_LOSS_AFTER_3_STEPS, rtol=2e-4)
@@ -92,8 +108,9 @@ GOLDEN_LOSS_AFTER_3_STEPS = 1.122724
 
 def test_checkpoint_round_trip(tmp_path: Path):
     state = create_train_state(TINY, SHAPE, 3)
-    step = make_train_step(local_weight=0.5, mean=np.array([0.5]), std=np.array([0.3]),
-                           horizontal_flip=False, crop_padding=2)
+    step = make_train_step(
+        local_weight=0.5, mean=np.array([0.5]), std=np.array([0.3]), horizontal_flip=False, crop_padding=2
+    )
     state, _ = step(state, _batch(), jax.random.key(0))
     manager = checkpointing.manager(tmp_path, keep=2)
     checkpointing.save(manager, 1, state, 0.5)
@@ -107,7 +124,7 @@ def test_training_keeps_the_latest_and_the_best_checkpoints(tmp_path: Path):
     config = dataclasses.replace(TINY, epochs=5, keep_checkpoints=2)
     state = create_train_state(config, SHAPE, 3)
     manager = checkpointing.manager(tmp_path, keep=2)
-    for epoch, accuracy in zip(range(1, 6), [0.3, 0.9, 0.4, 0.5, 0.6]):
+    for epoch, accuracy in zip(range(1, 6), [0.3, 0.9, 0.4, 0.5, 0.6], strict=False):
         checkpointing.save(manager, epoch, state, accuracy)
     assert manager.best_step() == 2
     manager.close()

@@ -84,8 +84,17 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         torch_grad()
         times.append(time.perf_counter() - started)
-    print(json.dumps({"measure": "conv_grad_alone", "ms": round(1e3 * statistics.median(times), 2),
-                      "conv": "torch", "backend": "cpu", "threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "measure": "conv_grad_alone",
+                "ms": round(1e3 * statistics.median(times), 2),
+                "conv": "torch",
+                "backend": "cpu",
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,73 +27,222 @@ stay local: the architecture and the offloaded share, not the weight values, set
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 
-from ddnn_jax import runfiles
+from ddnn_jax import checkpointing
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.data import normalize
 from ddnn_jax.policies import normalized_entropy
-from ddnn_jax.route import ROUTER_RECORD, ROUTERS, VARIABLES
 from ddnn_jax.router import RouterConfig, build_router
+from ddnn_jax.rundir import RunDir, read_family, write_json
 from ddnn_jax.train import build_model, create_train_state
 
-TARGET = 0.54
-BUCKET = 128
+MECHANISMS = ("edge_only", "edge_entropy", "edge_router", "ddnn_random", "ddnn_entropy", "ddnn_router")
+BUCKET = 128  # offloaded rows are padded to a multiple of this: a handful of cloud programs
 
 
-def _model_and_variables(run_dir: Path | None, shape, num_classes):
-    if run_dir is None:
-        config = TrainConfig()
-        state = create_train_state(config, shape, num_classes)
+@dataclasses.dataclass(frozen=True)
+class InferenceBenchConfig:
+    """What ``ddnn bench inference`` times."""
+
+    run: Path | None = None  # a run's weights and logits router; random weights when None
+    image_shape: tuple[int, ...] = (28, 28, 1)  # without a run
+    num_classes: int = 10  # without a run
+    runs: int = 5  # timed runs per contender (mean and std need 2)
+    samples: int = 200  # images timed one by one at batch 1
+    batch_size: int = 1024  # the throughput regime's batch
+    target_local: float = 0.54  # the share kept local by every threshold
+    program_calls: int = 1000  # calls per round when timing the edge programs alone
+
+
+@dataclasses.dataclass(frozen=True)
+class _Programs:
+    """The compiled pieces a deployment runs: the edge with each decision score, the cloud."""
+
+    edge: dict[str, Callable]  # 'only', 'random', 'entropy', 'router' -> images -> (z, local, score)
+    cloud: Callable  # z -> cloud logits
+    router_source: str
+    image_shape: tuple[int, ...]
+    num_classes: int
+
+
+def _network(config: InferenceBenchConfig):
+    """(model, variables, image shape, classes, mean, std) of the run, or random weights."""
+    if config.run is None:
+        shape, num_classes = tuple(config.image_shape), config.num_classes
+        state = create_train_state(TrainConfig(), shape, num_classes)
         mean, std = np.full(shape[-1], 0.5, np.float32), np.full(shape[-1], 0.25, np.float32)
+        model = build_model(TrainConfig(), num_classes)
     else:
         from ddnn_jax.collect import restore_best
-        from ddnn_jax.config import config_from_record
 
-        record, state, _ = restore_best(run_dir)
-        config = config_from_record(record)
-        shape, num_classes = tuple(record["image_shape"]), record["num_classes"]
-        mean = np.asarray(record["normalization"]["mean"], np.float32)
-        std = np.asarray(record["normalization"]["std"], np.float32)
-    model = build_model(config, num_classes)
+        record, state, _ = restore_best(RunDir(config.run))
+        shape, num_classes = record.image_shape, record.num_classes
+        mean, std = np.asarray(record.mean, np.float32), np.asarray(record.std, np.float32)
+        model = build_model(record.train, num_classes)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     return model, variables, shape, num_classes, mean, std
 
 
-def _router(run_dir: Path | None, num_classes: int):
+def _router(config: InferenceBenchConfig, num_classes: int):
     """The decision network: (apply(local_logits) -> score, where its weights came from)."""
-    family = run_dir / ROUTERS / "logits" if run_dir is not None else None
-    if family is not None and (family / ROUTER_RECORD).is_file():
-        record = json.loads((family / ROUTER_RECORD).read_text())
-        fields = record["config"]
-        config = RouterConfig(hidden=tuple(fields["hidden"]), dropout_rate=fields["dropout_rate"])
-        nearest = int(np.argmin(np.abs(np.asarray(fields["targets"]) - TARGET)))
-        stacked = serialization.msgpack_restore((family / VARIABLES).read_bytes())
+    family = RunDir(config.run).family("logits") if config.run is not None else None
+    if family is not None and family.is_complete():
+        record = read_family(family)
+        router_config = RouterConfig.from_json(record.config)
+        nearest = int(np.argmin(np.abs(np.asarray(router_config.targets) - config.target_local)))
+        stacked = checkpointing.restore_tree(family.variables)
         variables = jax.tree.map(lambda leaf: jnp.asarray(leaf[nearest]), stacked)
-        scale = record["input_standardization"]
-        mean, std = np.asarray(scale["mean"], np.float32), np.asarray(scale["std"], np.float32)
-        source = f"{family} (L0 = {fields['targets'][nearest]})"
+        mean = np.asarray(record.input_mean, np.float32)
+        std = np.asarray(record.input_std, np.float32)
+        source = f"{family.root} (L0 = {router_config.targets[nearest]})"
     else:
-        config = RouterConfig()
-        variables = build_router(config).init(jax.random.key(1), jnp.zeros((2, num_classes)), train=False)
+        router_config = RouterConfig()
+        variables = build_router(router_config).init(
+            jax.random.key(1), jnp.zeros((2, num_classes)), train=False
+        )
         mean, std = np.zeros(num_classes, np.float32), np.ones(num_classes, np.float32)
         source = "random"
-    router = build_router(config)
+    router = build_router(router_config)
     return lambda local: router.apply(variables, (local - mean) / std, train=False), source
 
 
-def _decision_programs(edge, image, runs: int, common: dict, calls: int = 1000) -> dict:
+def build_programs(config: InferenceBenchConfig) -> _Programs:
+    """Each edge program computes its decision score in the same dispatch, as a device would."""
+    model, variables, shape, num_classes, mean, std = _network(config)
+    router, router_source = _router(config, num_classes)
+    scores = {"only": None, "random": None, "entropy": normalized_entropy, "router": router}
+
+    def edge_program(score_fn):
+        def run(images):
+            z, local = model.apply(variables, normalize(images, mean, std), method="edge")
+            return z, local, None if score_fn is None else score_fn(local)
+
+        return jax.jit(run)
+
+    cloud = jax.jit(lambda z: model.apply(variables, z, method="cloud_head"))
+    edge = {name: edge_program(f) for name, f in scores.items()}
+    return _Programs(edge, cloud, router_source, tuple(shape), num_classes)
+
+
+class _Deployment:
+    """Contenders that decide on the host, as a deployment would: the local answer and its score
+    come back, and the cloud is called for what the decision offloads."""
+
+    def __init__(self, programs: _Programs, images: np.ndarray, config: InferenceBenchConfig):
+        self.p, self.images, self.config = programs, images, config
+        self.thresholds: dict[str, float] = {}
+        rng = np.random.default_rng(1)
+        self.random_send = rng.random(len(images)) >= config.target_local
+
+    def fit(self, subset: np.ndarray) -> None:
+        """Thresholds keeping the target share of ``subset`` local: the offloaded share costs."""
+        for name in ("entropy", "router"):
+            score = np.asarray(self.p.edge[name](subset)[2])
+            self.thresholds[name] = float(np.quantile(score, self.config.target_local))
+
+    def decide(self, mechanism: str, score, index) -> np.ndarray:
+        if mechanism == "only":
+            return np.zeros(len(index), bool)
+        if mechanism == "random":
+            return self.random_send[index]
+        return score > self.thresholds[mechanism]
+
+    def one_by_one(self, name: str) -> Callable[[], float]:
+        """Latency: every image alone; returns the offloaded share."""
+        mechanism, with_cloud = name.split("_")[1], name.startswith("ddnn")
+
+        def run() -> float:
+            offloaded = 0
+            for i in range(self.config.samples):
+                z, local, score = self.p.edge[mechanism](self.images[i : i + 1])
+                _, score = jax.device_get((local, score))
+                if self.decide(mechanism, score, [i])[0]:
+                    offloaded += 1
+                    if with_cloud:
+                        jax.device_get(self.p.cloud(z))
+            return offloaded / self.config.samples
+
+        return run
+
+    def batched(self, name: str) -> Callable[[], float]:
+        """Throughput: one batch, the offloaded rows gathered for the cloud."""
+        mechanism, with_cloud = name.split("_")[1], name.startswith("ddnn")
+        index = np.arange(self.config.batch_size)
+
+        def run() -> float:
+            z, local, score = self.p.edge[mechanism](self.images)
+            _, score = jax.device_get((local, score))
+            send = self.decide(mechanism, score, index)
+            if with_cloud and send.any():
+                rows = np.flatnonzero(send)
+                padded = np.resize(rows, -(-len(rows) // BUCKET) * BUCKET)
+                jax.device_get(self.p.cloud(z[padded]))
+            return float(send.mean())
+
+        return run
+
+
+def _time_regime(make: Callable[[str], Callable[[], float]], runs: int) -> tuple[dict, dict]:
+    """Seconds per run and offloaded share of every contender, interleaved, each run starting
+    one contender later; one warm-up call first compiles what the timed runs call."""
+    contenders = {name: make(name) for name in MECHANISMS}
+    for contender in contenders.values():
+        contender()
+    seconds: dict[str, list[float]] = {name: [] for name in MECHANISMS}
+    offloaded: dict[str, float] = {}
+    for r in range(runs):
+        for name in MECHANISMS[r % len(MECHANISMS) :] + MECHANISMS[: r % len(MECHANISMS)]:
+            started = time.perf_counter()
+            offloaded[name] = contenders[name]()
+            seconds[name].append(time.perf_counter() - started)
+    return seconds, offloaded
+
+
+def _regime_lines(regime: str, per: int, seconds: dict, offloaded: dict, common: dict) -> list[dict]:
+    """One line per contender (mean and std per sample), then the router's cost over entropy."""
+    lines = []
+    for name in MECHANISMS:
+        per_sample_ms = [1e3 * s / per for s in seconds[name]]
+        lines.append(
+            {
+                "measure": "inference",
+                "regime": regime,
+                "mechanism": name,
+                "per_sample_ms_mean": round(statistics.mean(per_sample_ms), 4),
+                "per_sample_ms_std": round(statistics.stdev(per_sample_ms), 4),
+                "images_per_s": round(per / statistics.mean(seconds[name]), 1),
+                "offloaded_fraction": round(offloaded[name], 4),
+                **common,
+            }
+        )
+    by = {line["mechanism"]: line for line in lines}
+    overhead = by["edge_router"]["per_sample_ms_mean"] - by["edge_entropy"]["per_sample_ms_mean"]
+    lines.append(
+        {
+            "measure": "router_overhead",
+            "regime": regime,
+            "over_entropy_ms": round(overhead, 4),
+            "fraction_of_edge_only": round(overhead / by["edge_only"]["per_sample_ms_mean"], 4),
+            **common,
+        }
+    )
+    return lines
+
+
+def _decision_programs(edge: dict, image, runs: int, calls: int, common: dict) -> dict:
     """The router's cost at batch 1 without the host loop around it: each edge program alone,
     its answer and score fetched, ``calls`` times per round, rounds interleaved; medians."""
-    ms = {name: [] for name in ("only", "entropy", "router")}
+    ms: dict[str, list[float]] = {name: [] for name in ("only", "entropy", "router")}
     for _ in range(runs):
         for name in ms:
             started = time.perf_counter()
@@ -102,135 +251,83 @@ def _decision_programs(edge, image, runs: int, common: dict, calls: int = 1000) 
             ms[name].append(1e3 * (time.perf_counter() - started) / calls)
     median = {name: statistics.median(values) for name, values in ms.items()}
     overhead = median["router"] - median["entropy"]
-    return {"measure": "router_overhead", "regime": "batch1_programs",
-            "edge_only_ms": round(median["only"], 4), "edge_entropy_ms": round(median["entropy"], 4),
-            "edge_router_ms": round(median["router"], 4), "over_entropy_ms": round(overhead, 4),
-            "fraction_of_edge_only": round(overhead / median["only"], 4), **common}
+    return {
+        "measure": "router_overhead",
+        "regime": "batch1_programs",
+        "edge_only_ms": round(median["only"], 4),
+        "edge_entropy_ms": round(median["entropy"], 4),
+        "edge_router_ms": round(median["router"], 4),
+        "over_entropy_ms": round(overhead, 4),
+        "fraction_of_edge_only": round(overhead / median["only"], 4),
+        **common,
+    }
+
+
+def time_inference(config: InferenceBenchConfig) -> list[dict]:
+    """Fig. 6.5's measurements: one dict per measurement (what ``ddnn bench inference`` prints
+    and ``ddnn run`` writes to bench_inference.json)."""
+    if config.runs < 2:
+        raise ValueError("runs must be at least 2 (the spread needs two)")
+    programs = build_programs(config)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (config.batch_size, *programs.image_shape), dtype=np.uint8)
+    deployment = _Deployment(programs, images, config)
+    common = {
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "image_shape": list(programs.image_shape),
+        "num_classes": programs.num_classes,
+        "target_local": config.target_local,
+        "weights": str(config.run) if config.run else "random",
+        "router": programs.router_source,
+    }
+    lines = []
+    regimes = (
+        ("batch1", deployment.one_by_one, config.samples),
+        (f"batch{config.batch_size}", deployment.batched, config.batch_size),
+    )
+    for regime, make, per in regimes:
+        deployment.fit(images[:per])
+        seconds, offloaded = _time_regime(make, config.runs)
+        lines += _regime_lines(regime, per, seconds, offloaded, common)
+    lines.append(_decision_programs(programs.edge, images[:1], config.runs, config.program_calls, common))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image-shape", default="28,28,1")
-    parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--run", type=Path, default=None, help="use this run's weights")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--samples", type=int, default=200, help="images timed at batch 1")
-    parser.add_argument("--batch-size", type=int, default=1024)
+    defaults = InferenceBenchConfig()
+    parser = argparse.ArgumentParser(
+        prog="ddnn bench inference",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--image-shape", default="28,28,1", help="H,W,C of random weights' images")
+    parser.add_argument(
+        "--num-classes", type=int, default=defaults.num_classes, help="classes of the random weights"
+    )
+    parser.add_argument("--run", type=Path, default=None, help="use this run's weights and router")
+    parser.add_argument("--runs", type=int, default=defaults.runs, help="timed runs per contender")
+    parser.add_argument("--samples", type=int, default=defaults.samples, help="images timed at batch 1")
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="batch of the throughput regime"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the lines here (JSON)")
     args = parser.parse_args(argv)
     if args.runs < 2:
         parser.error("--runs must be at least 2 (the spread needs two)")
-    shape = tuple(int(s) for s in args.image_shape.split(","))
-    model, variables, shape, num_classes, mean, std = _model_and_variables(
-        args.run, shape, args.num_classes)
-    router, router_source = _router(args.run, num_classes)
-
-    def edge_fn(images):
-        return model.apply(variables, normalize(images, mean, std), method="edge")
-
-    # Each edge program computes its decision score in the same dispatch, as a device would.
-    scores = {"only": None, "random": None, "entropy": normalized_entropy, "router": router}
-
-    def edge_program(score_fn):
-        def run(images):
-            z, local = edge_fn(images)
-            return z, local, None if score_fn is None else score_fn(local)
-        return jax.jit(run)
-
-    edge = {name: edge_program(f) for name, f in scores.items()}
-
-    @jax.jit
-    def cloud(z):
-        return model.apply(variables, z, method="cloud_head")
-
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.batch_size, *shape), dtype=np.uint8)
-    thresholds = {}
-
-    def fit(subset):
-        """Thresholds keeping TARGET of the timed images local: the offloaded share costs."""
-        for name in ("entropy", "router"):
-            thresholds[name] = float(np.quantile(np.asarray(edge[name](subset)[2]), TARGET))
-    random_send = rng.random(args.batch_size) >= TARGET
-
-    def decide(mechanism, score, index):
-        """Which samples to offload, decided on the host as a deployment would."""
-        if mechanism == "only":
-            return np.zeros(len(index), bool)
-        if mechanism == "random":
-            return random_send[index]
-        return score > thresholds[mechanism]
-
-    # Every contender brings the local answer and its decision score to the host, and the cloud's
-    # answer for what it offloads: they differ only in the score and in the cloud calls.
-    def single(name: str):
-        mechanism, with_cloud = name.split("_")[1], name.startswith("ddnn")
-
-        def run():
-            offloaded = 0
-            for i in range(args.samples):
-                z, local, score = edge[mechanism](images[i : i + 1])
-                _, score = jax.device_get((local, score))
-                if decide(mechanism, score, [i])[0]:
-                    offloaded += 1
-                    if with_cloud:
-                        jax.device_get(cloud(z))
-            return offloaded / args.samples
-        return run
-
-    def batched(name: str):
-        mechanism, with_cloud = name.split("_")[1], name.startswith("ddnn")
-        index = np.arange(args.batch_size)
-
-        def run():
-            z, local, score = edge[mechanism](images)
-            _, score = jax.device_get((local, score))
-            send = decide(mechanism, score, index)
-            if with_cloud and send.any():
-                rows = np.flatnonzero(send)
-                padded = np.resize(rows, -(-len(rows) // BUCKET) * BUCKET)
-                jax.device_get(cloud(z[padded]))
-            return float(send.mean())
-        return run
-
-    names = ["edge_only", "edge_entropy", "edge_router", "ddnn_random", "ddnn_entropy", "ddnn_router"]
-    common = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-              "image_shape": list(shape), "num_classes": num_classes, "target_local": TARGET,
-              "weights": str(args.run) if args.run else "random", "router": router_source}
-    lines = []
-    regimes = (("batch1", single, args.samples), (f"batch{args.batch_size}", batched, args.batch_size))
-    for regime, make, per in regimes:
-        fit(images[:per])
-        runs = {name: make(name) for name in names}
-        for run in runs.values():  # compiles what the timed runs call: their decisions repeat
-            run()
-        seconds = {name: [] for name in names}
-        offload = {}
-        for r in range(args.runs):  # interleaved, each run starting one contender later
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                started = time.perf_counter()
-                offload[name] = runs[name]()
-                seconds[name].append(time.perf_counter() - started)
-        for name in names:
-            per_sample_ms = [1e3 * s / per for s in seconds[name]]
-            lines.append({
-                "measure": "inference", "regime": regime, "mechanism": name,
-                "per_sample_ms_mean": round(statistics.mean(per_sample_ms), 4),
-                "per_sample_ms_std": round(statistics.stdev(per_sample_ms), 4),
-                "images_per_s": round(per / statistics.mean(seconds[name]), 1),
-                "offloaded_fraction": round(offload[name], 4), **common,
-            })
-        by = {line["mechanism"]: line for line in lines if line["regime"] == regime}
-        overhead = by["edge_router"]["per_sample_ms_mean"] - by["edge_entropy"]["per_sample_ms_mean"]
-        lines.append({"measure": "router_overhead", "regime": regime,
-                      "over_entropy_ms": round(overhead, 4),
-                      "fraction_of_edge_only": round(overhead / by["edge_only"]["per_sample_ms_mean"], 4),
-                      **common})
-    lines.append(_decision_programs(edge, images[:1], args.runs, common))
+    config = InferenceBenchConfig(
+        run=args.run,
+        image_shape=tuple(int(s) for s in args.image_shape.split(",")),
+        num_classes=args.num_classes,
+        runs=args.runs,
+        samples=args.samples,
+        batch_size=args.batch_size,
+    )
+    lines = time_inference(config)
     for line in lines:
         print(json.dumps(line))
     if args.out is not None:
-        runfiles.write_json_atomic(args.out, lines)
+        write_json(args.out, lines)
     return lines
 
 

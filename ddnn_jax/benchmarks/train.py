@@ -7,6 +7,8 @@ Same model, batch, augmentation, loss and optimizer in every contender, on this 
 process, interleaved (A B C A B C ...) so that load changes hit all of them alike:
 
 * ``jax_epoch``: ``train.make_train_epoch``, the whole epoch as one compiled program;
+* ``jax_epoch_progress``: the same with the live progress bar that ``ddnn train`` shows on a
+  terminal (host callbacks from inside the epoch into a tqdm bar, drawn to /dev/null here);
 * ``jax_step_loop``: the jitted step driven from Python, one call per batch;
 * with ``--xla-conv``, ``jax_epoch_xla_conv`` and ``jax_step_loop_xla_conv``: both with XLA's
   convolution instead of the CPU's default im2col (the latter is how we trained before the
@@ -27,48 +29,58 @@ import time
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
-from ddnn_jax import models
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.train import (
-    create_train_state, data_mesh, make_train_epoch, make_train_step, replicate, train_step_fn,
+    create_train_state,
+    data_mesh,
+    make_train_epoch,
+    make_train_step,
+    replicate,
+    train_step_fn,
 )
 
 
-def _jax_epoch(args, shape, images, labels, options, conv):
-    os.environ[models.CONV_ENV] = conv  # read when the model is traced, below
+def _jax_epoch(args, shape, images, labels, options, conv, progress=False):
     mesh = data_mesh(args.batch_size)
-    epoch = make_train_epoch(train_step_fn(**options), mesh, batch_size=args.batch_size,
-                             steps_per_epoch=args.steps)
-    state = replicate(mesh, create_train_state(TrainConfig(), shape, args.num_classes))
+    bar = tqdm(total=None, file=open(os.devnull, "w"), disable=False) if progress else None  # noqa: SIM115
+    on_step = (lambda done: bar.update(int(done) - bar.n)) if bar is not None else None
+    epoch = make_train_epoch(
+        train_step_fn(**options),
+        mesh,
+        batch_size=args.batch_size,
+        steps_per_epoch=args.steps,
+        on_step=on_step,
+    )
+    state = replicate(mesh, create_train_state(TrainConfig(conv=conv), shape, args.num_classes))
     x, y, root = replicate(mesh, images), replicate(mesh, labels), jax.random.key(0)
     calls = iter(range(1, 10**6))
 
     def run():
         nonlocal state
+        if bar is not None:
+            bar.reset()
         state, metrics = epoch(state, x, y, root, next(calls))
         jax.block_until_ready(metrics)
 
     run()  # compile
-    os.environ.pop(models.CONV_ENV)
     return run
 
 
 def _jax_step_loop(args, shape, images, labels, options, conv):
-    os.environ[models.CONV_ENV] = conv
     step = make_train_step(**options)
-    state = create_train_state(TrainConfig(), shape, args.num_classes)
+    state = create_train_state(TrainConfig(conv=conv), shape, args.num_classes)
     root, bs = jax.random.key(0), args.batch_size
 
     def run():
         nonlocal state
         for i in range(args.steps):
-            batch = {"image": images[i * bs:(i + 1) * bs], "label": labels[i * bs:(i + 1) * bs]}
+            batch = {"image": images[i * bs : (i + 1) * bs], "label": labels[i * bs : (i + 1) * bs]}
             state, metrics = step(state, batch, jax.random.fold_in(root, i))
         jax.block_until_ready(metrics)
 
     run()  # compile
-    os.environ.pop(models.CONV_ENV)
     return run
 
 
@@ -77,17 +89,22 @@ def _torch(args, shape, images, labels, options):
 
     from ddnn_jax.interop.torch_train import TorchTrainer
 
-    trainer = TorchTrainer(shape, args.num_classes, mean=options["mean"], std=options["std"],
-                           crop_padding=options["crop_padding"],
-                           horizontal_flip=options["horizontal_flip"],
-                           local_weight=options["local_weight"])
+    trainer = TorchTrainer(
+        shape,
+        args.num_classes,
+        mean=options["mean"],
+        std=options["std"],
+        crop_padding=options["crop_padding"],
+        horizontal_flip=options["horizontal_flip"],
+        local_weight=options["local_weight"],
+    )
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(labels).long()
     bs = args.batch_size
 
     def run():
         for i in range(args.steps):
-            loss = trainer.step(x[i * bs:(i + 1) * bs], y[i * bs:(i + 1) * bs])
+            loss = trainer.step(x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs])
         loss.item()
 
     run()
@@ -95,14 +112,20 @@ def _torch(args, shape, images, labels, options):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image-shape", default="28,28,1")
-    parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser = argparse.ArgumentParser(
+        prog="ddnn bench train",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--image-shape", default="28,28,1", help="H,W,C of the synthetic images")
+    parser.add_argument("--num-classes", type=int, default=10, help="classes of the model")
+    parser.add_argument("--batch-size", type=int, default=128, help="training batch")
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per timed run")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--xla-conv", action="store_true",
-                        help="add both JAX contenders with XLA's convolution (slow on CPU)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per contender (median)")
+    parser.add_argument("--no-torch", action="store_true", help="leave the PyTorch contender out")
+    parser.add_argument(
+        "--xla-conv", action="store_true", help="add both JAX contenders with XLA's convolution (slow on CPU)"
+    )
     args = parser.parse_args(argv)
     shape = tuple(int(s) for s in args.image_shape.split(","))
     rng = np.random.default_rng(0)
@@ -110,18 +133,25 @@ def main(argv: list[str] | None = None) -> None:
     images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
     labels = rng.integers(0, args.num_classes, n).astype(np.int32)
     channels = shape[-1]
-    options = dict(local_weight=0.5, mean=np.full(channels, 0.5, np.float32),
-                   std=np.full(channels, 0.25, np.float32), horizontal_flip=True,
-                   crop_padding=4 if shape[0] >= 32 else 2)
+    options = dict(
+        local_weight=0.5,
+        mean=np.full(channels, 0.5, np.float32),
+        std=np.full(channels, 0.25, np.float32),
+        horizontal_flip=True,
+        crop_padding=4 if shape[0] >= 32 else 2,
+    )
 
-    contenders = {"jax_epoch": _jax_epoch(args, shape, images, labels, options, "auto"),
-                  "jax_step_loop": _jax_step_loop(args, shape, images, labels, options, "auto")}
+    contenders = {
+        "jax_epoch": _jax_epoch(args, shape, images, labels, options, "auto"),
+        "jax_epoch_progress": _jax_epoch(args, shape, images, labels, options, "auto", progress=True),
+        "jax_step_loop": _jax_step_loop(args, shape, images, labels, options, "auto"),
+    }
     if args.xla_conv:
         contenders["jax_epoch_xla_conv"] = _jax_epoch(args, shape, images, labels, options, "xla")
-        contenders["jax_step_loop_xla_conv"] = _jax_step_loop(
-            args, shape, images, labels, options, "xla")
+        contenders["jax_step_loop_xla_conv"] = _jax_step_loop(args, shape, images, labels, options, "xla")
     try:
-        contenders["torch"] = _torch(args, shape, images, labels, options)
+        if not args.no_torch:
+            contenders["torch"] = _torch(args, shape, images, labels, options)
     except ImportError:
         pass
     rates: dict[str, list[float]] = {name: [] for name in contenders}
@@ -131,19 +161,42 @@ def main(argv: list[str] | None = None) -> None:
             run()
             rates[name].append(n / (time.perf_counter() - started))
 
-    common = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-              "devices": jax.device_count(), "image_shape": list(shape),
-              "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats}
+    common = {
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "image_shape": list(shape),
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "repeats": args.repeats,
+    }
     median = {name: statistics.median(values) for name, values in rates.items()}
     for name, values in rates.items():
-        print(json.dumps({"measure": "train_throughput", "contender": name,
-                          "images_per_s": round(median[name], 1),
-                          "runs": [round(v, 1) for v in values], **common}))
+        print(
+            json.dumps(
+                {
+                    "measure": "train_throughput",
+                    "contender": name,
+                    "images_per_s": round(median[name], 1),
+                    "runs": [round(v, 1) for v in values],
+                    **common,
+                }
+            )
+        )
     for name in median:
-        for base in ("torch", "jax_step_loop", "jax_step_loop_xla_conv"):
+        for base in ("torch", "jax_epoch", "jax_step_loop", "jax_step_loop_xla_conv"):
             if base in median and name != base:
-                print(json.dumps({"measure": "train_speed_ratio", "contender": name, "over": base,
-                                  "ratio": round(median[name] / median[base], 3), **common}))
+                print(
+                    json.dumps(
+                        {
+                            "measure": "train_speed_ratio",
+                            "contender": name,
+                            "over": base,
+                            "ratio": round(median[name] / median[base], 3),
+                            **common,
+                        }
+                    )
+                )
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ with ``momentum=None`` and is written as the number of optimizer steps taken.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddnn_jax import checkpointing, runfiles
-from ddnn_jax.config import TrainConfig, resolved_record
-from ddnn_jax.data import load_dataset
+from ddnn_jax import checkpointing
+from ddnn_jax.config import TrainConfig
+from ddnn_jax.data import DataSplits, load_dataset
 from ddnn_jax.errors import UsageError
+from ddnn_jax.rundir import RunDir, RunRecord, atomic_dir, atomic_file, check_for_training, write_json
 
 # Our top-level module -> the class name of its PyTorch counterpart (one state dict each).
 PARTS = {
@@ -109,8 +109,12 @@ def architecture(state_dicts: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]
         return tuple(np.shape(state_dicts[part][key]))
 
     cloud_keys = state_dicts["cloud"]
-    convs = sorted(int(k[4:].split(".")[0]) for k in cloud_keys if k.startswith("conv") and k.endswith(".weight"))
-    dense = sorted(int(k[2:].split(".")[0]) for k in cloud_keys if k.startswith("fc") and k.endswith(".weight"))
+    convs = sorted(
+        int(k[4:].split(".")[0]) for k in cloud_keys if k.startswith("conv") and k.endswith(".weight")
+    )
+    dense = sorted(
+        int(k[2:].split(".")[0]) for k in cloud_keys if k.startswith("fc") and k.endswith(".weight")
+    )
     return {
         "edge_channels": shape("feature_extractor", "conv1.weight")[0],
         "local_hidden": shape("local_classifier", "fc1.weight")[0],
@@ -162,16 +166,48 @@ def _check_shapes(converted: dict, template: dict, dataset: str, image_shape) ->
 def _channel_values(flag: str, values, channels: int, positive: bool) -> np.ndarray:
     array = np.asarray(values, np.float32)
     if array.shape != (channels,):
-        raise UsageError(f"{flag} needs {channels} comma-separated values (one per channel), "
-                         f"got {len(array)}")
+        raise UsageError(
+            f"{flag} needs {channels} comma-separated values (one per channel), got {len(array)}"
+        )
     if positive and not np.all(array > 0):
         raise UsageError(f"{flag} values must be positive, got {list(values)}")
     return array
 
 
+def _imported_state(state_dicts, config: TrainConfig, data: DataSplits):
+    """A TrainState holding the PyTorch weights, after checking they fit the dataset."""
+    from ddnn_jax.train import create_train_state
+
+    state = create_train_state(config, data.image_shape, data.num_classes)
+    converted = torch_to_flax(state_dicts)
+    template = {"params": state.params, "batch_stats": state.batch_stats}
+    _check_shapes(converted, template, config.dataset, data.image_shape)
+    variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), converted)
+    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+
+
+def _validation_accuracies(state, config: TrainConfig, data: DataSplits, mean, std):
+    """Validation accuracy of both exits under the given input normalisation."""
+    from ddnn_jax.train import accuracy, build_model, make_predict_fn, predict_in_batches
+
+    predict = make_predict_fn(build_model(config, data.num_classes), mean, std)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    local_logits, cloud_logits = predict_in_batches(
+        predict, variables, data.val.images, config.eval_batch_size
+    )
+    return accuracy(local_logits, data.val.labels), accuracy(cloud_logits, data.val.labels)
+
+
 def import_torch(
-    paths: Mapping[str, Path], *, dataset: str, out: Path, mean=None, std=None,
-    data_dir: str | None = None, download: bool = False, seed: int = 0,
+    paths: Mapping[str, Path],
+    *,
+    dataset: str,
+    out: Path,
+    mean=None,
+    std=None,
+    data_dir: str | None = None,
+    download: bool = False,
+    seed: int = 0,
     limit_train: int | None = None,
 ) -> Path:
     """Makes a run directory from PyTorch weights that ``collect``/``route``/``evaluate``/
@@ -188,11 +224,7 @@ def import_torch(
       limit_train: ``collect`` keeps only the first N training images (the routers' training
         set); the default normalisation still comes from the whole training split.
     """
-    from ddnn_jax.train import (
-        accuracy, build_model, create_train_state, make_predict_fn, predict_in_batches,
-    )
-
-    if runfiles.check_run_dir_for_training(out):
+    if check_for_training(RunDir(out)):
         raise UsageError(f"--out {out} already holds a run: choose a new or empty directory")
     if limit_train is not None and limit_train <= 0:
         raise UsageError(f"--limit-train must be positive, got {limit_train}")
@@ -201,52 +233,59 @@ def import_torch(
     num_classes = arch.pop("num_classes")
     data = load_dataset(dataset, data_dir=data_dir, split_seed=seed, download=download)
     if num_classes != data.num_classes:
-        raise UsageError(f"the PyTorch weights predict {num_classes} classes but {dataset} has "
-                         f"{data.num_classes}: import them with the dataset they were trained on")
+        raise UsageError(
+            f"the PyTorch weights predict {num_classes} classes but {dataset} has "
+            f"{data.num_classes}: import them with the dataset they were trained on"
+        )
     channels = data.image_shape[-1]
     mean = data.mean if mean is None else _channel_values("--mean", mean, channels, False)
     std = data.std if std is None else _channel_values("--std", std, channels, True)
-    config = TrainConfig(dataset=dataset, epochs=0, seed=seed, data_dir=data_dir,
-                         download=download, limit_train=limit_train, **arch)
-    state = create_train_state(config, data.image_shape, num_classes)
-    converted = torch_to_flax(state_dicts)
-    template = {"params": state.params, "batch_stats": state.batch_stats}
-    _check_shapes(converted, template, dataset, data.image_shape)
-    variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), converted)
-    state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-
-    predict = make_predict_fn(build_model(config, num_classes), mean, std)
-    local_logits, cloud_logits = predict_in_batches(
-        predict, variables, data.val.images, config.eval_batch_size
+    config = TrainConfig(
+        dataset=dataset,
+        epochs=0,
+        seed=seed,
+        data_dir=data_dir,
+        download=download,
+        limit_train=limit_train,
+        **arch,
     )
-    val_local, val_cloud = accuracy(local_logits, data.val.labels), accuracy(cloud_logits, data.val.labels)
-    record = resolved_record(
-        config, num_classes=num_classes, image_shape=data.image_shape, mean=mean, std=std,
-        split_sizes={"train": min(len(data.train), limit_train or len(data.train)),
-                     "val": len(data.val), "test": len(data.test)},
+    state = _imported_state(state_dicts, config, data)
+    val_local, val_cloud = _validation_accuracies(state, config, data, mean, std)
+    record = dataclasses.replace(
+        RunRecord.resolve(
+            config,
+            num_classes=num_classes,
+            image_shape=data.image_shape,
+            mean=mean,
+            std=std,
+            split_sizes={
+                "train": min(len(data.train), limit_train or len(data.train)),
+                "val": len(data.val),
+                "test": len(data.test),
+            },
+        ),
+        local_weight_mode=IMPORTED,
+        local_weight=None,
+        imported_from={
+            "format": "pytorch state dicts",
+            "files": {
+                part: {
+                    "path": str(Path(p).absolute()),
+                    "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest(),
+                }
+                for part, p in paths.items()
+            },
+            "val_accuracy_local": val_local,
+            "val_accuracy_cloud": val_cloud,
+        },
     )
-    record.update(local_weight_mode=IMPORTED, local_weight=None, imported_from={
-        "format": "pytorch state dicts",
-        "files": {part: {"path": str(Path(p).absolute()),
-                         "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()}
-                  for part, p in paths.items()},
-        "val_accuracy_local": val_local,
-        "val_accuracy_cloud": val_cloud,
-    })
     # Built beside OUT and renamed into place: an interrupted import leaves nothing behind.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        runfiles.write_json_atomic(staging / runfiles.CONFIG, record)
-        manager = checkpointing.manager(staging)
+    with atomic_dir(out) as staging:
+        built = RunDir(staging)
+        write_json(built.config, record.to_json())
+        manager = checkpointing.manager(built.checkpoints)
         checkpointing.save(manager, 0, state, (val_local + val_cloud) / 2)
         manager.close()
-        if out.exists():
-            out.rmdir()  # empty: checked above
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
@@ -256,29 +295,32 @@ def export_torch(run_dir: Path, out_dir: Path) -> dict[str, Path]:
     from ddnn_jax.collect import restore_best
 
     torch = require_torch()
-    record, state, _ = restore_best(run_dir)
-    state_dicts = flax_to_torch({"params": state.params, "batch_stats": state.batch_stats},
-                                steps=int(state.step))
+    record, state, _ = restore_best(RunDir(run_dir))
+    state_dicts = flax_to_torch(
+        {"params": state.params, "batch_stats": state.batch_stats}, steps=int(state.step)
+    )
     written = {}
     for part, arrays in state_dicts.items():
         path = out_dir / EXPORT_FILES[part]
-        with runfiles.atomic_file(path, "wb") as f:
+        with atomic_file(path, "wb") as f:
             torch.save({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, f)
         written[part] = path
     manifest = {
         "classes": {part: cls for part, cls in PARTS.items()},
         "files": {part: EXPORT_FILES[part] for part in PARTS},
         "reference_model": {
-            "image_shape": record["image_shape"], "num_classes": record["num_classes"],
-            "edge_channels": record["edge_channels"], "local_hidden": record["local_hidden"],
-            "cloud_conv_channels": record["cloud_conv_channels"],
-            "cloud_dense_features": record["cloud_dense_features"],
-            "dropout_rate": record["dropout_rate"],
+            "image_shape": list(record.image_shape),
+            "num_classes": record.num_classes,
+            "edge_channels": record.train.edge_channels,
+            "local_hidden": record.train.local_hidden,
+            "cloud_conv_channels": list(record.train.cloud_conv_channels),
+            "cloud_dense_features": list(record.train.cloud_dense_features),
+            "dropout_rate": record.train.dropout_rate,
         },
         "input": "NCHW float: (x / 255 - mean) / std per channel",
-        "normalization": record["normalization"],
+        "normalization": {"mean": list(record.mean), "std": list(record.std)},
         "source_run": str(run_dir.absolute()),
     }
     written["manifest"] = out_dir / EXPORT_MANIFEST
-    runfiles.write_json_atomic(written["manifest"], manifest)
+    write_json(written["manifest"], manifest)
     return written

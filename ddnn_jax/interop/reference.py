@@ -42,14 +42,19 @@ class LocalClassifier(nn.Module):
 
 class CloudCNN(nn.Module):
     def __init__(
-        self, in_channels: int, in_size: tuple[int, int], num_classes: int,
+        self,
+        in_channels: int,
+        in_size: tuple[int, int],
+        num_classes: int,
         conv_channels: Sequence[int] = (64, 128, 256, 256),
-        dense_features: Sequence[int] = (256, 64), dropout_rate: float = 0.2,
+        dense_features: Sequence[int] = (256, 64),
+        dropout_rate: float = 0.2,
     ):
         super().__init__()
         if len(conv_channels) != len(CLOUD_POOL_AFTER):
-            raise ValueError(f"the cloud has {len(CLOUD_POOL_AFTER)} conv blocks, "
-                             f"got {len(conv_channels)} widths")
+            raise ValueError(
+                f"the cloud has {len(CLOUD_POOL_AFTER)} conv blocks, got {len(conv_channels)} widths"
+            )
         height, width = in_size
         channels = in_channels
         for i, out in enumerate(conv_channels, start=1):
@@ -82,9 +87,15 @@ class ReferenceDDNN(nn.Module):
     """The two-exit network on NCHW float images: ``forward`` returns (local, cloud) logits."""
 
     def __init__(
-        self, image_shape: tuple[int, int, int], num_classes: int, *, edge_channels: int = 32,
-        local_hidden: int = 64, cloud_conv_channels: Sequence[int] = (64, 128, 256, 256),
-        cloud_dense_features: Sequence[int] = (256, 64), dropout_rate: float = 0.2,
+        self,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        *,
+        edge_channels: int = 32,
+        local_hidden: int = 64,
+        cloud_conv_channels: Sequence[int] = (64, 128, 256, 256),
+        cloud_dense_features: Sequence[int] = (256, 64),
+        dropout_rate: float = 0.2,
     ):
         super().__init__()
         height, width, in_channels = image_shape
@@ -93,8 +104,9 @@ class ReferenceDDNN(nn.Module):
         self.local_classifier = LocalClassifier(
             edge_channels * z_size[0] * z_size[1], num_classes, local_hidden
         )
-        self.cloud = CloudCNN(edge_channels, z_size, num_classes, cloud_conv_channels,
-                              cloud_dense_features, dropout_rate)
+        self.cloud = CloudCNN(
+            edge_channels, z_size, num_classes, cloud_conv_channels, cloud_dense_features, dropout_rate
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.feature_extractor(x)

@@ -14,8 +14,18 @@ from ddnn_jax.interop.reference import ReferenceDDNN
 
 
 class TorchTrainer:
-    def __init__(self, image_shape, num_classes: int, *, mean, std, crop_padding: int,
-                 horizontal_flip: bool = True, local_weight: float = 0.5, seed: int = 0):
+    def __init__(
+        self,
+        image_shape,
+        num_classes: int,
+        *,
+        mean,
+        std,
+        crop_padding: int,
+        horizontal_flip: bool = True,
+        local_weight: float = 0.5,
+        seed: int = 0,
+    ):
         torch.manual_seed(seed)
         self.model = ReferenceDDNN(tuple(image_shape), num_classes).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)

@@ -1,0 +1,52 @@
+"""What the user sees while a stage works: stage lines, per-epoch lines and live progress bars.
+
+Bars are tqdm's, on stderr, and only on a terminal (or when asked): in a log or under CI they
+are off. ``quiet`` keeps only the stage lines and the final answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """How chatty a stage is. Passed down to every stage that takes more than a few seconds."""
+
+    quiet: bool = False  # stage lines only: no per-epoch lines, no bars
+    bars: bool | None = None  # live bars: None = only when stderr is a terminal
+
+    @property
+    def shows_bars(self) -> bool:
+        if self.quiet:
+            return False
+        return sys.stderr.isatty() if self.bars is None else self.bars
+
+    def stage(self, text: str) -> None:
+        """A line that opens a stage: always printed."""
+        print(text, flush=True)
+
+    def note(self, text: str) -> None:
+        """A detail line (one per epoch): printed unless quiet."""
+        if not self.quiet:
+            tqdm.write(text, file=sys.stdout)
+
+    def bar(self, total: int | None, desc: str, unit: str = "it", **kwargs: Any) -> tqdm:
+        """A live bar with rate and ETA; a silent one when bars are off."""
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            disable=not self.shows_bars,
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            **kwargs,
+        )
+
+
+QUIET = Progress(quiet=True)

@@ -1,0 +1,87 @@
+"""Progress: the live bars see every step and epoch, change no number, and stay quiet off a
+terminal or when asked."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from test_train import SHAPE, TINY, _batch, _tiny_data
+
+from ddnn_jax.progress import Progress
+from ddnn_jax.router import RouterConfig, make_grid_trainer, target_keys
+from ddnn_jax.train import create_train_state, make_train_epoch, replicate, train, train_step_fn
+
+
+def _epoch_losses(on_step, steps=8):
+    from ddnn_jax.train import data_mesh
+
+    batch = _batch(0, 16 * steps)
+    mesh = data_mesh(16)
+    step = train_step_fn(
+        local_weight=0.5, mean=np.array([0.5]), std=np.array([0.3]), horizontal_flip=True, crop_padding=2
+    )
+    epoch = make_train_epoch(step, mesh, batch_size=16, steps_per_epoch=steps, on_step=on_step)
+    state = replicate(mesh, create_train_state(TINY, SHAPE, 3))
+    images, labels = replicate(mesh, batch["image"]), replicate(mesh, batch["label"])
+    _, metrics = epoch(state, images, labels, jax.random.key(0), 1)
+    return np.asarray(metrics["loss"])
+
+
+def test_the_epoch_reports_every_step_and_computes_the_same():
+    seen = []
+    with_bar = _epoch_losses(lambda done: seen.append(int(done)))
+    jax.effects_barrier()
+    assert sorted(seen) == list(range(1, 9))  # 8 steps < TICKS_PER_EPOCH: one tick per step
+    np.testing.assert_array_equal(with_bar, _epoch_losses(None))
+
+
+def test_the_router_grid_reports_each_epoch_and_trains_the_same():
+    config = RouterConfig(
+        hidden=(8,), batch_size=32, targets=(0.3, 0.7), max_epochs=6, early_stopping_patience=2
+    )
+    rng = np.random.default_rng(0)
+    x, xv = rng.normal(size=(128, 4)).astype(np.float32), rng.normal(size=(64, 4)).astype(np.float32)
+    y = (rng.random((2, 128)) < 0.5).astype(np.int32)
+    yv = (rng.random((2, 64)) < 0.5).astype(np.int32)
+    calls = []
+    args = (target_keys(0, config.targets), x, y, xv, yv)
+    result = make_grid_trainer(config, 128, on_epoch=lambda *a: calls.append([np.asarray(v) for v in a]))(
+        *args
+    )
+    jax.effects_barrier()
+    plain = make_grid_trainer(config, 128)(*args)
+    epochs, training, best = calls[-1]
+    np.testing.assert_array_equal(epochs, np.asarray(result.epochs_run))
+    assert not training.any() and all(c[1].any() for c in calls[:-1])
+    assert len(calls) == int(np.max(result.epochs_run))
+    np.testing.assert_allclose(best, np.nanmax(np.asarray(result.val_accuracy), axis=1))
+    np.testing.assert_array_equal(np.asarray(plain.val_accuracy), np.asarray(result.val_accuracy))
+
+
+def test_training_shows_a_bar_with_rate_when_asked_and_nothing_when_quiet(tmp_path, capsys):
+    config = dataclasses.replace(TINY, epochs=1)
+    train(config, _tiny_data(), tmp_path / "loud", local_weight=0.5, progress=Progress(bars=True))
+    loud = capsys.readouterr()
+    assert "epoch 1/1" in loud.err and "img/s" in loud.err  # the live bar
+    assert "epoch 1/1  loss" in loud.out  # the epoch line
+    train(config, _tiny_data(), tmp_path / "quiet", local_weight=0.5, progress=Progress(quiet=True))
+    quiet = capsys.readouterr()
+    assert quiet.out == "" and quiet.err == ""
+
+
+@pytest.mark.parametrize(
+    "progress, shown", [(Progress(quiet=True, bars=True), False), (Progress(bars=False), False)]
+)
+def test_bars_are_off_when_quiet_or_switched_off(progress, shown):
+    assert progress.shows_bars is shown
+    assert progress.bar(10, "x").disable is not shown
+
+
+def test_bars_follow_the_terminal(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert not Progress().shows_bars
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert Progress().shows_bars

@@ -1,0 +1,100 @@
+"""The run directory: atomic files and directories, strict records, readable errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ddnn_jax.config import TrainConfig
+from ddnn_jax.errors import UsageError
+from ddnn_jax.rundir import (
+    RunDir,
+    RunRecord,
+    SplitOutputs,
+    atomic_dir,
+    outputs_epoch,
+    outputs_fingerprint,
+    read_outputs,
+    read_run_record,
+    write_json,
+    write_outputs,
+    write_run_record,
+)
+
+
+def _record(**changes):
+    config = TrainConfig(local_weight="0.25", seed=3, limit_train=100, **changes)
+    return RunRecord.resolve(
+        config,
+        num_classes=10,
+        image_shape=(28, 28, 1),
+        mean=[0.3],
+        std=[0.35],
+        split_sizes={"train": 100, "val": 6000, "test": 10000},
+    )
+
+
+def test_run_record_round_trips_through_config_json(tmp_path):
+    run = RunDir(tmp_path)
+    record = _record(conv="xla", cloud_conv_channels=(8, 8, 8, 8))
+    write_run_record(run, record)
+    again = read_run_record(run)
+    assert again == record
+    assert again.train.cloud_conv_channels == (8, 8, 8, 8) and again.local_weight == 0.25
+    on_disk = json.loads(run.config.read_text())
+    assert on_disk["seed"] == 3 and on_disk["normalization"] == {"mean": [0.3], "std": [0.35]}
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b"{}", b"[]", b'{"seed": 1', b"null"])
+def test_a_damaged_config_is_one_clear_error(tmp_path, content):
+    run = RunDir(tmp_path)
+    run.config.write_bytes(content)
+    with pytest.raises(UsageError, match="config.json") as err:
+        read_run_record(run)
+    assert "\n" not in str(err.value) and "train the run again" in str(err.value)
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "family"
+    with atomic_dir(target) as staging:
+        (staging / "a").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as staging:
+        (staging / "a").write_text("half")
+        raise RuntimeError("killed while writing")
+    assert (target / "a").read_text() == "old"
+    with atomic_dir(target) as staging:
+        (staging / "b").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    assert [p.name for p in tmp_path.iterdir()] == ["family"]  # no staging or old copy left
+
+
+def test_strict_json_refuses_nan(tmp_path):
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "x.json", {"tau": float("nan")})
+    assert not list(tmp_path.iterdir())
+
+
+def _outputs(epoch, seed=0, features=False):
+    rng = np.random.default_rng(seed)
+    return SplitOutputs(
+        local_logits=rng.normal(size=(6, 3)).astype(np.float32),
+        cloud_logits=rng.normal(size=(6, 3)).astype(np.float32),
+        labels=rng.integers(0, 3, 6).astype(np.int32),
+        epoch=epoch,
+        features=rng.normal(size=(6, 2, 2, 4)).astype(np.float32) if features else None,
+    )
+
+
+def test_outputs_say_which_epoch_they_come_from_and_mixed_epochs_are_caught(tmp_path):
+    run = RunDir(tmp_path)
+    for split in ("train", "val", "test"):
+        write_outputs(run, split, _outputs(4, features=True))
+    assert outputs_epoch(run, with_features=True) == 4
+    loaded = read_outputs(run, need_features=True)
+    np.testing.assert_array_equal(loaded["val"].features, _outputs(4, features=True).features)
+    before = outputs_fingerprint(loaded)
+    write_outputs(run, "val", _outputs(5))  # a collect killed after one split
+    assert outputs_epoch(run, with_features=False) is None
+    assert outputs_fingerprint(read_outputs(run)) != before
+    with pytest.raises(UsageError, match="no edge features"):
+        read_outputs(run, need_features=True)
