@@ -165,6 +165,25 @@ def _add_train(commands) -> None:
     _add_training_flags(train)
 
 
+def _add_prepare(commands) -> None:
+    prepare = commands.add_parser(
+        "prepare",
+        formatter_class=_Help,
+        help="prepare a dataset (needs TensorFlow) so that hosts without it can read it",
+    )
+    prepare.add_argument(
+        "--dataset", default=DEFAULTS.dataset, help="fashion_mnist, mnist, cifar10, cifar100 or svhn_cropped"
+    )
+    prepare.add_argument(
+        "--data-dir",
+        default=None,
+        help="tfds data directory to prepare in (default: tfds's, ~/tensorflow_datasets)",
+    )
+    prepare.add_argument(
+        "--download", action="store_true", help="let tfds download the dataset (needs network)"
+    )
+
+
 def _add_collect(commands) -> None:
     collect = commands.add_parser(
         "collect", help="write per-sample outputs of the best weights", formatter_class=_Help
@@ -336,6 +355,18 @@ def _train(args) -> None:
     config = _train_config(args)
     history = run_training(config, args.out, progress=_progress(args))
     print(f"trained {args.out}: {len(history)} of {config.epochs} epochs done")
+
+
+def _prepare(args) -> None:
+    from ddnn_jax.data import load_dataset, prepare_dataset
+
+    prepared = prepare_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    data = load_dataset(args.dataset, data_dir=args.data_dir)
+    sizes = ", ".join(f"{name} {len(getattr(data, name))}" for name in ("train", "val", "test"))
+    print(
+        f"prepared: {prepared} ({sizes}); copy {prepared.parent.parent} to another host "
+        "and pass it as --data-dir"
+    )
 
 
 def _collect(args) -> None:

@@ -7,6 +7,10 @@ decompressed bytes against the values below (which equal the originals'), and ha
 own Fashion-MNIST generator through a builder subclass, never touching tfds's checksum registry.
 Every other dataset (and Fashion-MNIST where the package is missing) is downloaded by tfds when
 ``--download`` allows it, or read from a ``--data-dir`` where it is already prepared.
+
+Preparing needs TensorFlow; reading does not. We prepare as array_record files, which tfds's
+random-access data source reads with NumPy and PIL alone, so a directory prepared once (``ddnn
+prepare``) can be copied to an accelerator host that has JAX and no TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -46,6 +51,10 @@ DATASETS: dict[str, DatasetPolicy] = {
     "cifar100": DatasetPolicy("cifar100", True, crop_padding=4, validation_size=5000),
     "svhn_cropped": DatasetPolicy("svhn_cropped", False, crop_padding=4, validation_size=0.1),
 }
+
+# What we prepare datasets as: tfds reads array_record files through its random-access data
+# source without TensorFlow (which only preparing needs).
+PREPARED_FORMAT = "array_record"
 
 # Where Debian's dataset-fashion-mnist puts the IDX files; overridable for other layouts.
 FASHION_MNIST_SOURCE_ENV = "DDNN_FASHION_MNIST_SOURCE"
@@ -181,42 +190,93 @@ def _read_split(builder, split: str) -> Split:
 
 
 def _decode_split(builder, split: str) -> Split:
+    """Reads one split whole: through tfds's random-access data source (array_record files,
+    no TensorFlow needed) or, for datasets prepared as TFRecord files, through TensorFlow."""
+    image_key, label_key = builder.info.supervised_keys
+    if _random_access(builder):
+        source = builder.as_data_source(split=split)
+        examples = source.__getitems__(range(len(source)))
+        images = np.stack([example[image_key] for example in examples]).astype(np.uint8)
+        labels = np.asarray([example[label_key] for example in examples], np.int32)
+    else:
+        _require_tensorflow(
+            f"{builder.data_dir} holds '{builder.name}' as TFRecord files, which only TensorFlow "
+            "reads: install the 'prepare' extra, or prepare it again with 'ddnn prepare' "
+            "(array_record files, read without TensorFlow)"
+        )
+        images, labels = _decode_with_tensorflow(builder, split)
+    images.flags.writeable = labels.flags.writeable = False
+    return Split(images, labels)
+
+
+def _decode_with_tensorflow(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow_datasets as tfds
 
     dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
     batches = list(tfds.as_numpy(dataset.batch(8192)))  # large batches, no per-image Python work
     images = np.concatenate([images for images, _ in batches]).astype(np.uint8)
     labels = np.concatenate([labels for _, labels in batches]).astype(np.int32)
-    images.flags.writeable = labels.flags.writeable = False
-    return Split(images, labels)
+    return images, labels
+
+
+def _random_access(builder) -> bool:
+    from tensorflow_datasets.core import file_adapters
+
+    return builder.info.file_format in file_adapters.FileFormat.with_random_access()
+
+
+def tensorflow_available() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _require_tensorflow(why: str) -> None:
+    if not tensorflow_available():
+        raise UsageError(why)
+
+
+PREPARE_NEEDS_TENSORFLOW = (
+    "preparing a dataset needs TensorFlow, which this environment lacks: install the 'prepare' "
+    "extra (pip install 'ddnn-jax[prepare]'), or prepare it on another machine with "
+    "'ddnn prepare' and pass the copied directory as --data-dir"
+)
 
 
 def _prepared_builder(tfds_name: str, data_dir: str | None, download: bool):
-    """A tfds builder whose data is on disk: prepared now if it was not."""
+    """A tfds builder whose data is on disk: prepared now (as array_record files) if it was not."""
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     if builder.is_prepared():
         return builder
-    if tfds_name == "fashion_mnist" and _fashion_mnist_source_files_present():
-        _prepare_fashion_mnist_offline(data_dir)
-        return tfds.builder(tfds_name, data_dir=data_dir)
-    how_to = "pass --data-dir pointing to a tfds directory where it is prepared"
-    if tfds_name == "fashion_mnist":
-        how_to = FASHION_MNIST_HOW_TO_GET
-    if not download:
+    offline = tfds_name == "fashion_mnist" and _fashion_mnist_source_files_present()
+    how_to = (
+        FASHION_MNIST_HOW_TO_GET
+        if tfds_name == "fashion_mnist"
+        else ("pass --data-dir pointing to a tfds directory where it is prepared")
+    )
+    if not offline and not download:
         raise UsageError(
             f"dataset '{tfds_name}' is not prepared in {builder.data_dir}: rerun with --download "
             f"on a machine with network access, or {how_to}"
         )
+    _require_tensorflow(PREPARE_NEEDS_TENSORFLOW)
+    if offline:
+        _prepare_fashion_mnist_offline(data_dir)
+        return tfds.builder(tfds_name, data_dir=data_dir)
     try:
-        builder.download_and_prepare()
+        builder.download_and_prepare(file_format=PREPARED_FORMAT)
     except Exception as err:  # tfds raises many kinds: network, checksum, missing manual files
         raise UsageError(
             f"dataset '{tfds_name}' is not prepared in {builder.data_dir} and tfds could not "
             f"download it ({type(err).__name__}): check the network, or {how_to}"
         ) from None
     return builder
+
+
+def prepare_dataset(name: str, *, data_dir: str | None = None, download: bool = False) -> Path:
+    """Prepares a dataset for reading without TensorFlow; returns its tfds directory."""
+    builder = _prepared_builder(check_dataset_name(name).tfds_name, data_dir, download)
+    return Path(str(builder.data_dir))
 
 
 def _fashion_mnist_source() -> Path:
@@ -268,7 +328,8 @@ def _prepare_fashion_mnist_offline(data_dir: str | None) -> None:
                 }
 
         OfflineFashionMNIST(data_dir=data_dir).download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+            file_format=PREPARED_FORMAT,
         )
 
 

@@ -351,22 +351,11 @@ def train(
     manager = checkpointing.manager(run.checkpoints, keep=config.keep_checkpoints)
     state, start_epoch = _restore_or_init(config, data, manager)
     history = [row for row in read_metrics(run) if row["epoch"] <= start_epoch]
-
     mesh = data_mesh(config.batch_size)
     steps_per_epoch = len(data.train) // config.batch_size
     live = _EpochBar(progress, steps_per_epoch, config.batch_size)
-    run_epoch = make_train_epoch(
-        train_step_fn(
-            local_weight=local_weight,
-            mean=data.mean,
-            std=data.std,
-            horizontal_flip=data.horizontal_flip,
-            crop_padding=data.crop_padding,
-        ),
-        mesh,
-        batch_size=config.batch_size,
-        steps_per_epoch=steps_per_epoch,
-        on_step=live.on_step if progress.shows_bars else None,
+    run_epoch = _epoch_program(
+        config, data, mesh, local_weight, live.on_step if progress.shows_bars else None
     )
     predict = make_predict_fn(build_model(config, data.num_classes), data.mean, data.std)
     plateau = plateau_schedule(config)
@@ -390,27 +379,59 @@ def train(
         selection = (val_local + val_cloud) / 2
         state = state.replace(plateau=optim.end_of_epoch(plateau, state.plateau, 1.0 - selection))
         seen = steps_per_epoch * config.batch_size
-        row = {
-            "epoch": epoch,
-            "train_loss": float(step_metrics["loss"].mean()),
-            "train_accuracy_local": int(step_metrics["correct_local"].sum()) / seen,
-            "train_accuracy_cloud": int(step_metrics["correct_cloud"].sum()) / seen,
-            "val_accuracy_local": val_local,
-            "val_accuracy_cloud": val_cloud,
-            "val_accuracy_mean": selection,
-            "learning_rate": learning_rate,
-            "seconds": time.perf_counter() - started,
-        }
+        row = _epoch_row(epoch, step_metrics, seen, val_local, val_cloud, learning_rate, started)
         history.append(row)
         write_metrics(run, history)
         checkpointing.save(manager, epoch, state, selection)
-        progress.note(
-            f"epoch {epoch}/{config.epochs}  loss {row['train_loss']:.4f}  "
-            f"val local {val_local:.4f}  val cloud {val_cloud:.4f}  "
-            f"lr {learning_rate:.2e}  {row['seconds']:.1f}s  ({seen / row['seconds']:,.0f} img/s)"
-        )
+        progress.note(_epoch_line(row, config.epochs, seen))
     manager.close()
     return history
+
+
+def _epoch_program(config: TrainConfig, data: DataSplits, mesh: Mesh, local_weight, on_step):
+    """The run's compiled epoch (see make_train_epoch)."""
+    step = train_step_fn(
+        local_weight=local_weight,
+        mean=data.mean,
+        std=data.std,
+        horizontal_flip=data.horizontal_flip,
+        crop_padding=data.crop_padding,
+    )
+    steps_per_epoch = len(data.train) // config.batch_size
+    return make_train_epoch(
+        step, mesh, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch, on_step=on_step
+    )
+
+
+def _epoch_row(
+    epoch: int,
+    step_metrics: dict,
+    images: int,
+    val_local: float,
+    val_cloud: float,
+    learning_rate: float,
+    started: float,
+) -> dict:
+    """The epoch's line of metrics.jsonl; ``images`` were trained on."""
+    return {
+        "epoch": epoch,
+        "train_loss": float(step_metrics["loss"].mean()),
+        "train_accuracy_local": int(step_metrics["correct_local"].sum()) / images,
+        "train_accuracy_cloud": int(step_metrics["correct_cloud"].sum()) / images,
+        "val_accuracy_local": val_local,
+        "val_accuracy_cloud": val_cloud,
+        "val_accuracy_mean": (val_local + val_cloud) / 2,
+        "learning_rate": learning_rate,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _epoch_line(row: dict, epochs: int, images: int) -> str:
+    return (
+        f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
+        f"val local {row['val_accuracy_local']:.4f}  val cloud {row['val_accuracy_cloud']:.4f}  "
+        f"lr {row['learning_rate']:.2e}  {row['seconds']:.1f}s  ({images / row['seconds']:,.0f} img/s)"
+    )
 
 
 def _check_resumable(run: RunDir, config: TrainConfig) -> None:

@@ -103,3 +103,55 @@ def test_corrupt_fashion_mnist_file_is_refused(tmp_path, monkeypatch):
 def test_unprepared_dataset_without_download_says_what_to_do(tmp_path):
     with pytest.raises(UsageError, match="not prepared in .*--download.*--data-dir"):
         load_dataset("cifar10", data_dir=str(tmp_path))
+
+
+# Reads a prepared directory in an interpreter where TensorFlow cannot be imported; prints the
+# SHA-256 of every split's images and labels.
+WITHOUT_TENSORFLOW = r"""
+import hashlib, importlib.util, json, sys
+assert importlib.util.find_spec("tensorflow") is None
+from ddnn_jax.data import load_dataset
+data = load_dataset("fashion_mnist", data_dir=sys.argv[1])
+assert "tensorflow" not in sys.modules
+print(json.dumps({name: hashlib.sha256(getattr(data, name).images.tobytes()
+                                       + getattr(data, name).labels.tobytes()).hexdigest()
+                  for name in ("train", "val", "test")}))
+"""
+
+
+@pytest.mark.slow
+def test_a_prepared_directory_is_read_without_tensorflow(tmp_path, fashion_mnist_ready):
+    import hashlib
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ddnn_jax.data import prepare_dataset
+
+    data_dir = tmp_path / "tfds"
+    prepared = prepare_dataset("fashion_mnist", data_dir=str(data_dir))
+    assert any(".array_record-" in p.name for p in prepared.iterdir())
+    # every installed package but TensorFlow and its own companions
+    site = tmp_path / "site"
+    site.mkdir()
+    hidden = ("tensorflow-", "tensorflow_cpu", "tensorflow_io", "tf_keras", "keras", "tensorboard")
+    for entry in Path(np.__file__).parents[1].iterdir():
+        if entry.name != "tensorflow" and not entry.name.startswith(hidden):
+            (site / entry.name).symlink_to(entry)
+    repo = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{repo}"}
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", WITHOUT_TENSORFLOW, str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = json.loads(result.stdout.strip().splitlines()[-1])
+    here = load_dataset("fashion_mnist")  # the fixture's own preparation, read in this process
+    for name in ("train", "val", "test"):
+        split = getattr(here, name)
+        assert digests[name] == hashlib.sha256(split.images.tobytes() + split.labels.tobytes()).hexdigest()

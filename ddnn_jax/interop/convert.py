@@ -228,15 +228,8 @@ def import_torch(
         raise UsageError(f"--out {out} already holds a run: choose a new or empty directory")
     if limit_train is not None and limit_train <= 0:
         raise UsageError(f"--limit-train must be positive, got {limit_train}")
-    state_dicts = load_state_dicts(paths)
-    arch = architecture(state_dicts)
-    num_classes = arch.pop("num_classes")
-    data = load_dataset(dataset, data_dir=data_dir, split_seed=seed, download=download)
-    if num_classes != data.num_classes:
-        raise UsageError(
-            f"the PyTorch weights predict {num_classes} classes but {dataset} has "
-            f"{data.num_classes}: import them with the dataset they were trained on"
-        )
+    state_dicts, arch, data = _weights_and_data(paths, dataset, data_dir, seed, download)
+    num_classes = data.num_classes
     channels = data.image_shape[-1]
     mean = data.mean if mean is None else _channel_values("--mean", mean, channels, False)
     std = data.std if std is None else _channel_values("--std", std, channels, True)
@@ -251,42 +244,61 @@ def import_torch(
     )
     state = _imported_state(state_dicts, config, data)
     val_local, val_cloud = _validation_accuracies(state, config, data, mean, std)
-    record = dataclasses.replace(
-        RunRecord.resolve(
-            config,
-            num_classes=num_classes,
-            image_shape=data.image_shape,
-            mean=mean,
-            std=std,
-            split_sizes={
-                "train": min(len(data.train), limit_train or len(data.train)),
-                "val": len(data.val),
-                "test": len(data.test),
-            },
-        ),
-        local_weight_mode=IMPORTED,
-        local_weight=None,
-        imported_from={
-            "format": "pytorch state dicts",
-            "files": {
-                part: {
-                    "path": str(Path(p).absolute()),
-                    "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest(),
-                }
-                for part, p in paths.items()
-            },
-            "val_accuracy_local": val_local,
-            "val_accuracy_cloud": val_cloud,
+    resolved = RunRecord.resolve(
+        config,
+        num_classes=num_classes,
+        image_shape=data.image_shape,
+        mean=mean,
+        std=std,
+        split_sizes={
+            "train": min(len(data.train), limit_train or len(data.train)),
+            "val": len(data.val),
+            "test": len(data.test),
         },
     )
-    # Built beside OUT and renamed into place: an interrupted import leaves nothing behind.
+    provenance = {
+        "format": "pytorch state dicts",
+        "files": {
+            part: {"path": str(Path(p).absolute()), "sha256": _sha256(Path(p))} for part, p in paths.items()
+        },
+        "val_accuracy_local": val_local,
+        "val_accuracy_cloud": val_cloud,
+    }
+    record = dataclasses.replace(
+        resolved, local_weight_mode=IMPORTED, local_weight=None, imported_from=provenance
+    )
+    _write_imported_run(out, record, state, (val_local + val_cloud) / 2)
+    return out
+
+
+def _weights_and_data(paths, dataset: str, data_dir, seed: int, download: bool):
+    """The state dicts, the TrainConfig architecture fields they imply, and the dataset, after
+    checking that the weights' class count is the dataset's."""
+    state_dicts = load_state_dicts(paths)
+    arch = architecture(state_dicts)
+    num_classes = arch.pop("num_classes")
+    data = load_dataset(dataset, data_dir=data_dir, split_seed=seed, download=download)
+    if num_classes != data.num_classes:
+        raise UsageError(
+            f"the PyTorch weights predict {num_classes} classes but {dataset} has "
+            f"{data.num_classes}: import them with the dataset they were trained on"
+        )
+    return state_dicts, arch, data
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_imported_run(out: Path, record: RunRecord, state, selection: float) -> None:
+    """config.json and a checkpoint at epoch 0, built beside OUT and renamed into place: an
+    interrupted import leaves nothing behind."""
     with atomic_dir(out) as staging:
         built = RunDir(staging)
         write_json(built.config, record.to_json())
         manager = checkpointing.manager(built.checkpoints)
-        checkpointing.save(manager, 0, state, (val_local + val_cloud) / 2)
+        checkpointing.save(manager, 0, state, selection)
         manager.close()
-    return out
 
 
 def export_torch(run_dir: Path, out_dir: Path) -> dict[str, Path]:
