@@ -85,10 +85,22 @@ def _add_quiet(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_training_flags(train: argparse.ArgumentParser) -> None:
-    train.add_argument(
+def _add_data_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
         "--dataset", default=DEFAULTS.dataset, help="fashion_mnist, mnist, cifar10, cifar100 or svhn_cropped"
     )
+    command.add_argument(
+        "--data-dir", default=None, help="tfds data directory (default: tfds's, ~/tensorflow_datasets)"
+    )
+    command.add_argument(
+        "--download",
+        action="store_true",
+        help="let tfds download the dataset if it is not prepared (needs network)",
+    )
+
+
+def _add_training_flags(train: argparse.ArgumentParser) -> None:
+    _add_data_flags(train)
     train.add_argument(
         "--out", required=True, type=Path, help="run directory; an existing run there is resumed"
     )
@@ -110,14 +122,6 @@ def _add_training_flags(train: argparse.ArgumentParser) -> None:
         type=_integer,
         default=DEFAULTS.seed,
         help="seeds the split, initialisation, w, shuffling, dropout, augmentation",
-    )
-    train.add_argument(
-        "--data-dir", default=None, help="tfds data directory (default: tfds's, ~/tensorflow_datasets)"
-    )
-    train.add_argument(
-        "--download",
-        action="store_true",
-        help="let tfds download the dataset if it is not prepared (needs network)",
     )
     train.add_argument(
         "--limit-train",
@@ -171,17 +175,7 @@ def _add_prepare(commands) -> None:
         formatter_class=_Help,
         help="prepare a dataset (needs TensorFlow) so that hosts without it can read it",
     )
-    prepare.add_argument(
-        "--dataset", default=DEFAULTS.dataset, help="fashion_mnist, mnist, cifar10, cifar100 or svhn_cropped"
-    )
-    prepare.add_argument(
-        "--data-dir",
-        default=None,
-        help="tfds data directory to prepare in (default: tfds's, ~/tensorflow_datasets)",
-    )
-    prepare.add_argument(
-        "--download", action="store_true", help="let tfds download the dataset (needs network)"
-    )
+    _add_data_flags(prepare)
 
 
 def _add_collect(commands) -> None:
@@ -251,9 +245,6 @@ def _add_interop(commands) -> None:
         "--local-classifier", required=True, type=Path, help="LocalClassifier state dict (.pth)"
     )
     importer.add_argument("--cloud", required=True, type=Path, help="CloudCNN state dict (.pth)")
-    importer.add_argument(
-        "--dataset", default=DEFAULTS.dataset, help="the dataset the weights were trained on"
-    )
     importer.add_argument("--out", required=True, type=Path, help="new run directory")
     importer.add_argument(
         "--mean",
@@ -275,10 +266,7 @@ def _add_interop(commands) -> None:
         default=None,
         help="collect only the first N training images (the routers' training set)",
     )
-    importer.add_argument("--data-dir", default=None, help="tfds data directory")
-    importer.add_argument(
-        "--download", action="store_true", help="let tfds download the dataset if it is not prepared"
-    )
+    _add_data_flags(importer)
     exporter = commands.add_parser(
         "export-torch", formatter_class=_Help, help="write a run's best weights as PyTorch state dicts"
     )

@@ -82,7 +82,7 @@ def restore_best(run: RunDir) -> tuple[RunRecord, TrainState, int]:
     return record, state, best_epoch
 
 
-def best_epoch(run: RunDir) -> int | None:
+def best_checkpoint_epoch(run: RunDir) -> int | None:
     """The epoch of the run's best checkpoint on validation, if it has one."""
     record = read_run_record(run)
     manager = checkpointing.manager(run.checkpoints, keep=record.train.keep_checkpoints)
@@ -95,4 +95,4 @@ def outputs_complete(run: RunDir, *, with_features: bool) -> bool:
     """Whether every split's outputs exist, come from the current best epoch, and hold features
     if asked."""
     epoch = outputs_epoch(run, with_features=with_features)
-    return epoch is not None and epoch == best_epoch(run)
+    return epoch is not None and epoch == best_checkpoint_epoch(run)

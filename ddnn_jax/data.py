@@ -201,8 +201,8 @@ def _decode_split(builder, split: str) -> Split:
     else:
         _require_tensorflow(
             f"{builder.data_dir} holds '{builder.name}' as TFRecord files, which only TensorFlow "
-            "reads: install the 'prepare' extra, or prepare it again with 'ddnn prepare' "
-            "(array_record files, read without TensorFlow)"
+            "reads: install the 'prepare' extra, or prepare it into a new directory with "
+            "'ddnn prepare --data-dir NEW' (array_record files, read without TensorFlow)"
         )
         images, labels = _decode_with_tensorflow(builder, split)
     images.flags.writeable = labels.flags.writeable = False

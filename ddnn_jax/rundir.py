@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, NotRequired, TypedDict
 
@@ -526,7 +526,11 @@ class FamilyRecord:
 
 
 def write_family(
-    run: RunDir, name: str, record: FamilyRecord, scores: dict[str, np.ndarray], save_variables
+    run: RunDir,
+    name: str,
+    record: FamilyRecord,
+    scores: dict[str, np.ndarray],
+    save_variables: Callable[[Path], None],
 ) -> FamilyDir:
     """Builds the family beside its final place and renames it in; ``save_variables(path)``
     writes the stacked weights to a directory path that must not exist yet."""

@@ -190,7 +190,7 @@ def make_train_epoch(
     *,
     batch_size: int,
     steps_per_epoch: int,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
     """The whole epoch as one compiled program:
     ``epoch(state, images, labels, root_key, epoch) -> (state, per-step metrics)``.
@@ -203,18 +203,17 @@ def make_train_epoch(
     inserts the reductions of gradients and batch statistics, so any device count computes
     the same function.
 
-    ``on_step(i)``, if given, is called on the host with the number of steps done, about
-    ``TICKS_PER_EPOCH`` times per epoch (a progress bar); without it nothing leaves the device.
+    ``on_step(steps_done, loss)``, if given, is called on the host with the number of steps
+    done and the last step's loss, about ``TICKS_PER_EPOCH`` times per epoch (a progress bar):
+    the scan then runs over chunks of steps, each an inner scan followed by one host callback,
+    so that the steps themselves compile exactly as without it. The callbacks depend on the
+    losses they report, so they arrive in order. Without ``on_step`` nothing leaves the device.
     The program is traced once: a second trace (a silent recompilation) raises.
     """
     replicated = NamedSharding(mesh, P())
     by_example = NamedSharding(mesh, P(None, DATA_AXIS))
     per_step = batch_size * steps_per_epoch
     tick_every = max(1, steps_per_epoch // TICKS_PER_EPOCH)
-
-    def tick(i):
-        if on_step is not None:
-            jax.lax.cond((i + 1) % tick_every == 0, lambda: jax.debug.callback(on_step, i + 1), lambda: None)
 
     @trace_once
     def epoch_fn(state, images, labels, root, epoch):
@@ -228,13 +227,34 @@ def make_train_epoch(
         def body(state, xs):
             i, idx = xs
             rng = jax.random.fold_in(step_root, first_step + i)
-            state, metrics = step(state, images[idx], labels[idx], rng)
-            tick(i)
-            return state, metrics
+            return step(state, images[idx], labels[idx], rng)
 
-        return jax.lax.scan(body, state, (jnp.arange(steps_per_epoch), batches))
+        xs = (jnp.arange(steps_per_epoch), batches)
+        if on_step is None:
+            return jax.lax.scan(body, state, xs)
+        return _scan_with_ticks(body, state, xs, steps_per_epoch, tick_every, on_step)
 
     return jax.jit(epoch_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def _scan_with_ticks(body, state, xs, steps: int, every: int, on_step: Callable[[int, float], None]):
+    """``lax.scan(body, state, xs)`` over ``steps`` steps, calling ``on_step(steps done, loss)``
+    on the host after every ``every`` steps and after the last."""
+    chunks, tail = divmod(steps, every)
+    head = jax.tree.map(lambda a: a[: chunks * every].reshape(chunks, every, *a.shape[1:]), xs)
+
+    def chunk(state, chunk_xs):
+        state, metrics = jax.lax.scan(body, state, chunk_xs)
+        jax.debug.callback(on_step, chunk_xs[0][-1] + 1, metrics["loss"][-1])
+        return state, metrics
+
+    state, metrics = jax.lax.scan(chunk, state, head)
+    metrics = jax.tree.map(lambda m: m.reshape(chunks * every, *m.shape[2:]), metrics)
+    if tail:
+        state, tail_metrics = jax.lax.scan(body, state, jax.tree.map(lambda a: a[chunks * every :], xs))
+        metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), metrics, tail_metrics)
+        jax.debug.callback(on_step, steps, tail_metrics["loss"][-1])
+    return state, metrics
 
 
 def make_predict_fn(model: DDNN, mean, std, with_features: bool = False):
@@ -292,16 +312,23 @@ class _EpochBar:
         self.progress, self.steps, self.batch_size = progress, steps, batch_size
         self.bar = None
         self.done = 0
+        self.title = ""
+        self.compiled = False
 
     def open(self, epoch: int, epochs: int) -> None:
-        self.bar = self.progress.bar(
-            self.steps * self.batch_size, f"epoch {epoch}/{epochs}", unit="img", unit_scale=True
-        )
+        """A new bar; the first epoch of a process says that it compiles until its first tick."""
+        self.title = f"epoch {epoch}/{epochs}"
+        description = self.title if self.compiled else f"{self.title} (compiling)"
+        self.bar = self.progress.bar(self.steps * self.batch_size, description, unit="img", unit_scale=True)
         self.done = 0
 
-    def on_step(self, steps_done) -> None:
+    def on_step(self, steps_done, loss) -> None:
         steps_done = int(steps_done)
         if self.bar is not None and steps_done > self.done:
+            if not self.compiled:
+                self.compiled = True
+                self.bar.set_description_str(self.title, refresh=False)
+            self.bar.set_postfix_str(f"loss {float(loss):.4f}", refresh=False)
             self.bar.update((steps_done - self.done) * self.batch_size)
             self.done = steps_done
 
@@ -468,6 +495,7 @@ def run_training(
     resuming = check_for_training(run)
     if resuming:
         _check_resumable(run, config)
+    progress.note(f"loading {config.dataset}")
     data = load_dataset(
         config.dataset,
         data_dir=config.data_dir,

@@ -24,6 +24,9 @@ def test_pipeline_on_mock_data(tmp_path):
     assert len(data.val) == 6 and len(data.test) == 60
     assert data.num_classes == 10 and not data.horizontal_flip and data.image_shape == (28, 28, 1)
     np.testing.assert_array_equal(data.train.labels, again.train.labels)
+    # train and validation partition the official split: no image in both, none lost
+    rows = lambda split: {image.tobytes() for image in split.images}
+    assert not rows(data.train) & rows(data.val) and len(rows(data.train) | rows(data.val)) == 60
     np.testing.assert_array_equal(limited.train.images, data.train.images[:20])
     np.testing.assert_array_equal(limited.val.images, data.val.images)
     np.testing.assert_allclose(limited.mean, data.train.images[:20].mean() / 255, rtol=1e-5)

@@ -59,6 +59,7 @@ def _softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_route_evaluate_report(tiny_run):
     assert (
         cli.main(

@@ -28,12 +28,20 @@ def _epoch_losses(on_step, steps=8):
     return np.asarray(metrics["loss"])
 
 
-def test_the_epoch_reports_every_step_and_computes_the_same():
+@pytest.mark.parametrize(
+    "steps, ticks_per_epoch, expected",
+    [(8, 4, [2, 4, 6, 8]), pytest.param(7, 3, [2, 4, 6, 7], marks=pytest.mark.slow)],  # 7: a tail
+)
+def test_the_epoch_reports_its_steps_and_computes_the_same(monkeypatch, steps, ticks_per_epoch, expected):
+    import ddnn_jax.train as train_module
+
+    monkeypatch.setattr(train_module, "TICKS_PER_EPOCH", ticks_per_epoch)
     seen = []
-    with_bar = _epoch_losses(lambda done: seen.append(int(done)))
+    with_bar = _epoch_losses(lambda done, loss: seen.append((int(done), float(loss))), steps)
     jax.effects_barrier()
-    assert sorted(seen) == list(range(1, 9))  # 8 steps < TICKS_PER_EPOCH: one tick per step
-    np.testing.assert_array_equal(with_bar, _epoch_losses(None))
+    assert [done for done, _ in seen] == expected
+    np.testing.assert_array_equal(with_bar, _epoch_losses(None, steps))
+    assert [loss for _, loss in seen] == [float(with_bar[done - 1]) for done in expected]
 
 
 def test_the_router_grid_reports_each_epoch_and_trains_the_same():
@@ -59,6 +67,7 @@ def test_the_router_grid_reports_each_epoch_and_trains_the_same():
     np.testing.assert_array_equal(np.asarray(plain.val_accuracy), np.asarray(result.val_accuracy))
 
 
+@pytest.mark.slow
 def test_training_shows_a_bar_with_rate_when_asked_and_nothing_when_quiet(tmp_path, capsys):
     config = dataclasses.replace(TINY, epochs=1)
     train(config, _tiny_data(), tmp_path / "loud", local_weight=0.5, progress=Progress(bars=True))

@@ -74,12 +74,25 @@ def test_early_stopping_masks_each_target_separately():
         assert np.isfinite(history[g, : epochs_run[g]]).all() and np.isnan(history[g, epochs_run[g] :]).all()
 
 
-@pytest.mark.parametrize("conv", [(), (4,)])
-def test_router_net_shapes(conv):
-    net = RouterNet(hidden=(8,), conv_channels=conv)
-    x = np.zeros((3, 6, 6, 2) if conv else (3, 7), np.float32)
+@pytest.mark.parametrize(
+    "conv, shape, params",
+    [
+        # Dense(7->8) + BN(8) + Dense(8->1)
+        ((), (7,), 7 * 8 + 8 + 2 * 8 + 8 + 1),
+        # Conv3x3(2->4) + BN(4), pool 6x6 -> 3x3, then Dense(36->8) + BN(8) + Dense(8->1)
+        ((4,), (6, 6, 2), 9 * 2 * 4 + 4 + 2 * 4 + 36 * 8 + 8 + 2 * 8 + 8 + 1),
+    ],
+)
+def test_router_net_is_the_configured_architecture(conv, shape, params):
+    net = RouterNet(hidden=(8,), conv_channels=conv, dropout_rate=0.5)
+    x = jax.random.normal(jax.random.key(1), (3, *shape))
     variables = net.init(jax.random.key(0), x, train=False)
-    chex.assert_shape(net.apply(variables, x, train=False), (3,))
+    assert sum(leaf.size for leaf in jax.tree.leaves(variables["params"])) == params
+    logits = net.apply(variables, x, train=False)
+    chex.assert_shape(logits, (3,))
+    assert not np.allclose(logits, net.apply(variables, x + 1.0, train=False))  # reads its input
+    train = lambda key: net.apply(variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"])[0]
+    assert not np.allclose(train(jax.random.key(2)), train(jax.random.key(3)))  # dropout in training
 
 
 @pytest.mark.parametrize(
