@@ -308,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (
         _add_run,
+        _add_prepare,
         _add_train,
         _add_collect,
         _add_route,
@@ -448,6 +449,7 @@ def _run(args) -> None:
 
 
 COMMANDS = {
+    "prepare": _prepare,
     "train": _train,
     "collect": _collect,
     "route": _route,

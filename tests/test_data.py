@@ -123,7 +123,7 @@ print(json.dumps({name: hashlib.sha256(getattr(data, name).images.tobytes()
 
 
 @pytest.mark.slow
-def test_a_prepared_directory_is_read_without_tensorflow(tmp_path, fashion_mnist_ready):
+def test_a_prepared_directory_is_read_without_tensorflow(tmp_path, capsys, fashion_mnist_ready):
     import hashlib
     import json
     import os
@@ -131,10 +131,12 @@ def test_a_prepared_directory_is_read_without_tensorflow(tmp_path, fashion_mnist
     import sys
     from pathlib import Path
 
-    from ddnn_jax.data import prepare_dataset
+    from ddnn_jax.cli import main
 
     data_dir = tmp_path / "tfds"
-    prepared = prepare_dataset("fashion_mnist", data_dir=str(data_dir))
+    assert main(["prepare", "--dataset", "fashion_mnist", "--data-dir", str(data_dir)]) == 0
+    assert "(train 54000, val 6000, test 10000)" in capsys.readouterr().out
+    prepared = data_dir / "fashion_mnist" / "3.0.1"
     assert any(".array_record-" in p.name for p in prepared.iterdir())
     # every installed package but TensorFlow and its own companions
     site = tmp_path / "site"
