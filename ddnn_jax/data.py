@@ -225,12 +225,12 @@ def _random_access(builder) -> bool:
     return builder.info.file_format in file_adapters.FileFormat.with_random_access()
 
 
-def tensorflow_available() -> bool:
+def _tensorflow_available() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
 def _require_tensorflow(why: str) -> None:
-    if not tensorflow_available():
+    if not _tensorflow_available():
         raise UsageError(why)
 
 

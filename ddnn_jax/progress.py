@@ -47,6 +47,3 @@ class Progress:
             file=sys.stderr,
             **kwargs,
         )
-
-
-QUIET = Progress(quiet=True)

@@ -276,9 +276,9 @@ def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def predict_in_batches(predict, variables, inputs: np.ndarray, batch_size: int, bar=None):
-    """Runs ``predict(variables, batch)`` over all inputs in fixed-size batches (the last one
-    padded, so one compiled program serves every split); numpy arrays out. ``bar`` (a tqdm)
-    advances by the rows done."""
+    """Runs ``predict(variables, batch) -> tuple of arrays`` over all inputs in fixed-size
+    batches (the last one padded, so one compiled program serves every split); a tuple of numpy
+    arrays out. ``bar`` (a tqdm) advances by the rows done."""
     n = len(inputs)
     outputs = []
     for start in range(0, n, batch_size):
@@ -286,9 +286,7 @@ def predict_in_batches(predict, variables, inputs: np.ndarray, batch_size: int, 
         outputs.append(jax.device_get(predict(variables, pad_rows(chunk, batch_size))))
         if bar is not None:
             bar.update(len(chunk))
-    parts = zip(*outputs, strict=False) if isinstance(outputs[0], tuple) else [outputs]
-    concatenated = tuple(np.concatenate(part)[:n] for part in parts)
-    return concatenated if isinstance(outputs[0], tuple) else concatenated[0]
+    return tuple(np.concatenate(part)[:n] for part in zip(*outputs, strict=True))
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
