@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ddnn_jax.families import FAMILIES, study  # noqa: E402
+from ddnn_jax.families import curve_name, study  # noqa: E402
 from ddnn_jax.rundir import (  # noqa: E402
     Point,
     Results,
@@ -27,13 +27,7 @@ from ddnn_jax.rundir import (  # noqa: E402
     write_text,
 )
 
-
-def _curve(family: str) -> str:
-    """The curve name of a registered family."""
-    return next(f.curve for f in FAMILIES if f.name == family)
-
-
-LOGITS = _curve("logits")
+LOGITS = curve_name("logits")
 STYLES: dict[str, dict[str, Any]] = {
     "oracle": dict(color="black", linestyle="--"),
     "random": dict(color="tab:gray", linestyle=":"),
@@ -373,19 +367,19 @@ SECTIONS: list[tuple[str, str, Callable, str]] = [
     (
         "6.13",
         "Router on edge features (MLP)",
-        lambda r: _comparison(r, [_curve("features")], "features, MLP"),
+        lambda r: _comparison(r, [curve_name("features")], "features, MLP"),
         "ddnn route --inputs features",
     ),
     (
         "6.14",
         "Router on edge features (CNN)",
-        lambda r: _comparison(r, [_curve("features-cnn")], "features, CNN"),
+        lambda r: _comparison(r, [curve_name("features-cnn")], "features, CNN"),
         "ddnn route --inputs features-cnn",
     ),
     (
         "6.15",
         "Feature CNN router: training vs validation",
-        lambda r: _history(r, _curve("features-cnn"), "features CNN"),
+        lambda r: _history(r, curve_name("features-cnn"), "features CNN"),
         "ddnn route --inputs features-cnn",
     ),
     (

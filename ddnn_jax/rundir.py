@@ -44,6 +44,7 @@ from ddnn_jax.config import TrainConfig, package_versions, resolve_local_weight
 from ddnn_jax.errors import UsageError
 
 SPLITS = ("train", "val", "test")
+IMPORTED = "imported"  # local_weight_mode of a run imported from PyTorch: w is not known
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -331,7 +332,7 @@ class RunRecord:
         # the local_weight field of TrainConfig is the spec the user gave
         values["local_weight"] = (
             "per-run"
-            if mode == "imported"
+            if mode == IMPORTED
             else mode
             if mode in ("per-run", "per-batch")
             else str(record["local_weight"])

@@ -379,9 +379,8 @@ def train(
     mesh = data_mesh(config.batch_size)
     steps_per_epoch = len(data.train) // config.batch_size
     live = _EpochBar(progress, steps_per_epoch, config.batch_size)
-    run_epoch = _epoch_program(
-        config, data, mesh, local_weight, live.on_step if progress.shows_bars else None
-    )
+    on_step = live.on_step if progress.shows_bars else None
+    run_epoch = _epoch_program(data, mesh, local_weight, config.batch_size, steps_per_epoch, on_step)
     predict = make_predict_fn(build_model(config, data.num_classes), data.mean, data.std)
     plateau = plateau_schedule(config)
     root = jax.random.key(config.seed)
@@ -413,7 +412,7 @@ def train(
     return history
 
 
-def _epoch_program(config: TrainConfig, data: DataSplits, mesh: Mesh, local_weight, on_step):
+def _epoch_program(data: DataSplits, mesh: Mesh, local_weight, batch_size: int, steps: int, on_step):
     """The run's compiled epoch (see make_train_epoch)."""
     step = train_step_fn(
         local_weight=local_weight,
@@ -422,10 +421,7 @@ def _epoch_program(config: TrainConfig, data: DataSplits, mesh: Mesh, local_weig
         horizontal_flip=data.horizontal_flip,
         crop_padding=data.crop_padding,
     )
-    steps_per_epoch = len(data.train) // config.batch_size
-    return make_train_epoch(
-        step, mesh, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch, on_step=on_step
-    )
+    return make_train_epoch(step, mesh, batch_size=batch_size, steps_per_epoch=steps, on_step=on_step)
 
 
 def _epoch_row(

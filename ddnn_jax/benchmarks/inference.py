@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddnn_jax import checkpointing
+from ddnn_jax.collect import restore_best
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.data import normalize
 from ddnn_jax.policies import normalized_entropy
@@ -83,8 +84,6 @@ def _network(config: InferenceBenchConfig):
         mean, std = np.full(shape[-1], 0.5, np.float32), np.full(shape[-1], 0.25, np.float32)
         model = build_model(TrainConfig(), num_classes)
     else:
-        from ddnn_jax.collect import restore_best
-
         record, state, _ = restore_best(RunDir(config.run))
         shape, num_classes = record.image_shape, record.num_classes
         mean, std = np.asarray(record.mean, np.float32), np.asarray(record.std, np.float32)

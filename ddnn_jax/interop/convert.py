@@ -22,10 +22,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddnn_jax import checkpointing
+from ddnn_jax.collect import restore_best
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.data import DataSplits, load_dataset
 from ddnn_jax.errors import UsageError
-from ddnn_jax.rundir import RunDir, RunRecord, atomic_dir, atomic_file, check_for_training, write_json
+from ddnn_jax.rundir import (
+    IMPORTED,
+    RunDir,
+    RunRecord,
+    atomic_dir,
+    atomic_file,
+    check_for_training,
+    write_json,
+)
+from ddnn_jax.train import (
+    accuracy,
+    build_model,
+    create_train_state,
+    make_predict_fn,
+    predict_in_batches,
+)
 
 # Our top-level module -> the class name of its PyTorch counterpart (one state dict each).
 PARTS = {
@@ -35,7 +51,6 @@ PARTS = {
 }
 EXPORT_FILES = {part: f"{part}.pth" for part in PARTS}
 EXPORT_MANIFEST = "export.json"
-IMPORTED = "imported"  # local_weight_mode of an imported run: w is not known
 
 
 def require_torch():
@@ -176,8 +191,6 @@ def _channel_values(flag: str, values, channels: int, positive: bool) -> np.ndar
 
 def _imported_state(state_dicts, config: TrainConfig, data: DataSplits):
     """A TrainState holding the PyTorch weights, after checking they fit the dataset."""
-    from ddnn_jax.train import create_train_state
-
     state = create_train_state(config, data.image_shape, data.num_classes)
     converted = torch_to_flax(state_dicts)
     template = {"params": state.params, "batch_stats": state.batch_stats}
@@ -188,8 +201,6 @@ def _imported_state(state_dicts, config: TrainConfig, data: DataSplits):
 
 def _validation_accuracies(state, config: TrainConfig, data: DataSplits, mean, std):
     """Validation accuracy of both exits under the given input normalisation."""
-    from ddnn_jax.train import accuracy, build_model, make_predict_fn, predict_in_batches
-
     predict = make_predict_fn(build_model(config, data.num_classes), mean, std)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     local_logits, cloud_logits = predict_in_batches(
@@ -304,8 +315,6 @@ def _write_imported_run(out: Path, record: RunRecord, state, selection: float) -
 def export_torch(run_dir: Path, out_dir: Path) -> dict[str, Path]:
     """Writes the best weights of a run as the three PyTorch state dicts and a manifest with the
     architecture and input normalisation; returns the written paths."""
-    from ddnn_jax.collect import restore_best
-
     torch = require_torch()
     record, state, _ = restore_best(RunDir(run_dir))
     state_dicts = flax_to_torch(
