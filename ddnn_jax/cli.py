@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from ddnn_jax.collect import collect
 from ddnn_jax.config import TrainConfig, parse_local_weight
 from ddnn_jax.errors import TrainingDiverged, UsageError
 from ddnn_jax.evaluate import EvaluationConfig, evaluate
-from ddnn_jax.families import LABEL_KINDS, input_kind
+from ddnn_jax.families import LABEL_KINDS, OBJECTIVES, SCORE_KINDS, input_kind
 from ddnn_jax.labels import check_targets
 from ddnn_jax.models import CONV_CHOICES
 from ddnn_jax.pipeline import RunPlan, run
@@ -21,7 +22,7 @@ from ddnn_jax.progress import Progress
 from ddnn_jax.report import report
 from ddnn_jax.route import route
 from ddnn_jax.router import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
-from ddnn_jax.rundir import RunDir
+from ddnn_jax.rundir import RunDir, read_json
 from ddnn_jax.train import run_training
 
 EXIT_USAGE = 2
@@ -99,11 +100,17 @@ def _add_data_flags(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_training_flags(train: argparse.ArgumentParser) -> None:
+def _add_training_flags(train: argparse.ArgumentParser, study: bool = False) -> None:
+    """The flags of one training run; a study gives --seeds instead of --seed."""
     _add_data_flags(train)
-    train.add_argument(
-        "--out", required=True, type=Path, help="run directory; an existing run there is resumed"
-    )
+    if study:
+        train.add_argument(
+            "--out", type=Path, default=None, help="study directory; an existing study there is resumed"
+        )
+    else:
+        train.add_argument(
+            "--out", required=True, type=Path, help="run directory; an existing run there is resumed"
+        )
     train.add_argument("--epochs", type=_integer, default=DEFAULTS.epochs, help="epochs of joint training")
     train.add_argument(
         "--batch-size",
@@ -117,12 +124,13 @@ def _add_training_flags(train: argparse.ArgumentParser) -> None:
         help="w of w*CE_local+(1-w)*CE_cloud: per-run (w ~ U(0,1) from the seed), "
         "per-batch, or a number in [0, 1]",
     )
-    train.add_argument(
-        "--seed",
-        type=_integer,
-        default=DEFAULTS.seed,
-        help="seeds the split, initialisation, w, shuffling, dropout, augmentation",
-    )
+    if not study:
+        train.add_argument(
+            "--seed",
+            type=_integer,
+            default=DEFAULTS.seed,
+            help="seeds the split, initialisation, w, shuffling, dropout, augmentation",
+        )
     train.add_argument(
         "--limit-train",
         type=_integer,
@@ -194,10 +202,18 @@ def _add_route(commands) -> None:
     _run_flag(route)
     _add_router_flags(route)
     route.add_argument(
+        "--objective",
+        default="grid",
+        choices=OBJECTIVES,
+        help="grid: one router per target (the thesis); score: one router whose score is "
+        "thresholded for every target on validation",
+    )
+    route.add_argument(
         "--labels",
-        default="cost",
-        choices=LABEL_KINDS,
-        help="meta-labels: cost (B >= B*(L0)) or oracle (correctness first)",
+        default=None,
+        choices=LABEL_KINDS + SCORE_KINDS,
+        help="grid: cost (B >= B*(L0), default) or oracle (correctness first); score: benefit "
+        "(regress B, default) or gain (regress cloud_correct - local_correct)",
     )
     route.add_argument(
         "--depth", type=_integer, default=5, choices=sorted(DEPTH_PRESETS), help="Dense layers of the router"
@@ -227,6 +243,13 @@ def _add_evaluate_report(commands) -> None:
         type=_number,
         default=EvaluationConfig.border_tau,
         help="|B| below which a sample counts as borderline",
+    )
+    evaluate.add_argument(
+        "--thresholds",
+        type=Path,
+        default=None,
+        help="JSON file {family: [threshold per target]}: decide with these (a deployed router's) "
+        "instead of the thresholds calibrated on validation",
     )
     report = commands.add_parser(
         "report", help="figures and report.md from results.json", formatter_class=_Help
@@ -288,19 +311,50 @@ def _add_bench(commands) -> None:
     )
 
 
+def _add_plan_flags(command: argparse.ArgumentParser, sweep_weights: tuple[float, ...]) -> None:
+    _add_router_flags(command)
+    command.add_argument(
+        "--no-ablations",
+        action="store_true",
+        help="skip the oracle-label, depth, dropout and score-target router studies",
+    )
+    command.add_argument(
+        "--sweep-weights",
+        type=_numbers,
+        default=sweep_weights,
+        help="local weights of the short Fig. 6.17 runs, comma-separated, or none",
+    )
+
+
 def _add_run(commands) -> None:
     run = commands.add_parser("run", help="train, collect, route, evaluate and report", formatter_class=_Help)
     _add_training_flags(run)
-    _add_router_flags(run)
-    run.add_argument(
-        "--no-ablations", action="store_true", help="skip the oracle-label, depth and dropout router studies"
+    _add_plan_flags(run, RunPlan.sweep_weights)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds such as 0,1,2, got '{text}'")
+    return tuple(_integer(part) for part in parts)
+
+
+def _add_study(commands) -> None:
+    study = commands.add_parser(
+        "study",
+        formatter_class=_Help,
+        help="one full run per seed and their aggregate with intervals (or --aggregate runs made elsewhere)",
     )
-    run.add_argument(
-        "--sweep-weights",
-        type=_numbers,
-        default=RunPlan.sweep_weights,
-        help="local weights of the short Fig. 6.17 runs, comma-separated, or none",
+    study.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds, one run each")
+    study.add_argument(
+        "--aggregate",
+        type=Path,
+        default=None,
+        help="only aggregate the runs already under this study directory (made elsewhere)",
     )
+    _add_training_flags(study, study=True)
+    # Fig. 6.17 comes from the seeds' own full runs, so no short sweep runs by default.
+    _add_plan_flags(study, ())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (
         _add_run,
+        _add_study,
         _add_prepare,
         _add_train,
         _add_collect,
@@ -330,7 +385,7 @@ def _train_config(args) -> TrainConfig:
         epochs=args.epochs,
         batch_size=args.batch_size,
         local_weight=args.local_weight,
-        seed=args.seed,
+        seed=getattr(args, "seed", DEFAULTS.seed),
         data_dir=args.data_dir,
         limit_train=args.limit_train,
         download=args.download,
@@ -370,7 +425,8 @@ def _route(args) -> None:
     for mode in inputs:
         config = RouterConfig(
             inputs=mode,
-            labels=args.labels,
+            objective=args.objective,
+            labels=args.labels or ("cost" if args.objective == "grid" else "benefit"),
             targets=args.grid or DEFAULT_TARGETS,
             hidden=DEPTH_PRESETS[args.depth],
             dropout_rate=args.dropout,
@@ -380,8 +436,23 @@ def _route(args) -> None:
         print(f"{mode}: {route(args.run, config, name=args.name, progress=_progress(args)).root}")
 
 
+def _given_thresholds(path: Path | None) -> dict[str, list[float]] | None:
+    if path is None:
+        return None
+    value = read_json(path, 'give a JSON object such as {"logits": [0.1, -0.3]}')
+    if not isinstance(value, dict) or not all(
+        isinstance(v, list) and all(isinstance(t, (int, float)) and math.isfinite(t) for t in v)
+        for v in value.values()
+    ):
+        raise UsageError(
+            f"{path} must map router family names to lists of finite thresholds, one per target, "
+            'such as {"logits": [0.1, -0.3]}'
+        )
+    return {k: [float(t) for t in v] for k, v in value.items()}
+
+
 def _evaluate(args) -> None:
-    evaluate(args.run, EvaluationConfig(border_tau=args.tau))
+    evaluate(args.run, EvaluationConfig(border_tau=args.tau), _given_thresholds(args.thresholds))
     print(f"results: {RunDir(args.run).results}")
 
 
@@ -448,6 +519,20 @@ def _run(args) -> None:
     print(f"report: {run(_train_config(args), args.out, plan, progress=_progress(args))}")
 
 
+def _study(args) -> None:
+    from ddnn_jax.study import aggregate, run_study
+
+    if args.aggregate is not None:
+        if args.seeds is not None or args.out is not None:
+            raise UsageError("--aggregate reads the runs already there: give it without --seeds and --out")
+        print(f"study: {aggregate(args.aggregate)}")
+        return
+    if args.seeds is None or args.out is None:
+        raise UsageError("give --seeds and --out to make a study, or --aggregate STUDY_DIR")
+    plan = _run_plan(args)
+    print(f"study: {run_study(_train_config(args), args.seeds, args.out, plan, progress=_progress(args))}")
+
+
 COMMANDS = {
     "prepare": _prepare,
     "train": _train,
@@ -456,6 +541,7 @@ COMMANDS = {
     "evaluate": _evaluate,
     "report": _report,
     "run": _run,
+    "study": _study,
     "import-torch": _import_torch,
     "export-torch": _export_torch,
     "bench": _bench,

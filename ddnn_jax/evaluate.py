@@ -1,8 +1,11 @@
 """The evaluate stage: every mechanism on the test split of one trained DDNN -> ``results.json``.
 
-Heuristics and the oracle are swept over ``HEURISTIC_TARGETS`` at matched budgets; each trained
-router family contributes its curve at its own targets, the entropy rule evaluated at the local
-rates the routers actually achieved, and its decision accuracy against its own kind of labels.
+Heuristics and the oracle are swept over ``HEURISTIC_TARGETS`` at matched budgets. Each trained
+router family contributes, at its own targets, its decisions at the thresholds calibrated on
+validation (curve ``router_<family>_calibrated``) and, for per-target routers, the thesis decision
+logit >= 0 (curve ``router_<family>``, with the entropy rule at the local rates it achieved).
+Every router curve is compared with entropy and random at the same targets, sample by sample: a
+paired bootstrap interval of the accuracy difference and an exact McNemar test (``comparisons``).
 Label analysis (Fig. 5.1) is on the training split's meta-dataset; the test analysis (Fig. 6.12)
 is at the reference target. Rates and accuracies are fractions in [0, 1].
 """
@@ -11,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
 from ddnn_jax.errors import UsageError
-from ddnn_jax.families import curve_name
+from ddnn_jax.families import calibrated, curve_name
 from ddnn_jax.labels import (
     DEFAULT_BORDER_TAU,
     Correctness,
@@ -29,12 +34,15 @@ from ddnn_jax.labels import (
 )
 from ddnn_jax.policies import (
     HEURISTICS,
+    calibrated_thresholds,
     heuristic_offload,
     oracle_offload,
     router_offload,
+    threshold_offload,
     unconstrained_oracle_offload,
 )
 from ddnn_jax.rundir import (
+    Comparison,
     FamilyRecord,
     Point,
     Results,
@@ -67,13 +75,16 @@ class EvaluationConfig:
     border_tau: float = DEFAULT_BORDER_TAU  # |B| < tau counts as borderline
     edge_ms: float = 10.0  # latency model: edge inference time (thesis UAV example)
     cloud_ms: float = 80.0  # latency model: uplink + cloud time, 8x the edge's
+    bootstrap_resamples: int = 2000  # paired bootstrap of each router-vs-baseline difference
+    bootstrap_seed: int = 0  # numpy Generator seed of the bootstrap resamples
+    comparison_baselines: tuple[str, ...] = ("entropy", "random")
 
 
 def _correctness(o: SplitOutputs) -> Correctness:
     return correctness(o.local_logits, o.cloud_logits, o.labels)
 
 
-def _points(c: Correctness, offload: jax.Array, targets) -> list[Point]:
+def _points(c: Correctness, offload: jax.Array | np.ndarray, targets) -> list[Point]:
     sent = np.asarray(offload, bool)
     local_rate = 1.0 - sent.mean(-1)
     # float64 on the host: accuracies are exact fractions of the test split.
@@ -99,33 +110,138 @@ def _heuristic_curve(name: str, c: Correctness, local_logits, targets, key) -> l
     return _points(c, offload, targets)
 
 
+class Decisions(NamedTuple):
+    """A router curve's offload masks [G, N] at its targets [G]."""
+
+    targets: np.ndarray
+    offload: np.ndarray
+
+
+def _router_points(c_test: Correctness, decisions: Decisions, labels, record: FamilyRecord) -> list[Point]:
+    points = _points(c_test, decisions.offload, decisions.targets)
+    if labels is not None:  # per-target routers: agreement with their own meta-labels
+        agree = np.asarray((decisions.offload == (np.asarray(labels) == 1)).mean(-1))
+        for point, d in zip(points, agree, strict=True):
+            point["decision_accuracy"] = float(d)
+    if len(record.best_epoch) == len(points):
+        for point, best, ran in zip(points, record.best_epoch, record.epochs_run, strict=True):
+            point["best_epoch"], point["epochs_run"] = int(best), int(ran)
+    return points
+
+
 def _router_family(
-    name: str, record: FamilyRecord, test_scores: np.ndarray, local_logits, c_test: Correctness, key
-) -> RouterResult:
-    """One router family's test curve, decision accuracy, histories and timings."""
-    targets = record.config["targets"]
-    # B*(L0) as route computed them from the training split.
-    thresholds = jnp.asarray(record.benefit_thresholds, jnp.float32)
-    labels = labels_of_kind(record.config["labels"], c_test, thresholds)
-    offload = router_offload(jnp.asarray(test_scores))
-    points = _points(c_test, offload, targets)
-    decisions = np.asarray((offload == (labels == 1)).mean(-1))
-    for point, d, best, ran in zip(points, decisions, record.best_epoch, record.epochs_run, strict=False):
-        point["decision_accuracy"] = float(d)
-        point["best_epoch"] = int(best)
-        point["epochs_run"] = int(ran)
-    rates = [p["local_rate"] for p in points]
-    return {
+    name: str,
+    record: FamilyRecord,
+    scores: dict[str, np.ndarray],
+    c_test: Correctness,
+    local_logits,
+    key,
+    given: list[float] | None,
+) -> tuple[RouterResult, dict[str, Decisions]]:
+    """One router family's curves (calibrated, and the thesis decision for per-target routers),
+    their decisions by curve name, decision accuracy, histories and timings.
+
+    Args:
+      given: thresholds to use instead of calibrating on validation (one per target).
+    """
+    targets = np.asarray(record.config["targets"], np.float64)
+    grid = record.config["objective"] == "grid"
+    if given is None:
+        thresholds = calibrated_thresholds(scores["val"], targets)
+    elif len(given) != len(targets):
+        raise UsageError(
+            f"--thresholds gives {len(given)} values for router family '{name}', which has "
+            f"{len(targets)} targets: give one per target"
+        )
+    else:
+        thresholds = np.asarray(given, np.float64)
+    labels = (
+        labels_of_kind(record.config["labels"], c_test, jnp.asarray(record.benefit_thresholds, jnp.float32))
+        if grid
+        else None
+    )
+    curve = curve_name(name)
+    decisions = {
+        calibrated(curve): Decisions(targets, threshold_offload(scores["test"], thresholds)),
+    }
+    calibrated_points = _router_points(c_test, decisions[calibrated(curve)], labels, record)
+    for point, t in zip(calibrated_points, thresholds, strict=True):
+        point["threshold"] = float(t)
+    result: RouterResult = {
         "family": name,
         "config": record.config,
-        "points": points,
-        # The entropy rule at the local rates the routers achieved (each point's target).
-        "entropy_at_achieved_rate": _heuristic_curve("entropy", c_test, local_logits, rates, key),
-        "train_decision_accuracy": record.train_decision_accuracy,
-        "val_decision_accuracy": record.val_decision_accuracy,
+        "points": [],
+        "entropy_at_achieved_rate": [],
+        "calibrated": calibrated_points,
+        "threshold_source": "validation" if given is None else "given",
+        "quality": record.quality,
+        "train_quality": record.train_quality,
+        "val_quality": record.val_quality,
         "seconds": record.seconds,
         "backend": record.backend,
     }
+    if grid:
+        decisions[curve] = Decisions(targets, np.asarray(router_offload(jnp.asarray(scores["test"]))))
+        result["points"] = _router_points(c_test, decisions[curve], labels, record)
+        # The entropy rule at the local rates the thesis decisions achieved.
+        rates = [p["local_rate"] for p in result["points"]]
+        result["entropy_at_achieved_rate"] = _heuristic_curve("entropy", c_test, local_logits, rates, key)
+    return result, decisions
+
+
+def _comparisons(
+    c_test: Correctness, decisions: dict[str, Decisions], local_logits, key, config: EvaluationConfig
+) -> list[Comparison]:
+    """Each router curve against each baseline rule at the same targets, sample by sample.
+
+    The interval is a percentile bootstrap of the mean per-sample difference in correctness
+    (router - baseline) over test samples: ``scipy.stats.bootstrap`` on the [M, N] differences
+    with ``np.random.default_rng(bootstrap_seed)``, every comparison resampled with the same
+    indices (running it on any single row gives that row's interval). The p-value is the exact
+    McNemar test: a two-sided binomial test of the discordant pairs at 1/2.
+    """
+    lc, cc = np.asarray(c_test.local_correct), np.asarray(c_test.cloud_correct)
+    rows, differences = [], []
+    for curve, (targets, offload) in decisions.items():
+        right = np.where(offload, cc, lc)
+        for baseline in config.comparison_baselines:
+            base_offload = np.asarray(heuristic_offload(baseline, local_logits, jnp.asarray(targets), key))
+            base_right = np.where(base_offload, cc, lc)
+            for g, target in enumerate(targets):
+                rows.append((target, curve, baseline, right[g], base_right[g], offload[g], base_offload[g]))
+                differences.append(right[g].astype(np.int8) - base_right[g].astype(np.int8))
+    if not rows:
+        return []
+    interval = scipy.stats.bootstrap(
+        (np.stack(differences),),
+        np.mean,
+        axis=-1,
+        vectorized=True,
+        n_resamples=config.bootstrap_resamples,
+        confidence_level=0.95,
+        method="percentile",
+        random_state=np.random.default_rng(config.bootstrap_seed),
+        batch=max(1, 2_000_000 // (len(rows) * len(lc))),
+    ).confidence_interval
+    comparisons: list[Comparison] = []
+    for i, (target, curve, baseline, right, base_right, offload, base_offload) in enumerate(rows):
+        wins, losses = int(np.sum(right & ~base_right)), int(np.sum(~right & base_right))
+        p_value = scipy.stats.binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
+        comparisons.append(
+            {
+                "target": float(target),
+                "mechanism": curve,
+                "baseline": baseline,
+                "difference": float(right.mean() - base_right.mean()),
+                "ci95": [float(interval.low[i]), float(interval.high[i])],
+                "p_value": float(p_value),
+                "local_rate": float(1.0 - offload.mean()),
+                "baseline_local_rate": float(1.0 - base_offload.mean()),
+                "n": int(right.size),
+                "discordant": [wins, losses],
+            }
+        )
+    return comparisons
 
 
 def _nearest(targets: list[float], wanted: float) -> int:
@@ -139,6 +255,7 @@ def _test_analysis(
     scores_test: np.ndarray,
     config: EvaluationConfig,
 ) -> TestAnalysis:
+    # The thesis decision (logit >= 0) of the per-target router, as in the thesis's analysis.
     """Fig. 6.12: router-vs-oracle disagreement ("noise"), borderline |B| < tau, the rest, and
     the mixed system's error rate within each (disjoint) group."""
     i = _nearest([p["target"] for p in router["points"]], config.reference_target)
@@ -217,18 +334,33 @@ def _weight_sweep(run: RunDir, key) -> list[SweepRun]:
     return rows
 
 
-def _routers(run: RunDir, c_test: Correctness, local_logits, key, config: EvaluationConfig):
-    """Every trained family's result by curve name, and Fig. 6.12's analysis of 'logits'."""
+def _routers(
+    run: RunDir,
+    c_test: Correctness,
+    local_logits,
+    key,
+    config: EvaluationConfig,
+    thresholds: dict[str, list[float]],
+):
+    """Every trained family's result by curve name, every router curve's decisions, and
+    Fig. 6.12's analysis of 'logits'."""
+    unknown = sorted(set(thresholds) - set(run.families()))
+    if unknown:
+        raise UsageError(f"--thresholds names router family '{unknown[0]}', which {run} does not have")
     routers: dict[str, RouterResult] = {}
+    decisions: dict[str, Decisions] = {}
     test_analysis = None
     for family, family_dir in run.families().items():
         record = read_family(family_dir)
-        test_scores = read_family_scores(family_dir)["test"]
+        scores = read_family_scores(family_dir)
         name = curve_name(family)
-        routers[name] = _router_family(family, record, test_scores, local_logits, c_test, key)
-        if family == "logits":
-            test_analysis = _test_analysis(c_test, routers[name], record, test_scores, config)
-    return routers, test_analysis
+        routers[name], decided = _router_family(
+            family, record, scores, c_test, local_logits, key, thresholds.get(family)
+        )
+        decisions.update(decided)
+        if family == "logits" and routers[name]["points"]:
+            test_analysis = _test_analysis(c_test, routers[name], record, scores["test"], config)
+    return routers, decisions, test_analysis
 
 
 def _summary(curves: dict[str, list[Point]], edge_only: float, cloud_only: float) -> dict:
@@ -254,10 +386,21 @@ def _mechanism_curves(c_test: Correctness, local_logits, key) -> dict[str, list[
     return curves
 
 
-def evaluate(run_dir: RunDir | Path, config: EvaluationConfig = EvaluationConfig()) -> Results:
-    """Computes every mechanism's test curve and the analyses; writes and returns results.json."""
+def evaluate(
+    run_dir: RunDir | Path,
+    config: EvaluationConfig = EvaluationConfig(),
+    thresholds: dict[str, list[float]] | None = None,
+) -> Results:
+    """Computes every mechanism's test curve and the analyses; writes and returns results.json.
+
+    Args:
+      thresholds: per router family, thresholds (one per target) to use in place of the ones
+        calibrated on validation, e.g. a deployed router's.
+    """
     if not np.isfinite(config.border_tau) or config.border_tau < 0:
         raise UsageError(f"--tau must be a non-negative number, got {config.border_tau}")
+    if config.bootstrap_resamples < 1000:
+        raise UsageError(f"the bootstrap needs at least 1000 resamples, got {config.bootstrap_resamples}")
     run = as_run(run_dir)
     record = read_run_record(run)
     outputs = read_outputs(run)
@@ -275,10 +418,12 @@ def evaluate(run_dir: RunDir | Path, config: EvaluationConfig = EvaluationConfig
         "local_rate": best["local_rate"],
         "accuracy": best["accuracy"],
     }
-    routers, test_analysis = _routers(run, c_test, local_logits, key, config)
+    routers, decisions, test_analysis = _routers(run, c_test, local_logits, key, config, thresholds or {})
     for name, router in routers.items():
-        curves[name] = router["points"]
-        curves[f"entropy_at_{name}"] = router["entropy_at_achieved_rate"]
+        curves[calibrated(name)] = router["calibrated"]
+        if router["points"]:
+            curves[name] = router["points"]
+            curves[f"entropy_at_{name}"] = router["entropy_at_achieved_rate"]
 
     results: Results = {
         "dataset": record.dataset,
@@ -293,6 +438,7 @@ def evaluate(run_dir: RunDir | Path, config: EvaluationConfig = EvaluationConfig
         "oracle_unconstrained": unconstrained,
         "curves": curves,
         "summary": _summary(curves, edge_only, cloud_only),
+        "comparisons": _comparisons(c_test, decisions, local_logits, key, config),
         "routers": routers,
         "label_analysis": _label_analysis(c_train, list(HEURISTIC_TARGETS), config),
         "test_analysis": test_analysis,

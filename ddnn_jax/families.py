@@ -43,7 +43,11 @@ INPUT_KINDS: dict[str, InputKind] = {
         InputKind("images", "images", cnn=True),
     )
 }
-LABEL_KINDS = ("cost", "oracle")
+LABEL_KINDS = ("cost", "oracle")  # what a per-target ('grid') router classifies
+# What a one-score router regresses: the benefit B = C_L - C_R (probabilities), or the gain
+# cloud_correct - local_correct (correctness, -1/0/1), whose conditional mean is the ideal order.
+SCORE_KINDS = ("benefit", "gain")
+OBJECTIVES = ("grid", "score")  # one router per target, or one score thresholded for every target
 
 
 def input_kind(name: str) -> InputKind:
@@ -58,6 +62,11 @@ def curve_name(family: str) -> str:
     return "router_" + family.replace("+", "_plus").replace("-", "_")
 
 
+def calibrated(curve: str) -> str:
+    """The curve of a router's decisions at thresholds calibrated on validation."""
+    return f"{curve}_calibrated"
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """A router family of ``ddnn run``: how it differs from the default router, and the studies
@@ -65,7 +74,8 @@ class Family:
 
     name: str  # its directory under routers/
     inputs: str  # a key of INPUT_KINDS
-    labels: str = "cost"  # 'cost' or 'oracle'
+    labels: str = "cost"  # LABEL_KINDS for the grid objective, SCORE_KINDS for the score
+    objective: str = "grid"  # a key of OBJECTIVES
     depth: int = 5  # Dense layers, a key of router.DEPTH_PRESETS
     dropout_rate: float | None = None  # None: RouterConfig's default
     grid: str = "full"  # 'full': the run's grid; 'reference': L0 = 0.54 only
@@ -83,13 +93,24 @@ class Family:
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        "logits", "logits", studies=(("labels", "cost labels"), ("depth", "5 layers"), ("logits+", "logits"))
+        "logits",
+        "logits",
+        studies=(("labels", "cost labels"), ("depth", "5 layers"), ("logits+", "logits"), ("score", "grid")),
     ),
+    Family("logits-score", "logits", labels="benefit", objective="score", studies=(("score", "score: B"),)),
     Family("logits+", "logits+", studies=(("logits+", "logits+"),)),
     Family("features", "features"),
     Family("features-cnn", "features-cnn", studies=(("images", "features (CNN)"),)),
     Family("images", "images", studies=(("images", "images (CNN)"),)),
     Family("logits-oracle", "logits", labels="oracle", ablation=True, studies=(("labels", "oracle labels"),)),
+    Family(
+        "logits-score-gain",
+        "logits",
+        labels="gain",
+        objective="score",
+        ablation=True,
+        studies=(("score", "score: gain"),),
+    ),
     Family(
         "logits-depth3", "logits", depth=3, grid="reference", ablation=True, studies=(("depth", "3 layers"),)
     ),

@@ -63,6 +63,7 @@ def router_config(family: Family, plan: RunPlan) -> RouterConfig:
     return RouterConfig(
         inputs=family.inputs,
         labels=family.labels,
+        objective=family.objective,
         targets=targets,
         hidden=DEPTH_PRESETS[family.depth],
         dropout_rate=RouterConfig.dropout_rate if family.dropout_rate is None else family.dropout_rate,

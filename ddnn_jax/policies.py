@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ddnn_jax.labels import Correctness
 
@@ -96,3 +97,28 @@ def unconstrained_oracle_offload(c: Correctness) -> jax.Array:
 def router_offload(router_logits: jax.Array) -> jax.Array:
     """Offload where sigmoid(router output) >= 0.5, i.e. where the logit is >= 0."""
     return router_logits >= 0.0
+
+
+def calibrated_thresholds(val_scores: np.ndarray, targets) -> np.ndarray:
+    """Per target L0, the threshold on a router's score that keeps exactly k = round(L0 * N_val)
+    validation samples local (offload iff score >= threshold): the midpoint between the k-th and
+    (k+1)-th smallest validation score; 0.5 below the smallest for k = 0, 0.5 above the largest
+    for k = N_val. Computed on the host in float64 so that anyone can recompute it.
+
+    Args:
+      val_scores: [N_val] one router's scores, or [G, N_val] one router per target.
+      targets: G local-rate targets.
+    """
+    targets = np.asarray(targets, np.float64).reshape(-1)
+    scores = np.broadcast_to(np.asarray(val_scores, np.float64), (targets.size, np.shape(val_scores)[-1]))
+    ordered = np.sort(scores, axis=-1)
+    n = ordered.shape[-1]
+    padded = np.concatenate([ordered[:, :1] - 1.0, ordered, ordered[:, -1:] + 1.0], axis=-1)
+    k = np.asarray(local_counts(targets, n))  # the k-th smallest sits at padded[k]
+    rows = np.arange(targets.size)
+    return (padded[rows, k] + padded[rows, k + 1]) / 2.0
+
+
+def threshold_offload(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """[G, N] offload mask: score >= threshold per target (scores [N] or [G, N])."""
+    return np.asarray(scores, np.float64) >= np.asarray(thresholds, np.float64)[:, None]

@@ -16,8 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ddnn_jax.families import curve_name, study  # noqa: E402
+from ddnn_jax.families import FAMILIES, calibrated, curve_name, study  # noqa: E402
 from ddnn_jax.rundir import (  # noqa: E402
+    Comparison,
     Point,
     Results,
     RunDir,
@@ -28,16 +29,51 @@ from ddnn_jax.rundir import (  # noqa: E402
 )
 
 LOGITS = curve_name("logits")
-STYLES: dict[str, dict[str, Any]] = {
-    "oracle": dict(color="black", linestyle="--"),
-    "random": dict(color="tab:gray", linestyle=":"),
-    "entropy": dict(color="tab:orange"),
-    "max_prob": dict(color="tab:olive", alpha=0.7),
-    "margin": dict(color="tab:brown", alpha=0.7),
+HEADLINE_TARGETS = (0.3, 0.54, 0.7)
+# One colour per mechanism in every figure; a router family's thesis decision is dashed and its
+# calibrated decision solid, in the family's colour.
+COLOURS = {
+    "oracle": "black",
+    "random": "tab:gray",
+    "entropy": "tab:orange",
+    "max_prob": "tab:olive",
+    "margin": "tab:brown",
 }
+_ROUTER_PALETTE = (
+    "tab:blue",
+    "tab:green",
+    "tab:purple",
+    "tab:red",
+    "tab:cyan",
+    "tab:pink",
+    "navy",
+    "darkgreen",
+    "indigo",
+    "crimson",
+    "teal",
+    "goldenrod",
+    "slategray",
+)
+FAMILY_COLOURS = {f.curve: _ROUTER_PALETTE[i % len(_ROUTER_PALETTE)] for i, f in enumerate(FAMILIES)}
 
 
-def _pct(x) -> str:
+def style(name: str) -> dict[str, Any]:
+    """Line style of a curve: its mechanism's colour, dashed for a router's thesis decision,
+    dotted for a rule evaluated at a router's achieved rates (``entropy_at_...``)."""
+    if name.startswith("entropy_at_"):
+        return dict(color=COLOURS["entropy"], linestyle=":")
+    if name in COLOURS:
+        return dict(color=COLOURS[name], linestyle="--" if name == "oracle" else "-")
+    family = name.removesuffix("_calibrated")
+    return dict(
+        color=FAMILY_COLOURS.get(family, "tab:blue"),
+        linestyle="-" if name.endswith("_calibrated") else "--",
+        marker="o",
+        markersize=3,
+    )
+
+
+def pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
@@ -51,10 +87,8 @@ def _curve_axes(ax, results: Results, names: list[str], title: str) -> None:
         ax.plot(
             [100 * p["local_rate"] for p in points],
             [100 * p["accuracy"] for p in points],
-            marker="o" if name.startswith("router") else None,
-            markersize=3,
             label=name,
-            **STYLES.get(name, {}),
+            **style(name),
         )
     ax.set_xlabel("local classification rate (%)")
     ax.set_ylabel("overall accuracy (%)")
@@ -63,7 +97,7 @@ def _curve_axes(ax, results: Results, names: list[str], title: str) -> None:
     ax.legend(fontsize=8)
 
 
-def _curve_table(results: Results, names: list[str], targets=(0.3, 0.54, 0.7)) -> str:
+def _curve_table(results: Results, names: list[str], targets=HEADLINE_TARGETS) -> str:
     head = "| mechanism | " + " | ".join(f"L0={t}: local % / acc %" for t in targets) + " | AUC |"
     rows = [head, "|---" * (len(targets) + 2) + "|"]
     for name in names:
@@ -73,23 +107,69 @@ def _curve_table(results: Results, names: list[str], targets=(0.3, 0.54, 0.7)) -
             if name.startswith("entropy_at_"):  # its points sit at the router's achieved rates
                 rate = _at(results["curves"][name.removeprefix("entropy_at_")], t)["local_rate"]
                 p = min(results["curves"][name], key=lambda q: abs(q["local_rate"] - rate))
-            cells.append(f"{_pct(p['local_rate'])} / {_pct(p['accuracy'])}")
+            cells.append(f"{pct(p['local_rate'])} / {pct(p['accuracy'])}")
         auc = results["summary"].get(name, {}).get("auc")
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {'–' if auc is None else f'{auc:.4f}'} |")
     return "\n".join(rows)
 
 
-def _comparison(results: Results, routers: list[str], title: str):
-    """A curve figure: the given routers against entropy at the same rates, and the oracle."""
-    names = [r for r in routers if r in results["curves"]]
+def _difference_table(results: Results, mechanisms: list[str], targets=HEADLINE_TARGETS) -> str:
+    """Paired differences against entropy and random with their intervals and McNemar p."""
+    at: dict[tuple[str, str, float], Comparison] = {
+        (c["mechanism"], c["baseline"], round(c["target"], 6)): c for c in results["comparisons"]
+    }
+    rows = [
+        "| mechanism | vs | L0 | difference (points) | 95 % interval | McNemar p | local % (vs) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in mechanisms:
+        for baseline in ("entropy", "random"):
+            for t in targets:
+                if (name, baseline, round(t, 6)) not in at:
+                    continue
+                c = at[(name, baseline, round(t, 6))]
+                rows.append(
+                    f"| {name} | {baseline} | {c['target']:g} | {_signed(c['difference'])}"
+                    f"{'' if _significant(c['ci95']) else ' (n.s.)'} | "
+                    f"[{_signed(c['ci95'][0])}, {_signed(c['ci95'][1])}] | {c['p_value']:.3g} | "
+                    f"{pct(c['local_rate'])} ({pct(c['baseline_local_rate'])}) |"
+                )
+    if len(rows) == 2:
+        return ""
+    note = (
+        "\n\nDifferences are router minus baseline on the same test samples; the interval is a "
+        f"paired bootstrap ({results['evaluation_config']['bootstrap_resamples']} resamples, seed "
+        f"{results['evaluation_config']['bootstrap_seed']}); n.s.: the interval spans zero."
+    )
+    return "\n".join(rows) + note
+
+
+def _signed(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def _significant(ci95: list[float]) -> bool:
+    return ci95[0] > 0 or ci95[1] < 0
+
+
+def _comparison(
+    results: Results, routers: list[str], title: str, thesis: bool = False, rules: tuple[str, ...] = ()
+):
+    """A curve figure: the given routers' calibrated curves (and their thesis decision when
+    asked) against entropy, random, other ``rules`` and the oracle, with the headline and
+    difference tables."""
+    names = [calibrated(r) for r in routers if calibrated(r) in results["curves"]]
     if not names:
         return None
-    extra = [f"entropy_at_{names[0]}", "entropy", "oracle"]
+    shown = names + ([r for r in routers if thesis and r in results["curves"]])
+    baselines = ["entropy", "random", *rules, "oracle"]
 
     def draw(ax):
-        _curve_axes(ax, results, names + ["entropy", "oracle"], title)
+        _curve_axes(ax, results, shown + baselines, title)
 
-    return draw, _curve_table(results, names + extra)
+    tables = _curve_table(results, shown + baselines)
+    differences = _difference_table(results, names)
+    return draw, tables + ("\n\n" + differences if differences else "")
 
 
 def _bars(ax, labels: list[str], values: list[float], title: str, ylabel: str = "%") -> None:
@@ -102,7 +182,7 @@ def _bars(ax, labels: list[str], values: list[float], title: str, ylabel: str = 
 def _fig_5_1(results):
     la = results["label_analysis"]
     keys = ["noise_rate", "border_rate", "oracle_local_rate", "oracle_accuracy"]
-    table = "| metric | % |\n|---|---|\n" + "\n".join(f"| {k} | {_pct(la[k])} |" for k in keys)
+    table = "| metric | % |\n|---|---|\n" + "\n".join(f"| {k} | {pct(la[k])} |" for k in keys)
     return (
         lambda ax: _bars(
             ax,
@@ -161,7 +241,7 @@ def _ablation(
     draw = lambda ax: _grouped_bars(ax, list(points), series, ["%.2f"] * 2, f"{title} (L0={target})")
     table = "| variant | accuracy % | local rate % | decision accuracy % |\n|---|---|---|---|\n"
     table += "\n".join(
-        f"| {label} | {_pct(p['accuracy'])} | {_pct(p['local_rate'])} | {_pct(p['decision_accuracy'])} |"
+        f"| {label} | {pct(p['accuracy'])} | {pct(p['local_rate'])} | {pct(p['decision_accuracy'])} |"
         for label, p in points.items()
     )
     return draw, table
@@ -176,7 +256,7 @@ def _history(results, router: str, title: str):
         range(len(r["points"])),
         key=lambda j: abs(r["points"][j]["target"] - results["evaluation_config"]["reference_target"]),
     )
-    train, val = r["train_decision_accuracy"][i], r["val_decision_accuracy"][i]
+    train, val = r["train_quality"][i], r["val_quality"][i]
 
     def draw(ax):
         epochs = range(1, len(train) + 1)
@@ -184,13 +264,13 @@ def _history(results, router: str, title: str):
         ax.plot(epochs, [100 * v for v in val], label="validation")
         ax.axvline(r["points"][i]["best_epoch"], color="gray", linestyle=":", label="best epoch")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("decision accuracy (%)")
+        ax.set_ylabel(r["quality"].replace("_", " ") + " (%)")
         ax.set_title(f"{title} (L0={r['points'][i]['target']})")
         ax.legend(fontsize=8)
 
     table = (
         f"best epoch {r['points'][i]['best_epoch']} of {len(train)}; final train "
-        f"{_pct(train[-1])} %, best validation {_pct(max(val))} %"
+        f"{pct(train[-1])} %, best validation {pct(max(val))} %"
     )
     return draw, table
 
@@ -202,10 +282,10 @@ def _fig_6_1(results):
         "oracle": results["oracle_unconstrained"]["accuracy"],
     }
     table = "| exit | test accuracy % |\n|---|---|\n" + "\n".join(
-        f"| {k} | {_pct(v)} |" for k, v in values.items()
+        f"| {k} | {pct(v)} |" for k, v in values.items()
     )
     table += (
-        f"\n\nThe unconstrained oracle keeps {_pct(results['oracle_unconstrained']['local_rate'])} % local."
+        f"\n\nThe unconstrained oracle keeps {pct(results['oracle_unconstrained']['local_rate'])} % local."
     )
     return lambda ax: _bars(ax, list(values), list(values.values()), "standalone exits (test)"), table
 
@@ -243,7 +323,7 @@ def _fig_6_5(results):
     ]
     for label, name in mechanisms.items():
         curve = results["curves"].get(curves[label])
-        accuracy = _pct(_at(curve, 0.54)["accuracy"]) if curve else "n/a"
+        accuracy = pct(_at(curve, 0.54)["accuracy"]) if curve else "n/a"
         cells = [
             f"{at[(r, name)]['per_sample_ms_mean']:.3f} ± {at[(r, name)]['per_sample_ms_std']:.3f}"
             for r in regimes
@@ -273,11 +353,11 @@ def _fig_6_12(results):
     draw = lambda ax: _grouped_bars(ax, groups, series, ["%.1f"] * 2, title)
 
     table = "| group | share % | misclassification % |\n|---|---|---|\n" + "\n".join(
-        f"| {g} | {_pct(ta['shares'][g])} | {_pct(ta['misclassification'][g])} |" for g in ta["shares"]
+        f"| {g} | {pct(ta['shares'][g])} | {pct(ta['misclassification'][g])} |" for g in ta["shares"]
     )
     table += (
-        f"\n\nNoise (router ≠ oracle) {_pct(ta['noise_rate'])} %, border (|B| < tau) "
-        f"{_pct(ta['border_rate'])} % of the test split; groups are disjoint, noise first."
+        f"\n\nNoise (router ≠ oracle) {pct(ta['noise_rate'])} %, border (|B| < tau) "
+        f"{pct(ta['border_rate'])} % of the test split; groups are disjoint, noise first."
     )
     return draw, table
 
@@ -307,8 +387,8 @@ def _fig_6_17(results):
 
     table = "| w | seed | edge-only % | cloud-only % | entropy at L0=0.54 % |\n|---|---|---|---|---|\n"
     table += "\n".join(
-        f"| {row['local_weight']:.3f} | {row['seed']} | {_pct(row['edge_only_accuracy'])} | "
-        f"{_pct(row['cloud_only_accuracy'])} | {_pct(_at(row['entropy'], 0.54)['accuracy'])} |"
+        f"| {row['local_weight']:.3f} | {row['seed']} | {pct(row['edge_only_accuracy'])} | "
+        f"{pct(row['cloud_only_accuracy'])} | {pct(_at(row['entropy'], 0.54)['accuracy'])} |"
         for row in sweep
     )
     return draw, table
@@ -330,8 +410,14 @@ SECTIONS: list[tuple[str, str, Callable, str]] = [
     (
         "6.2",
         "Router (logits) vs heuristics and oracle",
-        lambda r: _comparison(r, [LOGITS, "random", "max_prob", "margin"], "router on logits"),
+        lambda r: _comparison(r, [LOGITS], "router on logits", thesis=True, rules=("max_prob", "margin")),
         "ddnn route --inputs logits",
+    ),
+    (
+        "A.1",
+        "One score for every budget vs one router per target",
+        lambda r: _comparison(r, list(study("score").values()), "score vs per-target routers"),
+        "ddnn route --inputs logits --objective score",
     ),
     (
         "6.3",
@@ -401,8 +487,8 @@ def report(run_dir: RunDir | Path) -> Path:
         f"# DDNN offloading report: {results['dataset']}",
         "",
         f"Seed {results['seed']}, {_local_weight(results)}, best epoch {results['best_epoch']}, "
-        f"{results['test_size']} test samples. Edge-only {_pct(results['edge_only_accuracy'])} %, "
-        f"cloud-only {_pct(results['cloud_only_accuracy'])} %. "
+        f"{results['test_size']} test samples. Edge-only {pct(results['edge_only_accuracy'])} %, "
+        f"cloud-only {pct(results['cloud_only_accuracy'])} %. "
         f"All numbers are in `{run.results.name}`.",
         "",
     ]
@@ -417,7 +503,7 @@ def report(run_dir: RunDir | Path) -> Path:
             continue
         draw, table = built
         path = run.figure(fig_id)
-        _draw(draw, path)
+        draw_figure(draw, path)
         lines += [f"![Fig. {fig_id}]({path.relative_to(run.root)})", "", table, ""]
     lines += _summary_section(results)
     write_text(run.report, "\n".join(lines) + "\n")
@@ -429,7 +515,7 @@ def _local_weight(results: Results) -> str:
     return f"local weight {'unknown' if w is None else f'w = {w:.4f}'} ({results['local_weight_mode']})"
 
 
-def _draw(draw: Callable, path: Path) -> None:
+def draw_figure(draw: Callable, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     draw(ax)
     fig.tight_layout()
@@ -458,9 +544,9 @@ def _summary_section(results: Results) -> list[str]:
     for p in lm["points"]:
         if p["target"] in (0.0, 0.3, 0.54, 0.7, 1.0):
             rows.append(
-                f"| {p['target']} | {p['latency_ms']:.1f} | {_pct(p['naive_accuracy'])} | "
-                f"{_pct(_at(results['curves']['entropy'], p['target'])['accuracy'])} | "
-                f"{_pct(_at(results['curves']['oracle'], p['target'])['accuracy'])} |"
+                f"| {p['target']} | {p['latency_ms']:.1f} | {pct(p['naive_accuracy'])} | "
+                f"{pct(_at(results['curves']['entropy'], p['target'])['accuracy'])} | "
+                f"{pct(_at(results['curves']['oracle'], p['target'])['accuracy'])} |"
             )
     timing = results["timing"]
     rows += [

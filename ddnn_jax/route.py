@@ -20,15 +20,16 @@ import numpy as np
 from ddnn_jax import checkpointing
 from ddnn_jax.data import channel_statistics, load_dataset
 from ddnn_jax.errors import UsageError
-from ddnn_jax.labels import benefit_thresholds, check_targets, correctness, labels_of_kind
+from ddnn_jax.labels import Correctness, benefit_thresholds, check_targets, correctness, labels_of_kind
+from ddnn_jax.policies import calibrated_thresholds
 from ddnn_jax.progress import Progress
 from ddnn_jax.router import (
     GridResult,
     RouterConfig,
     make_grid_predictor,
     make_grid_trainer,
+    model_keys,
     raw_inputs,
-    target_keys,
 )
 from ddnn_jax.rundir import (
     SPLITS,
@@ -46,7 +47,10 @@ from ddnn_jax.rundir import (
 
 
 def default_name(config: RouterConfig) -> str:
-    """'logits', 'logits+', 'features-cnn', ... with '-oracle' for oracle labels."""
+    """'logits', 'logits+', 'features-cnn', ... with '-oracle' for oracle labels, '-score' for
+    the score objective ('-score-gain' when it regresses the gain)."""
+    if config.objective == "score":
+        return config.inputs + "-score" + ("-gain" if config.labels == "gain" else "")
     return config.inputs + ("-oracle" if config.labels == "oracle" else "")
 
 
@@ -58,13 +62,24 @@ def check_family_name(name: str) -> str:
 
 
 def meta_labels(
-    outputs: dict[str, SplitOutputs], targets: np.ndarray, kind: str
+    outputs: dict[str, SplitOutputs], targets: np.ndarray, config: RouterConfig
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """B*(L0) from the training split, and the [G, N] labels of every split under them."""
+    """B*(L0) from the training split, and every split's training targets under them: [G, N]
+    labels for the grid objective, [1, N, 3] (regression target, local_correct, cloud_correct)
+    for the score (see ``router.objective``)."""
     per_split = {name: correctness(o.local_logits, o.cloud_logits, o.labels) for name, o in outputs.items()}
     thresholds = benefit_thresholds(per_split["train"].benefit, targets)
-    labels = {name: np.asarray(labels_of_kind(kind, c, thresholds)) for name, c in per_split.items()}
+    if config.objective == "grid":
+        labels = {s: np.asarray(labels_of_kind(config.labels, c, thresholds)) for s, c in per_split.items()}
+    else:
+        labels = {s: _score_targets(c, config.labels) for s, c in per_split.items()}
     return np.asarray(thresholds), labels
+
+
+def _score_targets(c: Correctness, kind: str) -> np.ndarray:
+    local, cloud = np.asarray(c.local_correct, np.float32), np.asarray(c.cloud_correct, np.float32)
+    target = np.asarray(c.benefit, np.float32) if kind == "benefit" else cloud - local
+    return np.stack([target, local, cloud], axis=-1)[None]
 
 
 def _split_images(run: RunDir, outputs: dict[str, SplitOutputs]) -> dict[str, np.ndarray]:
@@ -97,20 +112,24 @@ def is_up_to_date(family: FamilyDir, config: RouterConfig, made_from: str) -> bo
         record = read_family(family)
     except UsageError:
         return False  # damaged: train it again
-    return record.config == _config_json(config) and record.made_from == made_from
+    try:
+        same = RouterConfig.from_json(record.config) == config
+    except TypeError:
+        return False  # written by another version: train it again
+    return same and record.made_from == made_from
 
 
 class _GridBar:
-    """A live bar over the grid's epochs: targets done and their best validation accuracy."""
+    """A live bar over the grid's epochs: routers done and their best validation quality."""
 
     def __init__(self, progress: Progress, name: str, config: RouterConfig):
         self.bar = progress.bar(config.max_epochs, f"router {name}", unit="epoch")
-        self.targets = len(config.targets)
+        self.targets = config.models
 
     def on_epoch(self, epochs, training, best_val) -> None:
         self.bar.update(int(np.max(epochs)) - self.bar.n)
         self.bar.set_postfix_str(
-            f"targets done {self.targets - int(np.sum(training))}/{self.targets}, "
+            f"routers done {self.targets - int(np.sum(training))}/{self.targets}, "
             f"best val {float(np.mean(best_val)):.4f}",
             refresh=False,
         )
@@ -123,7 +142,7 @@ def _train_grid(config: RouterConfig, inputs, labels, progress: Progress, name: 
         config, len(inputs["train"]), on_epoch=live.on_epoch if progress.shows_bars else None
     )
     args = (
-        target_keys(config.seed, config.targets),
+        model_keys(config),
         inputs["train"],
         labels["train"],
         inputs["val"],
@@ -171,7 +190,7 @@ def route(
         return run.family(family_name)
     images = _split_images(run, outputs) if config.kind.needs_images else {}
 
-    thresholds, labels = meta_labels(outputs, targets, config.labels)
+    thresholds, labels = meta_labels(outputs, targets, config)
     inputs = {s: raw_inputs(config.kind, outputs[s], images.get(s)) for s in SPLITS}
     mean, std = channel_statistics(inputs["train"])
     inputs = {s: (x - mean) / std for s, x in inputs.items()}
@@ -184,10 +203,12 @@ def route(
         made_from=made_from,
         outputs_epoch=outputs["test"].epoch,
         benefit_thresholds=thresholds.tolist(),
+        decision_thresholds=calibrated_thresholds(scores["val"], targets).tolist(),
         best_epoch=np.asarray(result.best_epoch).tolist(),
         epochs_run=np.asarray(result.epochs_run).tolist(),
-        train_decision_accuracy=_history(result.train_accuracy),
-        val_decision_accuracy=_history(result.val_accuracy),
+        quality="decision_accuracy" if config.objective == "grid" else "mean_accuracy_over_budgets",
+        train_quality=_history(result.train_quality),
+        val_quality=_history(result.val_quality),
         input_shape=list(inputs["train"].shape[1:]),
         input_mean=np.ravel(mean).tolist(),
         input_std=np.ravel(std).tolist(),

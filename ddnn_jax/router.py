@@ -1,8 +1,13 @@
 """The learned offloading router ("Optimized Rule"): one binary classifier per local-rate target,
-all targets trained together as one compiled program.
+all targets trained together as one compiled program, or one score for every target.
 
-``train_one`` trains the router of a single target: an epoch ``lax.while_loop`` (stopping early
-once validation decision accuracy has not improved for ``early_stopping_patience`` epochs) around a
+Two objectives share the training loop. 'grid' (the thesis) trains a classifier per target on
+that target's meta-labels. 'score' trains one regressor of how much offloading a sample helps
+(its benefit B, or its gain cloud_correct - local_correct); thresholds on that score for each
+target come from validation quantiles (``policies.calibrated_thresholds``).
+
+``make_loop`` trains one router: an epoch ``lax.while_loop`` (stopping early once its validation
+quality has not improved for ``early_stopping_patience`` epochs) around a
 ``lax.scan`` over minibatches. ``jax.vmap`` over the target axis turns it into the grid trainer;
 under ``vmap`` the while loop runs until every target has stopped and masks the updates of the ones
 that already have, which is exactly per-target early stopping. Each target's randomness comes from
@@ -22,7 +27,7 @@ import numpy as np
 import optax
 
 from ddnn_jax import optim
-from ddnn_jax.families import INPUT_KINDS, LABEL_KINDS, InputKind, input_kind
+from ddnn_jax.families import INPUT_KINDS, LABEL_KINDS, OBJECTIVES, SCORE_KINDS, InputKind, input_kind
 from ddnn_jax.models import batch_norm, conv3x3, dense
 from ddnn_jax.policies import normalized_entropy, top2_margin
 from ddnn_jax.retrace import trace_once
@@ -39,8 +44,10 @@ class RouterConfig:
     """One router family: input kind, labels, architecture and training, for a grid of targets."""
 
     inputs: str = "logits"  # a key of families.INPUT_KINDS
-    labels: str = "cost"  # 'cost' (B >= B*) or 'oracle' (correctness first) labels
-    targets: tuple[float, ...] = DEFAULT_TARGETS  # local-rate targets L0, one router each
+    # grid: 'cost' (B >= B*) or 'oracle' (correctness first) labels; score: 'benefit' or 'gain'
+    labels: str = "cost"
+    # grid: one router per target; score: one router, calibrated at each target
+    targets: tuple[float, ...] = DEFAULT_TARGETS
     hidden: tuple[int, ...] = DEPTH_PRESETS[5]  # Dense widths before the output unit
     conv_channels: tuple[int, ...] = (32, 64)  # conv blocks in front of the MLP (CNN kinds only)
     dropout_rate: float = 0.1  # after each hidden ReLU; the thesis used 0 to 0.2
@@ -48,22 +55,34 @@ class RouterConfig:
     max_epochs: int = 40
     learning_rate: float = 1e-3  # Adam
     weight_decay: float = 1e-4  # L2 added to the gradient, as PyTorch's Adam(weight_decay=) does
-    plateau_factor: float = 0.5  # learning-rate factor when validation decision accuracy stalls
+    plateau_factor: float = 0.5  # learning-rate factor when validation quality stalls
     plateau_patience: int = 3  # epochs
     early_stopping_patience: int = 8  # epochs without a new best before a target stops
     eval_batch_size: int = 2048
     seed: int = 0
     conv: str = "auto"  # convolution implementation of the CNN kinds (models.CONV_CHOICES)
+    objective: str = "grid"  # families.OBJECTIVES
 
     @property
     def kind(self) -> InputKind:
         return INPUT_KINDS[self.inputs]
 
+    @property
+    def models(self) -> int:
+        """Routers trained: one per target, or one score."""
+        return len(self.targets) if self.objective == "grid" else 1
+
     def check(self) -> None:
         """Raises ValueError naming the first bad field."""
         input_kind(self.inputs)
-        if self.labels not in LABEL_KINDS:
-            raise ValueError(f"unknown labels '{self.labels}': choose {' or '.join(LABEL_KINDS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective '{self.objective}': choose {' or '.join(OBJECTIVES)}")
+        kinds = LABEL_KINDS if self.objective == "grid" else SCORE_KINDS
+        if self.labels not in kinds:
+            raise ValueError(
+                f"labels '{self.labels}' do not fit the {self.objective} objective: "
+                f"choose {' or '.join(kinds)}"
+            )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"router dropout {self.dropout_rate} is outside [0, 1)")
         for name in ("batch_size", "max_epochs", "early_stopping_patience", "eval_batch_size"):
@@ -138,19 +157,21 @@ class Carry(NamedTuple):
     plateau: Any
     best_params: Any
     best_batch_stats: Any
-    best_val_accuracy: jax.Array
+    best_val_quality: jax.Array
     best_epoch: jax.Array  # 1-based; 0 until the first epoch ends
     epoch: jax.Array  # epochs completed
-    train_accuracy: jax.Array  # [max_epochs], NaN after the last epoch run
-    val_accuracy: jax.Array  # [max_epochs]
+    train_quality: jax.Array  # [max_epochs], NaN after the last epoch run
+    val_quality: jax.Array  # [max_epochs]
 
 
 class GridResult(NamedTuple):
     """What the grid trainer returns; every array has the target axis first."""
 
     variables: Any  # best-on-validation params and batch_stats, stacked over targets
-    train_accuracy: jax.Array  # [G, max_epochs] decision accuracy during each epoch (NaN: not run)
-    val_accuracy: jax.Array  # [G, max_epochs] validation decision accuracy after each epoch
+    # Objective.quality per epoch (NaN: not run): decision accuracy for the grid objective,
+    # mean accuracy over budgets for the score; over the epoch's batches, then on validation.
+    train_quality: jax.Array  # [G, max_epochs]
+    val_quality: jax.Array  # [G, max_epochs]
     best_epoch: jax.Array  # [G]
     epochs_run: jax.Array  # [G]
 
@@ -159,6 +180,43 @@ def target_keys(seed: int, targets: Sequence[float]) -> jax.Array:
     """One key per target, a function of (seed, target) only."""
     root = jax.random.fold_in(jax.random.key(seed), STREAM_ROUTER)
     return jnp.stack([jax.random.fold_in(root, round(float(t) * 10_000)) for t in targets])
+
+
+def model_keys(config: RouterConfig) -> jax.Array:
+    """The keys of the routers a family trains: one per target, or the score's one (a stream no
+    target in [0, 1] uses)."""
+    return target_keys(config.seed, config.targets if config.objective == "grid" else (2.0,))
+
+
+def mean_accuracy_over_budgets(scores: jax.Array, local_correct: jax.Array, cloud_correct: jax.Array):
+    """Mixed-system accuracy averaged over every local count k = 0..N, keeping the k lowest
+    scores local: the area under the accuracy-vs-local-rate curve of the score's order."""
+    order = jnp.argsort(scores)
+    gain = (cloud_correct - local_correct)[order]
+    forgone = jnp.concatenate([jnp.zeros((1,), gain.dtype), jnp.cumsum(gain)])
+    return ((cloud_correct.sum() - forgone) / scores.shape[0]).mean()
+
+
+class Objective(NamedTuple):
+    """What a router minimises on a batch, and the quality (higher is better) that selects its
+    best epoch, steps its plateau schedule and is recorded per epoch."""
+
+    loss: Callable[[jax.Array, jax.Array], jax.Array]  # (logits [B], y [B, ...]) -> scalar
+    quality: Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def objective(config: RouterConfig) -> Objective:
+    """'grid': y [N] 0/1 labels; BCE, decision accuracy. 'score': y [N, 3] columns (regression
+    target, local_correct, cloud_correct); squared error, mean accuracy over budgets."""
+    if config.objective == "grid":
+        return Objective(
+            loss=lambda z, y: optax.sigmoid_binary_cross_entropy(z, y.astype(z.dtype)).mean(),
+            quality=lambda z, y: ((z >= 0) == (y == 1)).mean(),
+        )
+    return Objective(
+        loss=lambda z, y: jnp.mean((z - y[:, 0]) ** 2),
+        quality=lambda z, y: mean_accuracy_over_budgets(z, y[:, 1], y[:, 2]),
+    )
 
 
 def predict_chunked(model: RouterNet, variables, inputs: jax.Array, chunk: int) -> jax.Array:
@@ -187,13 +245,14 @@ def _optimizer(config: RouterConfig) -> optax.GradientTransformation:
 
 
 def _train_minibatches(model, tx, config, n_train, carry: Carry, epoch_key, x_train, y_train):
-    """One pass over the shuffled training set: (params, batch_stats, opt_state, accuracy)."""
+    """One pass over the shuffled training set: (params, batch_stats, opt_state, mean quality)."""
     batch_size = min(config.batch_size, n_train)
     steps = n_train // batch_size
     order = jax.random.permutation(jax.random.fold_in(epoch_key, 0), n_train)
+    goal = objective(config)
 
     def step(state, i):
-        params, batch_stats, opt_state, correct = state
+        params, batch_stats, opt_state, quality = state
         idx = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
         x, y = x_train[idx], y_train[idx]
 
@@ -205,24 +264,24 @@ def _train_minibatches(model, tx, config, n_train, carry: Carry, epoch_key, x_tr
                 rngs={"dropout": jax.random.fold_in(epoch_key, i + 1)},
                 mutable=["batch_stats"],
             )
-            loss = optax.sigmoid_binary_cross_entropy(logits, y.astype(logits.dtype)).mean()
-            return loss, (logits, updates["batch_stats"])
+            return goal.loss(logits, y), (logits, updates["batch_stats"])
 
         (_, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, optim.scale_updates(updates, carry.plateau))
-        correct = correct + ((logits >= 0) == (y == 1)).sum()
-        return (params, batch_stats, opt_state, correct), None
+        quality = quality + goal.quality(logits, y)
+        return (params, batch_stats, opt_state, quality), None
 
-    init = (carry.params, carry.batch_stats, carry.opt_state, jnp.zeros((), jnp.int32))
-    (params, batch_stats, opt_state, correct), _ = jax.lax.scan(step, init, jnp.arange(steps))
-    return params, batch_stats, opt_state, correct / (steps * batch_size)
+    init = (carry.params, carry.batch_stats, carry.opt_state, jnp.zeros((), jnp.float32))
+    (params, batch_stats, opt_state, quality), _ = jax.lax.scan(step, init, jnp.arange(steps))
+    return params, batch_stats, opt_state, quality / steps
 
 
 def make_loop(config: RouterConfig, n_train: int) -> _Loop:
-    """The training of one target's router: init, one epoch (train, validate, keep the best,
-    step the plateau schedule), the stopping rule, and the result."""
+    """The training of one router: init, one epoch (train, validate, keep the best, step the
+    plateau schedule), the stopping rule, and the result."""
     model = build_router(config)
+    goal = objective(config)
     tx = _optimizer(config)
     plateau = optim.plateau(config.plateau_factor, config.plateau_patience)
 
@@ -237,36 +296,36 @@ def make_loop(config: RouterConfig, n_train: int) -> _Loop:
             plateau=plateau.init(params),
             best_params=params,
             best_batch_stats=batch_stats,
-            best_val_accuracy=jnp.asarray(-1.0, jnp.float32),
+            best_val_quality=jnp.asarray(-1.0, jnp.float32),
             best_epoch=jnp.asarray(0),
             epoch=jnp.asarray(0),
-            train_accuracy=nan_history,
-            val_accuracy=nan_history,
+            train_quality=nan_history,
+            val_quality=nan_history,
         )
 
     def epoch(carry: Carry, key, x_train, y_train, x_val, y_val) -> Carry:
         epoch_key = jax.random.fold_in(key, carry.epoch)
-        params, batch_stats, opt_state, train_accuracy = _train_minibatches(
+        params, batch_stats, opt_state, train_quality = _train_minibatches(
             model, tx, config, n_train, carry, epoch_key, x_train, y_train
         )
         val_logits = predict_chunked(
             model, {"params": params, "batch_stats": batch_stats}, x_val, config.eval_batch_size
         )
-        val_accuracy = ((val_logits >= 0) == (y_val == 1)).mean()
-        improved = val_accuracy > carry.best_val_accuracy
+        val_quality = goal.quality(val_logits, y_val)
+        improved = val_quality > carry.best_val_quality
         keep_best = lambda new, old: jax.tree.map(lambda a, b: jnp.where(improved, a, b), new, old)
         return Carry(
             params=params,
             batch_stats=batch_stats,
             opt_state=opt_state,
-            plateau=optim.end_of_epoch(plateau, carry.plateau, 1.0 - val_accuracy),
+            plateau=optim.end_of_epoch(plateau, carry.plateau, 1.0 - val_quality),
             best_params=keep_best(params, carry.best_params),
             best_batch_stats=keep_best(batch_stats, carry.best_batch_stats),
-            best_val_accuracy=jnp.maximum(val_accuracy, carry.best_val_accuracy),
+            best_val_quality=jnp.maximum(val_quality, carry.best_val_quality),
             best_epoch=jnp.where(improved, carry.epoch + 1, carry.best_epoch),
             epoch=carry.epoch + 1,
-            train_accuracy=carry.train_accuracy.at[carry.epoch].set(train_accuracy),
-            val_accuracy=carry.val_accuracy.at[carry.epoch].set(val_accuracy),
+            train_quality=carry.train_quality.at[carry.epoch].set(train_quality),
+            val_quality=carry.val_quality.at[carry.epoch].set(val_quality),
         )
 
     def keep_going(c: Carry) -> jax.Array:
@@ -275,8 +334,8 @@ def make_loop(config: RouterConfig, n_train: int) -> _Loop:
     def result(c: Carry) -> GridResult:
         return GridResult(
             variables={"params": c.best_params, "batch_stats": c.best_batch_stats},
-            train_accuracy=c.train_accuracy,
-            val_accuracy=c.val_accuracy,
+            train_quality=c.train_quality,
+            val_quality=c.val_quality,
             best_epoch=c.best_epoch,
             epochs_run=c.epoch,
         )
@@ -314,7 +373,7 @@ def make_grid_trainer(
             mask = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
             carry = jax.tree.map(mask, new, carry)
             if on_epoch is not None:
-                jax.debug.callback(on_epoch, carry.epoch, keep_going(carry), carry.best_val_accuracy)
+                jax.debug.callback(on_epoch, carry.epoch, keep_going(carry), carry.best_val_quality)
             return carry
 
         carry = jax.lax.while_loop(lambda c: keep_going(c).any(), body, carry)

@@ -16,6 +16,13 @@ of files and directories, and the readers. No other module spells a path inside 
       results.json             Results: every mechanism on the test split
       report.md, figures/      the report and its figures, drawn from results.json alone
 
+A study (``ddnn study``) is a directory of such runs, one per seed::
+
+    STUDY_DIR/
+      study_config.json        the flags every seed's run shares (all but the seed)
+      seed_S/                  one run directory per seed
+      study.json, study.md     the aggregate over seeds and its report; figures/ beside them
+
 Every record says what it was made from: outputs carry the epoch of the checkpoint they come
 from, a router family the fingerprint of the outputs it was trained on, and the results the
 fingerprint of the outputs they score. Files are written under a temporary name and renamed into
@@ -60,6 +67,9 @@ BENCH_INFERENCE = "bench_inference.json"
 RESULTS = "results.json"
 REPORT = "report.md"
 FIGURES = "figures"
+STUDY_CONFIG = "study_config.json"
+STUDY_RESULTS = "study.json"
+STUDY_REPORT = "study.md"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,6 +176,47 @@ class RunDir:
 
     def figure(self, fig_id: str) -> Path:
         return self.figures / f"fig_{fig_id.replace('.', '_')}.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyDir:
+    """The paths of one multi-seed study."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / STUDY_CONFIG
+
+    def seed_run(self, seed: int) -> RunDir:
+        return RunDir(self.root / f"seed_{seed}")
+
+    def runs(self) -> list[RunDir]:
+        """Every run directory directly under the study (a folder with a config.json)."""
+        if not self.root.is_dir():
+            return []
+        return [RunDir(d) for d in sorted(self.root.iterdir()) if (d / CONFIG).is_file()]
+
+    @property
+    def results(self) -> Path:
+        return self.root / STUDY_RESULTS
+
+    @property
+    def report(self) -> Path:
+        return self.root / STUDY_REPORT
+
+    @property
+    def figures(self) -> Path:
+        return self.root / FIGURES
+
+    def figure(self, name: str) -> Path:
+        return self.figures / f"study_{name}.png"
 
 
 def as_run(run: RunDir | Path | str) -> RunDir:
@@ -514,10 +565,15 @@ class FamilyRecord:
     made_from: str  # outputs_fingerprint of the outputs it was trained on
     outputs_epoch: int  # the DDNN checkpoint those outputs come from
     benefit_thresholds: list[float]  # B*(L0) per target, from the training split
-    best_epoch: list[int]  # per target, 1-based
+    # Per target: offload iff the router's logit >= this (its scores.npz row g, or row 0 of a
+    # score family), chosen on validation to keep round(L0 * N_val) samples local. A deployed
+    # router uses these; ``ddnn evaluate --thresholds`` scores other ones.
+    decision_thresholds: list[float]
+    best_epoch: list[int]  # per router (one per target, or the score's one), 1-based
     epochs_run: list[int]
-    train_decision_accuracy: list[list[float]]  # per target, per epoch run
-    val_decision_accuracy: list[list[float]]
+    quality: str  # the per-epoch metric below: 'decision_accuracy' or 'mean_accuracy_over_budgets'
+    train_quality: list[list[float]]  # per router, per epoch run
+    val_quality: list[list[float]]
     input_shape: list[int]
     # what a deployed router subtracts and divides by before its first layer
     input_mean: list[float]
@@ -576,9 +632,10 @@ class Point(TypedDict):
     target: float  # the L0 asked for
     local_rate: float
     accuracy: float
-    decision_accuracy: NotRequired[float]  # routers: against the family's own labels
+    decision_accuracy: NotRequired[float]  # per-target routers: against their own meta-labels
     best_epoch: NotRequired[int]
     epochs_run: NotRequired[int]
+    threshold: NotRequired[float]  # calibrated routers: offload iff logit >= threshold
 
 
 class UnconstrainedPoint(TypedDict):
@@ -592,12 +649,30 @@ class UnconstrainedPoint(TypedDict):
 class RouterResult(TypedDict):
     family: str
     config: dict[str, Any]
-    points: list[Point]
-    entropy_at_achieved_rate: list[Point]  # the entropy rule at the rates the routers kept
-    train_decision_accuracy: list[list[float]]
-    val_decision_accuracy: list[list[float]]
+    points: list[Point]  # the thesis decision, logit >= 0 (per-target routers; [] for a score)
+    entropy_at_achieved_rate: list[Point]  # the entropy rule at the rates ``points`` kept
+    calibrated: list[Point]  # at the thresholds calibrated on validation (or given)
+    threshold_source: str  # 'validation' or 'given' (ddnn evaluate --thresholds)
+    quality: str  # FamilyRecord.quality
+    train_quality: list[list[float]]
+    val_quality: list[list[float]]
     seconds: dict[str, float]
     backend: str
+
+
+class Comparison(TypedDict):
+    """A router curve against a baseline rule at the same target, sample by sample."""
+
+    target: float
+    mechanism: str  # a router curve
+    baseline: str  # 'entropy' or 'random'
+    difference: float  # accuracy(mechanism) - accuracy(baseline)
+    ci95: list[float]  # paired percentile bootstrap over test samples
+    p_value: float  # exact McNemar (two-sided binomial test of the discordant pairs)
+    local_rate: float
+    baseline_local_rate: float
+    n: int  # test samples
+    discordant: list[int]  # [mechanism right & baseline wrong, the reverse]
 
 
 class TestAnalysis(TypedDict):
@@ -635,6 +710,7 @@ class Results(TypedDict):
     oracle_unconstrained: UnconstrainedPoint
     curves: dict[str, list[Point]]
     summary: dict[str, dict[str, float]]  # per curve: auc, gap_to_oracle
+    comparisons: list[Comparison]
     routers: dict[str, RouterResult]  # by curve name
     label_analysis: dict[str, Any]
     test_analysis: TestAnalysis | None

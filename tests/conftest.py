@@ -9,7 +9,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+# ddnn_jax (and so jax) is imported inside the helpers: pytest_configure must set the
+# compilation cache before jax is first imported.
 
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 
@@ -47,3 +51,46 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
         cwd=cwd,
         timeout=900,
     )
+
+
+SIZES = {"train": 600, "val": 150, "test": 400}
+
+
+def write_tiny_outputs(run, seed: int = 0, epoch: int = 1) -> None:
+    """Outputs whose cloud exit beats the local one."""
+    from ddnn_jax.rundir import SplitOutputs, write_outputs
+
+    rng = np.random.default_rng(seed)
+    for split, n in SIZES.items():
+        labels = rng.integers(0, 5, n).astype(np.int32)
+        onehot = np.eye(5, dtype=np.float32)[labels]
+        local = rng.normal(size=(n, 5)).astype(np.float32) + 1.5 * onehot
+        cloud = rng.normal(size=(n, 5)).astype(np.float32) + 3.0 * onehot
+        write_outputs(run, split, SplitOutputs(local, cloud, labels, epoch))
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A run directory with config, metrics and outputs (no checkpoints: route, evaluate and
+    report only read the outputs)."""
+    return make_tiny_run(tmp_path / "run")
+
+
+def make_tiny_run(root: Path, seed: int = 0, **config) -> Path:
+    """A synthetic run directory of ``TrainConfig(local_weight='0.3', seed=seed, **config)``."""
+    from ddnn_jax.config import TrainConfig
+    from ddnn_jax.rundir import RunDir, RunRecord, write_metrics, write_run_record
+
+    run = RunDir(root)
+    write_tiny_outputs(run, seed=seed)
+    record = RunRecord.resolve(
+        TrainConfig(**{"local_weight": "0.3", "seed": seed, **config}),
+        num_classes=5,
+        image_shape=(28, 28, 1),
+        mean=[0.5],
+        std=[0.3],
+        split_sizes=SIZES,
+    )
+    write_run_record(run, record)
+    write_metrics(run, [{"epoch": 1, "seconds": 2.0}])
+    return run.root

@@ -34,6 +34,11 @@ def test_studies_list_their_variants_in_order():
     assert list(study("depth")) == ["5 layers", "3 layers", "8 layers"]
     assert study("labels") == {"cost labels": "router_logits", "oracle labels": "router_logits_oracle"}
     assert list(study("dropout").values()) == [f"router_logits_dropout{p}" for p in (0.0, 0.1, 0.2, 0.6)]
+    assert list(study("score").values()) == [
+        "router_logits",
+        "router_logits_score",
+        "router_logits_score_gain",
+    ]
 
 
 def test_the_plan_picks_families_by_input_and_ablation():
@@ -41,8 +46,10 @@ def test_the_plan_picks_families_by_input_and_ablation():
     families = planned_families(plan)
     assert set(families) == {
         "logits",
+        "logits-score",
         "features",
         "logits-oracle",
+        "logits-score-gain",
         "logits-depth3",
         "logits-depth8",
         *(f"logits-dropout{p}" for p in (0.0, 0.1, 0.2, 0.6)),
@@ -51,9 +58,12 @@ def test_the_plan_picks_families_by_input_and_ablation():
     assert families["features"].targets == (0.5,) and families["features"].max_epochs == plan.heavy_max_epochs
     assert families["logits-depth3"].targets == (0.54,) and families["logits-depth3"].hidden == (128, 64)
     assert families["logits-dropout0.6"].dropout_rate == 0.6
+    score = families["logits-score"]
+    assert (score.objective, score.labels, score.targets, score.models) == ("score", "benefit", (0.2, 0.5), 1)
+    assert families["logits-score-gain"].labels == "gain"
     without = planned_families(RunPlan(inputs=("logits+",), ablations=True))
     assert set(without) == {"logits+"}  # the ablations are studies of the logits router
-    assert set(planned_families(RunPlan(inputs=("logits",), ablations=False))) == {"logits"}
+    assert set(planned_families(RunPlan(inputs=("logits",), ablations=False))) == {"logits", "logits-score"}
 
 
 def test_cpu_default_leaves_the_cnn_routers_out():

@@ -6,42 +6,10 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
+from conftest import SIZES, write_tiny_outputs
 from ddnn_jax import cli
-from ddnn_jax.config import TrainConfig
 from ddnn_jax.evaluate import HEURISTIC_TARGETS
-from ddnn_jax.rundir import RunDir, RunRecord, SplitOutputs, write_metrics, write_outputs, write_run_record
-
-SIZES = {"train": 600, "val": 150, "test": 400}
-
-
-def _write_outputs(run: RunDir, seed: int = 0, epoch: int = 1) -> None:
-    """Outputs whose cloud exit beats the local one."""
-    rng = np.random.default_rng(seed)
-    for split, n in SIZES.items():
-        labels = rng.integers(0, 5, n).astype(np.int32)
-        onehot = np.eye(5, dtype=np.float32)[labels]
-        local = rng.normal(size=(n, 5)).astype(np.float32) + 1.5 * onehot
-        cloud = rng.normal(size=(n, 5)).astype(np.float32) + 3.0 * onehot
-        write_outputs(run, split, SplitOutputs(local, cloud, labels, epoch))
-
-
-@pytest.fixture
-def tiny_run(tmp_path):
-    """A run directory with config, metrics and outputs (no checkpoints: route, evaluate and
-    report only read the outputs)."""
-    run = RunDir(tmp_path / "run")
-    _write_outputs(run)
-    record = RunRecord.resolve(
-        TrainConfig(local_weight="0.3"),
-        num_classes=5,
-        image_shape=(28, 28, 1),
-        mean=[0.5],
-        std=[0.3],
-        split_sizes=SIZES,
-    )
-    write_run_record(run, record)
-    write_metrics(run, [{"epoch": 1, "seconds": 2.0}])
-    return run.root
+from ddnn_jax.rundir import RunDir
 
 
 def assert_is_a_drawn_figure(path):
@@ -170,7 +138,7 @@ def test_route_skips_a_family_that_is_up_to_date(tiny_run):
     assert cli.main([*args[:-1], "2"]) == 0  # another configuration retrains
     assert json.loads(record.read_text())["config"]["max_epochs"] == 2
     second = record.stat().st_mtime_ns
-    _write_outputs(RunDir(tiny_run), seed=1, epoch=2)  # the DDNN was trained further
+    write_tiny_outputs(RunDir(tiny_run), seed=1, epoch=2)  # the DDNN was trained further
     assert cli.main([*args[:-1], "2"]) == 0  # other outputs retrain
     assert record.stat().st_mtime_ns != second
     assert json.loads(record.read_text())["outputs_epoch"] == 2

@@ -63,8 +63,8 @@ def test_the_router_grid_reports_each_epoch_and_trains_the_same():
     np.testing.assert_array_equal(epochs, np.asarray(result.epochs_run))
     assert not training.any() and all(c[1].any() for c in calls[:-1])
     assert len(calls) == int(np.max(result.epochs_run))
-    np.testing.assert_allclose(best, np.nanmax(np.asarray(result.val_accuracy), axis=1))
-    np.testing.assert_array_equal(np.asarray(plain.val_accuracy), np.asarray(result.val_accuracy))
+    np.testing.assert_allclose(best, np.nanmax(np.asarray(result.val_quality), axis=1))
+    np.testing.assert_array_equal(np.asarray(plain.val_quality), np.asarray(result.val_quality))
 
 
 @pytest.mark.slow

@@ -41,8 +41,8 @@ def test_vmapped_grid_equals_each_target_alone():
         alone, alone_logits = _train(
             dataclasses.replace(config, targets=(target,)), x, y[g : g + 1], xv, yv[g : g + 1]
         )
-        np.testing.assert_allclose(alone.val_accuracy[0], grid.val_accuracy[g], atol=1e-5)
-        np.testing.assert_allclose(alone.train_accuracy[0], grid.train_accuracy[g], atol=1e-5)
+        np.testing.assert_allclose(alone.val_quality[0], grid.val_quality[g], atol=1e-5)
+        np.testing.assert_allclose(alone.train_quality[0], grid.train_quality[g], atol=1e-5)
         # Adam divides by sqrt(v): float-level gradient differences move weights by ~1e-4 here.
         np.testing.assert_allclose(alone_logits[0], grid_logits[g], atol=1e-3)
         assert int(alone.best_epoch[0]) == int(grid.best_epoch[g])
@@ -56,7 +56,7 @@ def test_router_learns_a_separable_meta_dataset():
     decision_accuracy = ((np.asarray(logits) >= 0) == (yv == 1)).mean(-1)
     assert np.all(decision_accuracy > 0.97), decision_accuracy
     # The returned weights are the best validation epoch's, and histories stop where training did.
-    best = np.nanmax(np.asarray(result.val_accuracy), axis=1)
+    best = np.nanmax(np.asarray(result.val_quality), axis=1)
     np.testing.assert_allclose(decision_accuracy, best, atol=1e-6)
 
 
@@ -68,7 +68,7 @@ def test_early_stopping_masks_each_target_separately():
     xv, yv = _separable(200, config.targets, 5)
     result, _ = _train(config, x, y, xv, yv)
     epochs_run, best = np.asarray(result.epochs_run), np.asarray(result.best_epoch)
-    history = np.asarray(result.val_accuracy)
+    history = np.asarray(result.val_quality)
     for g in range(2):
         assert epochs_run[g] == min(best[g] + 2, 30)
         assert np.isfinite(history[g, : epochs_run[g]]).all() and np.isnan(history[g, epochs_run[g] :]).all()
@@ -99,7 +99,8 @@ def test_router_net_is_the_configured_architecture(conv, shape, params):
     "field, value, fragment",
     [
         ("inputs", "pixels", "unknown router input 'pixels'"),
-        ("labels", "soft", "unknown labels 'soft'"),
+        ("labels", "soft", "labels 'soft' do not fit the grid objective"),
+        ("objective", "rank", "unknown objective 'rank'"),
         ("dropout_rate", 1.0, "outside [0, 1)"),
     ],
 )
