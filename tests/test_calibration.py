@@ -149,3 +149,26 @@ def test_given_thresholds_replace_the_calibrated_ones(tiny_run, tmp_path, capsys
         assert cli.main(["evaluate", "--run", str(tiny_run), "--thresholds", str(given)]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0], lines
+
+
+def test_a_score_family_is_one_router_calibrated_at_every_target(tiny_run, capsys):
+    route = ["route", "--run", str(tiny_run), "--objective", "score", "--grid", "0.3,0.7"]
+    assert cli.main([*route, "--max-epochs", "2"]) == 0
+    family = RunDir(tiny_run).family("logits-score")
+    record = json.loads(family.record.read_text())
+    scores = np.load(family.scores)
+    assert scores["val"].shape == (1, 150) and record["quality"] == "mean_accuracy_over_budgets"
+    assert record["config"]["labels"] == "benefit" and len(record["best_epoch"]) == 1
+    assert cli.main(["evaluate", "--run", str(tiny_run)]) == 0
+    results = json.loads(RunDir(tiny_run).results.read_text())
+    assert "router_logits_score" not in results["curves"]  # no thesis decision for a score
+    points = results["curves"]["router_logits_score_calibrated"]
+    thresholds = calibrated_thresholds(scores["val"][0], (0.3, 0.7))
+    assert [p["threshold"] for p in points] == pytest.approx(list(thresholds))
+    kept = (scores["test"][0][None].astype(np.float64) < thresholds[:, None]).mean(-1)
+    assert [p["local_rate"] for p in points] == pytest.approx(list(kept))
+    assert {c["mechanism"] for c in results["comparisons"]} == {"router_logits_score_calibrated"}
+    capsys.readouterr()
+    bad = ["route", "--run", str(tiny_run), "--objective", "score", "--labels", "oracle"]
+    assert cli.main(bad) == 2
+    assert "do not fit the score objective" in capsys.readouterr().err

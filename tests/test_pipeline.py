@@ -86,7 +86,18 @@ def test_route_evaluate_report(tiny_run):
     assert set(analysis["misclassification"]) == {"noise", "border", "normal"}
     assert sum(analysis["shares"].values()) == pytest.approx(1.0)
 
+    # Calibrated decisions: thresholds and local rates recomputable from scores.npz.
+    scores = np.load(tiny_run / "routers" / "logits" / "scores.npz")
+    ordered = np.sort(scores["val"].astype(np.float64), axis=-1)
+    for g, p in enumerate(curves["router_logits_calibrated"]):
+        k = int(np.floor(p["target"] * SIZES["val"] + 0.5))
+        assert p["threshold"] == pytest.approx((ordered[g, k - 1] + ordered[g, k]) / 2)
+        assert p["local_rate"] == pytest.approx((scores["test"][g] < p["threshold"]).mean())
+    compared = {(c["mechanism"], c["baseline"]) for c in results["comparisons"]}
+    assert ("router_logits_calibrated", "entropy") in compared and ("router_logits", "random") in compared
+
     report = (tiny_run / "report.md").read_text()
+    assert "| router_logits_calibrated | entropy | 0.3 |" in report  # the paired differences
     for fig in ("5_1", "6_1", "6_2", "6_10", "6_11", "6_12"):
         assert_is_a_drawn_figure(tiny_run / "figures" / f"fig_{fig}.png")
         assert f"figures/fig_{fig}.png" in report

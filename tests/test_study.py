@@ -132,3 +132,24 @@ def test_intervals():
     assert few["p_value"] == pytest.approx(2 / 6)  # exact: 2 of the 3! pairings are as extreme
     many = rank_correlation([0.1, 0.3, 0.5, 0.7, 0.9, 0.2], [1, 2, 4, 3, 6, 1.5])
     assert many["ci95"][0] < many["rho"] < many["ci95"][1]
+
+
+@pytest.mark.slow
+def test_study_end_to_end_resumes_without_redoing_finished_seeds(tmp_path, capsys, fashion_mnist_ready):
+    out = tmp_path / "study"
+    flags = ["--epochs", "1", "--limit-train", "512", "--inputs", "logits", "--grid", "0.3,0.54"]
+    flags += ["--no-ablations", "--quiet", "--out", str(out)]
+    assert cli.main(["study", "--dataset", "fashion_mnist", "--seeds", "0", *flags]) == 0
+    finished = {
+        path: path.stat().st_mtime_ns
+        for path in (out / "seed_0" / "metrics.jsonl", out / "seed_0" / "routers" / "logits" / "router.json")
+    }
+    capsys.readouterr()
+    # as if the first command had been killed after seed 0: the same flags, more seeds
+    assert cli.main(["study", "--dataset", "fashion_mnist", "--seeds", "0,1", *flags]) == 0
+    assert "seed 0 (1 of 2)" in capsys.readouterr().out
+    assert {path: path.stat().st_mtime_ns for path in finished} == finished
+    study = json.loads((out / "study.json").read_text())
+    assert study["seeds"] == [0, 1] and [r["run"] for r in study["runs"]] == ["seed_0", "seed_1"]
+    assert {"router_logits_calibrated", "router_logits_score_calibrated"} <= set(study["curves"])
+    assert not (out / "seed_0" / "weight_sweep").exists()  # Fig. 6.17 comes from the seeds' runs
