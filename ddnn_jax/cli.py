@@ -350,6 +350,7 @@ def _add_study(commands) -> None:
         "--aggregate",
         type=Path,
         default=None,
+        metavar="STUDY_DIR",
         help="only aggregate the runs already under this study directory (made elsewhere)",
     )
     _add_training_flags(study, study=True)
@@ -441,7 +442,8 @@ def _given_thresholds(path: Path | None) -> dict[str, list[float]] | None:
         return None
     value = read_json(path, 'give a JSON object such as {"logits": [0.1, -0.3]}')
     if not isinstance(value, dict) or not all(
-        isinstance(v, list) and all(isinstance(t, (int, float)) and math.isfinite(t) for t in v)
+        isinstance(v, list)
+        and all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in v)
         for v in value.values()
     ):
         raise UsageError(

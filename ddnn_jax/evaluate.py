@@ -220,7 +220,7 @@ def _comparisons(
         n_resamples=config.bootstrap_resamples,
         confidence_level=0.95,
         method="percentile",
-        random_state=np.random.default_rng(config.bootstrap_seed),
+        rng=np.random.default_rng(config.bootstrap_seed),
         batch=max(1, 2_000_000 // (len(rows) * len(lc))),
     ).confidence_interval
     comparisons: list[Comparison] = []
@@ -255,9 +255,9 @@ def _test_analysis(
     scores_test: np.ndarray,
     config: EvaluationConfig,
 ) -> TestAnalysis:
-    # The thesis decision (logit >= 0) of the per-target router, as in the thesis's analysis.
     """Fig. 6.12: router-vs-oracle disagreement ("noise"), borderline |B| < tau, the rest, and
-    the mixed system's error rate within each (disjoint) group."""
+    the mixed system's error rate within each (disjoint) group, for the thesis decision
+    (logit >= 0) of the per-target router, as in the thesis's analysis."""
     i = _nearest([p["target"] for p in router["points"]], config.reference_target)
     target = router["points"][i]["target"]
     threshold = jnp.asarray(record.benefit_thresholds[i : i + 1], jnp.float32)
@@ -399,8 +399,8 @@ def evaluate(
     """
     if not np.isfinite(config.border_tau) or config.border_tau < 0:
         raise UsageError(f"--tau must be a non-negative number, got {config.border_tau}")
-    if config.bootstrap_resamples < 1000:
-        raise UsageError(f"the bootstrap needs at least 1000 resamples, got {config.bootstrap_resamples}")
+    if config.bootstrap_resamples < 2000:
+        raise UsageError(f"the bootstrap needs at least 2000 resamples, got {config.bootstrap_resamples}")
     run = as_run(run_dir)
     record = read_run_record(run)
     outputs = read_outputs(run)
@@ -449,7 +449,8 @@ def evaluate(
             "ddnn_training_backend": record.backend,
             "router_training_seconds": {name: r["seconds"]["train"] for name, r in routers.items()},
         },
-        "evaluation_config": dataclasses.asdict(config),
+        # Thresholds given instead of calibrated ones are part of how the run was evaluated.
+        "evaluation_config": {**dataclasses.asdict(config), "given_thresholds": thresholds or {}},
         "inference": read_inference_timings(run),
     }
     write_results(run, results)

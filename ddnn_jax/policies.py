@@ -19,9 +19,10 @@ from ddnn_jax.labels import Correctness
 HEURISTICS = ("random", "entropy", "max_prob", "margin")
 
 
-def local_counts(targets: jax.Array, n: int) -> jax.Array:
-    """round(L0 * N) for every target, rounding halves up."""
-    return jnp.floor(jnp.asarray(targets, jnp.float32) * n + 0.5).astype(jnp.int32)
+def local_counts(targets, n: int) -> jax.Array:
+    """round(L0 * N) for every target, rounding halves up: floor(L0 * N + 0.5) in float64 on the
+    host (float32 would round 0.7 * 45 up to 32)."""
+    return jnp.asarray(np.floor(np.asarray(targets, np.float64) * n + 0.5).astype(np.int32))
 
 
 @jax.jit
@@ -100,10 +101,11 @@ def router_offload(router_logits: jax.Array) -> jax.Array:
 
 
 def calibrated_thresholds(val_scores: np.ndarray, targets) -> np.ndarray:
-    """Per target L0, the threshold on a router's score that keeps exactly k = round(L0 * N_val)
-    validation samples local (offload iff score >= threshold): the midpoint between the k-th and
-    (k+1)-th smallest validation score; 0.5 below the smallest for k = 0, 0.5 above the largest
-    for k = N_val. Computed on the host in float64 so that anyone can recompute it.
+    """Per target L0, the threshold on a router's score that keeps k = ``local_counts`` (L0 * N_val
+    rounded half up) validation samples local (offload iff score >= threshold): the midpoint
+    between the k-th and (k+1)-th smallest validation score; 0.5 below the smallest for k = 0,
+    0.5 above the largest for k = N_val. Exactly k stay local unless those two scores are equal:
+    tied scores fall on one side together. Computed on the host in float64.
 
     Args:
       val_scores: [N_val] one router's scores, or [G, N_val] one router per target.

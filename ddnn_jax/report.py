@@ -53,15 +53,14 @@ _ROUTER_PALETTE = (
     "teal",
     "goldenrod",
     "slategray",
+    "darkorange",
 )
-FAMILY_COLOURS = {f.curve: _ROUTER_PALETTE[i % len(_ROUTER_PALETTE)] for i, f in enumerate(FAMILIES)}
+assert len(FAMILIES) <= len(_ROUTER_PALETTE), "give every registered family a colour of its own"
+FAMILY_COLOURS = {f.curve: colour for f, colour in zip(FAMILIES, _ROUTER_PALETTE, strict=False)}
 
 
 def style(name: str) -> dict[str, Any]:
-    """Line style of a curve: its mechanism's colour, dashed for a router's thesis decision,
-    dotted for a rule evaluated at a router's achieved rates (``entropy_at_...``)."""
-    if name.startswith("entropy_at_"):
-        return dict(color=COLOURS["entropy"], linestyle=":")
+    """Line style of a curve: its mechanism's colour, dashed for a router's thesis decision."""
     if name in COLOURS:
         return dict(color=COLOURS[name], linestyle="--" if name == "oracle" else "-")
     family = name.removesuffix("_calibrated")
@@ -130,7 +129,7 @@ def _difference_table(results: Results, mechanisms: list[str], targets=HEADLINE_
                 c = at[(name, baseline, round(t, 6))]
                 rows.append(
                     f"| {name} | {baseline} | {c['target']:g} | {_signed(c['difference'])}"
-                    f"{'' if _significant(c['ci95']) else ' (n.s.)'} | "
+                    f"{'' if significant(c['ci95']) else ' (n.s.)'} | "
                     f"[{_signed(c['ci95'][0])}, {_signed(c['ci95'][1])}] | {c['p_value']:.3g} | "
                     f"{pct(c['local_rate'])} ({pct(c['baseline_local_rate'])}) |"
                 )
@@ -148,8 +147,9 @@ def _signed(x: float) -> str:
     return f"{100 * x:+.2f}"
 
 
-def _significant(ci95: list[float]) -> bool:
-    return ci95[0] > 0 or ci95[1] < 0
+def significant(ci95: list[float] | None) -> bool:
+    """Whether a 95 % interval of a difference excludes zero (no interval: not shown to be)."""
+    return ci95 is not None and (ci95[0] > 0 or ci95[1] < 0)
 
 
 def _comparison(
@@ -163,11 +163,13 @@ def _comparison(
         return None
     shown = names + ([r for r in routers if thesis and r in results["curves"]])
     baselines = ["entropy", "random", *rules, "oracle"]
+    # the thesis decision keeps its own share local: entropy at that share is its fair match
+    at_thesis = [f"entropy_at_{r}" for r in shown if f"entropy_at_{r}" in results["curves"]]
 
     def draw(ax):
         _curve_axes(ax, results, shown + baselines, title)
 
-    tables = _curve_table(results, shown + baselines)
+    tables = _curve_table(results, shown + at_thesis + baselines)
     differences = _difference_table(results, names)
     return draw, tables + ("\n\n" + differences if differences else "")
 
@@ -229,9 +231,10 @@ def _grouped_bars(
 def _ablation(
     results, families: dict[str, str], title: str, metrics: tuple[str, str] = ("accuracy", "local_rate")
 ):
-    """Bars of two metrics at the reference target for variants (router families) of one study;
-    None unless at least two variants were trained."""
-    present = {label: f for label, f in families.items() if f in results["routers"]}
+    """Bars of two metrics at the reference target for variants (per-target router families) of
+    one study, thesis decision; None unless at least two variants were trained."""
+    routers = results["routers"]
+    present = {label: f for label, f in families.items() if f in routers and routers[f]["points"]}
     if len(present) < 2:
         return None
     target = results["evaluation_config"]["reference_target"]
@@ -248,8 +251,9 @@ def _ablation(
 
 
 def _history(results, router: str, title: str):
-    """Train vs validation decision accuracy per epoch at the reference target."""
-    if router not in results["routers"]:
+    """Train vs validation decision accuracy per epoch at the reference target (per-target
+    router families)."""
+    if router not in results["routers"] or not results["routers"][router]["points"]:
         return None
     r = results["routers"][router]
     i = min(
@@ -295,7 +299,7 @@ def _fig_6_5(results):
     if not lines:
         return None
     mechanisms = {"random": "ddnn_random", "entropy": "ddnn_entropy", "router (logits)": "ddnn_router"}
-    curves = {"random": "random", "entropy": "entropy", "router (logits)": LOGITS}
+    curves = {"random": "random", "entropy": "entropy", "router (logits)": calibrated(LOGITS)}
     timed = [line for line in lines if line["measure"] == "inference"]
     regimes = list(dict.fromkeys(line["regime"] for line in timed))
     at = {(line["regime"], line["mechanism"]): line for line in timed}

@@ -58,6 +58,10 @@ def check_family_name(name: str) -> str:
     """A family name is one plain directory name under routers/, never a path."""
     if not name or name.startswith(".") or "/" in name or "\\" in name or name in ("..", "."):
         raise UsageError(f"--name '{name}' is not a plain directory name: use letters, digits, '-', '+', '.'")
+    if name.replace("_", "-").endswith("-calibrated"):
+        raise UsageError(
+            f"--name '{name}' would clash with the calibrated curve of another family: rename it"
+        )
     return name
 
 

@@ -291,6 +291,8 @@ def read_json(path: Path, remedy: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{path} is missing: {remedy}") from None
+    except OSError as err:
+        raise UsageError(f"{path} cannot be read ({err.strerror}): {remedy}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UsageError(f"{path} is not valid JSON ({type(err).__name__}): {remedy}") from None
 
@@ -726,9 +728,17 @@ def write_results(run: RunDir, results: Results) -> None:
 
 
 def read_results(run: RunDir) -> Results:
+    """results.json, or a UsageError when it is missing, damaged or from another version."""
     if not run.results.is_file():
         raise UsageError(f"{run.results} is missing: run 'ddnn evaluate --run {run}' first")
-    return read_json(run.results, f"run 'ddnn evaluate --run {run}' again")
+    value = read_json(run.results, f"run 'ddnn evaluate --run {run}' again")
+    missing = sorted(Results.__required_keys__ - set(value)) if isinstance(value, dict) else ["all"]
+    if missing:
+        raise UsageError(
+            f"{run.results} lacks '{missing[0]}' (written by another version): "
+            f"run 'ddnn evaluate --run {run}' again"
+        )
+    return value
 
 
 def read_inference_timings(run: RunDir) -> list[dict[str, Any]] | None:

@@ -25,7 +25,7 @@ from ddnn_jax.errors import UsageError
 from ddnn_jax.families import calibrated, curve_name
 from ddnn_jax.pipeline import RunPlan, default_inputs, run
 from ddnn_jax.progress import Progress
-from ddnn_jax.report import HEADLINE_TARGETS, draw_figure, pct, style
+from ddnn_jax.report import HEADLINE_TARGETS, draw_figure, pct, significant, style
 from ddnn_jax.rundir import (
     Results,
     RunDir,
@@ -119,7 +119,12 @@ def run_study(
                 "repeat its flags to resume it, or give another --out"
             )
     else:
-        study.root.mkdir(parents=True, exist_ok=True)
+        try:
+            study.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(
+                f"cannot make the study directory {out} ({err.strerror}): give another --out"
+            ) from None
         write_json(study.config, identity)
     for i, seed in enumerate(seeds, 1):
         progress.stage(f"study {out}: seed {seed} ({i} of {len(seeds)})")
@@ -194,14 +199,15 @@ def _check_comparable(runs: list[RunDir]) -> list[int]:
         if seeds.index(seed) != i:
             raise UsageError(f"{runs[seeds.index(seed)]} and {runs[i]} both have seed {seed}: keep one")
     plans = {r: read_json(r.run_plan, "rerun 'ddnn run' on it") for r in runs if r.run_plan.is_file()}
-    for other, plan in plans.items():
-        reference = next(iter(plans.values()))
-        difference = first_difference(reference, plan)
-        if difference:
-            raise UsageError(
-                f"{other} was made with another run plan than {next(iter(plans))} ({difference}): "
-                "aggregate runs made with the same flags"
-            )
+    if plans:
+        reference_run, reference = next(iter(plans.items()))
+        for other, plan in plans.items():
+            difference = first_difference(reference, plan)
+            if difference:
+                raise UsageError(
+                    f"{other} was made with another run plan than {reference_run} ({difference}): "
+                    "aggregate runs made with the same flags"
+                )
     return seeds
 
 
@@ -378,11 +384,11 @@ def _difference_table(value: dict[str, Any]) -> list[str]:
         if c["mechanism"] not in HEADLINE[:2] or round(c["target"], 6) not in HEADLINE_TARGETS:
             continue
         ci = c["difference_ci95"]
-        significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
         p_value = "–" if c["p_value"] is None else f"{c['p_value']:.3g}"
+        mark = " (one seed)" if ci is None else ("" if significant(ci) else " (n.s.)")
         rows.append(
             f"| {c['mechanism']} | {c['baseline']} | {c['target']:g} | {100 * c['difference_mean']:+.2f}"
-            f"{'' if significant else ' (n.s.)'} | {_interval(ci, 2, 100)} | {p_value} |"
+            f"{mark} | {_interval(ci, 2, 100)} | {p_value} |"
         )
     return rows
 
@@ -464,7 +470,7 @@ def write_study_report(study: StudyDir, value: dict[str, Any]) -> Path:
     ]
     for measure, c in value["local_weight"]["spearman"].items():
         rho = "–" if c["rho"] is None else f"{c['rho']:+.3f}"
-        interval = _interval(c["ci95"], 3) or "– (needs 4 runs)"
+        interval = _interval(c["ci95"], 3) or ("– (needs 4 runs)" if c["n"] < 4 else "–")
         p_value = "–" if c["p_value"] is None else f"{c['p_value']:.3g}"
         lines.append(f"| {measure} | {rho} | {interval} | {p_value} | {c['n']} |")
     write_text(study.report, "\n".join(lines) + "\n")

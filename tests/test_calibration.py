@@ -88,7 +88,7 @@ def test_comparisons_recompute_from_the_decisions():
     cloud_logits = rng.normal(size=(n, 4)).astype(np.float32) + 2.5 * np.eye(4)[labels]
     c = correctness(jnp.asarray(local_logits), jnp.asarray(cloud_logits), jnp.asarray(labels))
     offload = rng.random((2, n)) < 0.5
-    config = EvaluationConfig(bootstrap_resamples=1000, bootstrap_seed=7)
+    config = EvaluationConfig(bootstrap_resamples=2000, bootstrap_seed=7)
     key = jax.random.key(0)
     rows = _comparisons(c, {"router_x": Decisions(np.array([0.3, 0.6]), offload)}, local_logits, key, config)
     assert [(r["baseline"], r["target"]) for r in rows] == [
@@ -116,9 +116,9 @@ def test_comparisons_recompute_from_the_decisions():
     alone = scipy.stats.bootstrap(
         ((mine.astype(np.int8) - theirs.astype(np.int8)),),
         np.mean,
-        n_resamples=1000,
+        n_resamples=2000,
         method="percentile",
-        random_state=np.random.default_rng(7),
+        rng=np.random.default_rng(7),
     ).confidence_interval
     assert row["ci95"] == pytest.approx([alone.low, alone.high])
     assert row["ci95"][0] <= row["difference"] <= row["ci95"][1]
@@ -172,3 +172,17 @@ def test_a_score_family_is_one_router_calibrated_at_every_target(tiny_run, capsy
     bad = ["route", "--run", str(tiny_run), "--objective", "score", "--labels", "oracle"]
     assert cli.main(bad) == 2
     assert "do not fit the score objective" in capsys.readouterr().err
+
+
+def test_thresholds_that_are_not_a_file_and_names_that_clash(tiny_run, tmp_path, capsys):
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--run", str(tiny_run), "--thresholds", str(tmp_path)]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    assert cli.main(["route", "--run", str(tiny_run), "--name", "mine-calibrated"]) == 2
+    assert "would clash" in capsys.readouterr().err
+
+
+def test_local_counts_round_half_up_in_double_precision():
+    # float32 arithmetic would make 0.7 * 45 exactly 31.5 and round it up to 32
+    np.testing.assert_array_equal(np.asarray(local_counts([0.7, 0.5, 0.3], 45)), [31, 23, 14])
+    assert int(np.asarray(local_counts([0.5], 5))[0]) == 3  # halves go up

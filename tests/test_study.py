@@ -153,3 +153,15 @@ def test_study_end_to_end_resumes_without_redoing_finished_seeds(tmp_path, capsy
     assert study["seeds"] == [0, 1] and [r["run"] for r in study["runs"]] == ["seed_0", "seed_1"]
     assert {"router_logits_calibrated", "router_logits_score_calibrated"} <= set(study["curves"])
     assert not (out / "seed_0" / "weight_sweep").exists()  # Fig. 6.17 comes from the seeds' runs
+
+
+def test_results_of_another_version_are_refused_with_the_fix(tmp_path, capsys):
+    run = make_tiny_run(tmp_path / "seed_0", seed=0)
+    (run / "results.json").write_text(json.dumps({"dataset": "fashion_mnist"}))
+    _usage_error(capsys, ["study", "--aggregate", str(tmp_path)], "(written by another version)")
+    _usage_error(capsys, ["report", "--run", str(run)], f"run 'ddnn evaluate --run {run}' again")
+
+
+def test_a_study_below_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    _usage_error(capsys, ["study", "--seeds", "0", "--out", str(tmp_path / "file" / "s")], "cannot make")
