@@ -250,6 +250,32 @@ def _summary(all_results: list[Results]) -> dict[str, dict[str, Any]]:
     return summary
 
 
+def _difference_over_seeds(differences: list[float]) -> dict[str, Any]:
+    mean, interval = mean_interval(differences)
+    spread = len(differences) >= 2 and float(np.std(differences)) > 0
+    return {
+        "difference_mean": mean,
+        "difference_ci95": interval,
+        "p_value": float(scipy.stats.ttest_1samp(differences, 0.0).pvalue) if spread else None,
+        "n": len(differences),
+    }
+
+
+def _auc_differences(all_results: list[Results], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every other calibrated router's AUC minus the per-target logits router's (the thesis's
+    choice), paired by seed: does one score match the per-target grid?"""
+    baseline = calibrated(curve_name("logits"))
+    if baseline not in summary:
+        return []
+    rows = []
+    for name in summary:
+        if name == baseline or not name.endswith("_calibrated"):
+            continue
+        per_seed = [r["summary"][name]["auc"] - r["summary"][baseline]["auc"] for r in all_results]
+        rows.append({"mechanism": name, "baseline": baseline, **_difference_over_seeds(per_seed)})
+    return rows
+
+
 def _comparisons(all_results: list[Results]) -> list[dict[str, Any]]:
     """Each paired difference present in every run: its mean over seeds, t interval and a
     one-sample t test of zero difference."""
@@ -259,19 +285,13 @@ def _comparisons(all_results: list[Results]) -> list[dict[str, Any]]:
     for k in per_run[0]:
         if not all(k in run for run in per_run):
             continue
-        differences = [run[k]["difference"] for run in per_run]
-        mean, interval = mean_interval(differences)
-        spread = len(differences) >= 2 and np.std(differences) > 0
         rows.append(
             {
                 "target": k[0],
                 "mechanism": k[1],
                 "baseline": k[2],
-                "difference_mean": mean,
-                "difference_ci95": interval,
-                "p_value": float(scipy.stats.ttest_1samp(differences, 0.0).pvalue) if spread else None,
+                **_difference_over_seeds([run[k]["difference"] for run in per_run]),
                 "local_rate_mean": float(np.mean([run[k]["local_rate"] for run in per_run])),
-                "n": len(differences),
             }
         )
     return rows
@@ -328,7 +348,8 @@ def aggregate(study_dir: Path, seeds: Sequence[int] | None = None) -> Path:
             for seed, r, res in zip(found_seeds, runs, all_results, strict=True)
         ],
         "curves": _curves(all_results),
-        "summary": _summary(all_results),
+        "summary": (summary := _summary(all_results)),
+        "auc_differences": _auc_differences(all_results, summary),
         "comparisons": _comparisons(all_results),
         "local_weight": _local_weight(all_results, found_seeds),
     }
@@ -454,6 +475,17 @@ def write_study_report(study: StudyDir, value: dict[str, Any]) -> Path:
         f"![curves]({study.figure('curves').relative_to(study.root)})",
         "",
         *_headline_table(value),
+        "",
+        "## One score vs one router per target: AUC differences, paired by seed",
+        "",
+        "| mechanism | minus | AUC difference, mean | 95 % interval | t-test p |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {d['mechanism']} | {d['baseline']} | {d['difference_mean']:+.4f} | "
+            f"{_interval(d['difference_ci95'], 4)} | "
+            f"{'–' if d['p_value'] is None else format(d['p_value'], '.3g')} |"
+            for d in value["auc_differences"]
+        ),
         "",
         "## Paired differences (per run: same test samples; across runs: t interval of the mean)",
         "",

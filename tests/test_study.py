@@ -29,6 +29,7 @@ def three_seeds(tmp_path_factory):
         run = make_tiny_run(root / f"seed_{seed}", seed=seed, local_weight="per-run")
         route = ["route", "--run", str(run), "--grid", "0.3,0.54,0.7", "--max-epochs", "2"]
         assert cli.main(route) == 0
+        assert cli.main([*route, "--objective", "score"]) == 0
         assert cli.main(["evaluate", "--run", str(run)]) == 0
     return root
 
@@ -49,6 +50,14 @@ def test_aggregate_is_recomputable_from_the_runs(three_seeds):
 
     aucs = [r["summary"]["router_logits_calibrated"]["auc"] for r in runs]
     assert study["summary"]["router_logits_calibrated"]["auc_mean"] == pytest.approx(np.mean(aucs))
+
+    score = next(d for d in study["auc_differences"] if d["mechanism"] == "router_logits_score_calibrated")
+    per_seed = [
+        r["summary"]["router_logits_score_calibrated"]["auc"]
+        - r["summary"]["router_logits_calibrated"]["auc"]
+        for r in runs
+    ]
+    assert score["difference_mean"] == pytest.approx(np.mean(per_seed)) and score["n"] == 3
 
     key = ("router_logits_calibrated", "entropy", 0.54)
     differences = [
