@@ -263,7 +263,7 @@ def _difference_over_seeds(differences: list[float]) -> dict[str, Any]:
 
 def _auc_differences(all_results: list[Results], summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Every other calibrated router's AUC minus the per-target logits router's (the thesis's
-    choice), paired by seed: does one score match the per-target grid?"""
+    choice), paired by seed: does one score match the per-target grid, do other inputs help?"""
     baseline = calibrated(curve_name("logits"))
     if baseline not in summary:
         return []
@@ -476,7 +476,7 @@ def write_study_report(study: StudyDir, value: dict[str, Any]) -> Path:
         "",
         *_headline_table(value),
         "",
-        "## One score vs one router per target: AUC differences, paired by seed",
+        "## Every calibrated router against the per-target router on logits: AUC, paired by seed",
         "",
         "| mechanism | minus | AUC difference, mean | 95 % interval | t-test p |",
         "|---|---|---|---|---|",
