@@ -19,6 +19,7 @@ from ddnn_jax.rundir import (
     RunRecord,
     SplitOutputs,
     as_run,
+    locked,
     outputs_epoch,
     read_run_record,
     write_outputs,
@@ -37,6 +38,11 @@ def collect(
       progress: where the live bar over the images goes.
     """
     run = as_run(run_dir)
+    with locked(run, "collect"):
+        return _collect(run, with_features, progress)
+
+
+def _collect(run: RunDir, with_features: bool, progress: Progress) -> dict[str, Path]:
     record, state, best_epoch = restore_best(run)
     config = record.train
     data = load_dataset(
@@ -49,21 +55,20 @@ def collect(
         build_model(config, data.num_classes), record.mean, record.std, with_features=with_features
     )
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    written = {}
+    outputs = {}
     total = sum(len(getattr(data, name)) for name in SPLITS)
     with progress.bar(total, "collect", unit="img", unit_scale=True) as bar:
         for name in SPLITS:
             split = getattr(data, name)
             out = predict_in_batches(predict, variables, split.images, config.eval_batch_size, bar)
-            outputs = SplitOutputs(
+            outputs[name] = SplitOutputs(
                 local_logits=out[0],
                 cloud_logits=out[1],
                 labels=split.labels,
                 epoch=best_epoch,
                 features=out[2] if with_features else None,
             )
-            written[name] = write_outputs(run, name, outputs)
-    return written
+    return write_outputs(run, outputs)
 
 
 def restore_best(run: RunDir) -> tuple[RunRecord, TrainState, int]:

@@ -53,6 +53,7 @@ from ddnn_jax.rundir import (
     TestAnalysis,
     UnconstrainedPoint,
     as_run,
+    locked,
     outputs_fingerprint,
     read_family,
     read_family_scores,
@@ -402,6 +403,12 @@ def evaluate(
     if config.bootstrap_resamples < 2000:
         raise UsageError(f"the bootstrap needs at least 2000 resamples, got {config.bootstrap_resamples}")
     run = as_run(run_dir)
+    read_run_record(run)
+    with locked(run, "evaluate"):
+        return _evaluate(run, config, thresholds or {})
+
+
+def _evaluate(run: RunDir, config: EvaluationConfig, thresholds: dict[str, list[float]]) -> Results:
     record = read_run_record(run)
     outputs = read_outputs(run)
     c_train, c_test = _correctness(outputs["train"]), _correctness(outputs["test"])
@@ -418,7 +425,7 @@ def evaluate(
         "local_rate": best["local_rate"],
         "accuracy": best["accuracy"],
     }
-    routers, decisions, test_analysis = _routers(run, c_test, local_logits, key, config, thresholds or {})
+    routers, decisions, test_analysis = _routers(run, c_test, local_logits, key, config, thresholds)
     for name, router in routers.items():
         curves[calibrated(name)] = router["calibrated"]
         if router["points"]:

@@ -22,7 +22,7 @@ from ddnn_jax.progress import Progress
 from ddnn_jax.report import report
 from ddnn_jax.route import route
 from ddnn_jax.router import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
-from ddnn_jax.rundir import RunDir, as_run, write_json
+from ddnn_jax.rundir import RunDir, as_run, check_for_training, locked, write_json
 from ddnn_jax.train import run_training
 
 REFERENCE_TARGET = 0.54  # the single budget of the depth and dropout studies
@@ -112,6 +112,13 @@ def run(
 ) -> Path:
     """Runs every stage of the plan on ``run_dir``; returns the report's path."""
     run = as_run(run_dir)
+    config.validate()
+    check_for_training(run)
+    with locked(run, "run"):
+        return _run(config, run, plan, progress)
+
+
+def _run(config: TrainConfig, run: RunDir, plan: RunPlan, progress: Progress) -> Path:
     plan = dataclasses.replace(plan, inputs=plan.inputs or default_inputs())
     families = planned_families(plan)
     needs_features = any(f.kind.needs_features for f in families.values())

@@ -24,6 +24,7 @@ from ddnn_jax.rundir import (  # noqa: E402
     RunDir,
     as_run,
     atomic_file,
+    locked,
     read_results,
     write_text,
 )
@@ -485,6 +486,12 @@ SECTIONS: list[tuple[str, str, Callable, str]] = [
 def report(run_dir: RunDir | Path) -> Path:
     """Draws every figure it has results for under RUN_DIR/figures/ and writes RUN_DIR/report.md."""
     run = as_run(run_dir)
+    read_results(run)
+    with locked(run, "report"):
+        return _report(run)
+
+
+def _report(run: RunDir) -> Path:
     results = read_results(run)
     run.figures.mkdir(parents=True, exist_ok=True)
     lines = [

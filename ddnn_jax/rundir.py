@@ -33,13 +33,18 @@ artefact or none.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, NotRequired, TypedDict
@@ -57,6 +62,7 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 OUTPUTS = "outputs"
+LOCK = ".lock"  # the run directory's exclusive lock (flock) and its holder
 ROUTERS = "routers"
 FAMILY_RECORD = "router.json"
 FAMILY_SCORES = "scores.npz"
@@ -126,8 +132,16 @@ class RunDir:
     def checkpoints(self) -> Path:
         return self.root / CHECKPOINTS
 
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.root / OUTPUTS
+
     def outputs(self, split: str) -> Path:
-        return self.root / OUTPUTS / f"{split}.npz"
+        return self.outputs_dir / f"{split}.npz"
 
     @property
     def routers(self) -> Path:
@@ -256,23 +270,90 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO]:
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yields an empty staging directory beside ``path``; if the block succeeds it replaces
-    ``path``. The old directory is renamed aside before the new one is renamed in and deleted
-    after, so a crash leaves the old or the new one in place, never a mix."""
+    ``path`` in one step: an existing directory is exchanged with the staging one atomically
+    (Linux renameat2), so a reader or a crash sees the old or the new one, never neither and
+    never a mix; the old one is deleted after."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield staging
         _publish_mode(staging, directory=True)
-        aside = None
         if path.exists():
-            aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
-            path.rename(aside)
-        staging.rename(path)
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
-    except BaseException:
+            _exchange(staging, path)  # staging now holds the old directory
+        else:
+            staging.rename(path)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swaps two paths atomically (renameat2 RENAME_EXCHANGE); on systems without it, renames
+    b aside first (a crash between the two renames leaves b under a hidden '.old' name)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+            return
+        if ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
+    aside = b.with_name(f".{b.name}.{uuid.uuid4().hex[:8]}.old")
+    b.rename(aside)
+    a.rename(b)
+    aside.rename(a)
+
+
+_held_locks: dict[Path, int] = {}  # run directories this process holds, with nesting depth
+
+
+@contextlib.contextmanager
+def locked(run: RunDir, stage: str) -> Iterator[None]:
+    """Holds the run directory's exclusive lock while a writing stage runs (re-entrant within
+    one process, so ``ddnn run`` holds it across its stages). The lock is an flock on
+    RUN_DIR/.lock, which the kernel releases when the holder dies, so a kill leaves nothing
+    held; the file names its holder for the message of whoever finds it taken. A directory
+    made for the lock alone is removed again if the stage fails."""
+    key = run.root.resolve()
+    if key in _held_locks:
+        _held_locks[key] += 1
+        try:
+            yield
+        finally:
+            _held_locks[key] -= 1
+        return
+    created = not run.root.exists()
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+        handle = open(run.lock, "a+", encoding="utf-8")  # noqa: SIM115 (held across the yield)
+    except OSError as err:
+        raise UsageError(f"cannot lock {run} ({err.strerror}): choose a directory you can write to") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UsageError(f"{run} is in use by {holder}: wait for it to end, or stop it, and retry") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} (ddnn {stage})\n")
+    handle.flush()
+    _held_locks[key] = 1
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        del _held_locks[key]
+        if created and not finished and [p.name for p in run.root.iterdir()] == [LOCK]:
+            run.lock.unlink()
+            run.root.rmdir()
+        handle.truncate(0)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def write_text(path: Path, text: str) -> None:
@@ -453,7 +534,7 @@ def check_for_training(run: RunDir) -> bool:
         if run.config.is_file():
             _check_writable(root)
             return True
-        if any(root.iterdir()):
+        if any(p.name != LOCK for p in root.iterdir()):
             raise UsageError(
                 f"--out {root} is a non-empty directory that holds no ddnn run: "
                 "choose a new or empty directory"
@@ -497,35 +578,50 @@ class SplitOutputs:
         return len(self.labels)
 
 
-def write_outputs(run: RunDir, split: str, outputs: SplitOutputs) -> Path:
-    arrays: dict[str, Any] = {
-        "local_logits": outputs.local_logits.astype(np.float32),
-        "cloud_logits": outputs.cloud_logits.astype(np.float32),
-        "labels": outputs.labels.astype(np.int32),
-        "epoch": np.int32(outputs.epoch),
-    }
-    if outputs.features is not None:
-        arrays["features"] = outputs.features.astype(np.float32)
-    return save_npz(run.outputs(split), arrays)
+def write_outputs(run: RunDir, outputs: dict[str, SplitOutputs]) -> dict[str, Path]:
+    """Every split's outputs, replacing outputs/ as a whole: a reader never sees splits of two
+    collections."""
+    with atomic_dir(run.outputs_dir) as staging:
+        for split in SPLITS:
+            o = outputs[split]
+            arrays: dict[str, Any] = {
+                "local_logits": o.local_logits.astype(np.float32),
+                "cloud_logits": o.cloud_logits.astype(np.float32),
+                "labels": o.labels.astype(np.int32),
+                "epoch": np.int32(o.epoch),
+            }
+            if o.features is not None:
+                arrays["features"] = o.features.astype(np.float32)
+            with open(staging / run.outputs(split).name, "wb") as f:
+                np.savez(f, **arrays)
+    return {split: run.outputs(split) for split in SPLITS}
 
 
 def read_outputs(run: RunDir, *, need_features: bool = False) -> dict[str, SplitOutputs]:
-    """The collected outputs of every split, or a UsageError saying which command makes them."""
+    """The collected outputs of every split, or a UsageError naming the damaged, missing or
+    mismatched file and the command that makes it again."""
     loaded = {}
+    remedy = f"run 'ddnn collect --run {run}{' --features' if need_features else ''}'"
     for split in SPLITS:
         path = run.outputs(split)
         if not path.is_file():
-            raise UsageError(f"{path} is missing: run 'ddnn collect --run {run}' first")
-        with np.load(path) as arrays:
-            loaded[split] = SplitOutputs(
-                local_logits=arrays["local_logits"],
-                cloud_logits=arrays["cloud_logits"],
-                labels=arrays["labels"],
-                epoch=int(arrays["epoch"]),
-                features=arrays["features"] if need_features and "features" in arrays else None,
-            )
+            raise UsageError(f"{path} is missing: {remedy} first")
+        try:
+            with np.load(path) as arrays:
+                loaded[split] = SplitOutputs(
+                    local_logits=arrays["local_logits"],
+                    cloud_logits=arrays["cloud_logits"],
+                    labels=arrays["labels"],
+                    epoch=int(arrays["epoch"]),
+                    features=arrays["features"] if need_features and "features" in arrays else None,
+                )
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise UsageError(f"{path} is damaged ({type(err).__name__}): {remedy} again") from None
         if need_features and loaded[split].features is None:
-            raise UsageError(f"{path} has no edge features: run 'ddnn collect --run {run} --features' first")
+            raise UsageError(f"{path} has no edge features: {remedy} first")
+    epochs = {split: o.epoch for split, o in loaded.items()}
+    if len(set(epochs.values())) > 1:
+        raise UsageError(f"{run.outputs_dir} mixes the outputs of epochs {epochs}: {remedy} again")
     return loaded
 
 
@@ -537,10 +633,13 @@ def outputs_epoch(run: RunDir, *, with_features: bool) -> int | None:
         path = run.outputs(split)
         if not path.is_file():
             return None
-        with np.load(path) as arrays:
-            if with_features and "features" not in arrays.files:
-                return None
-            epochs.add(int(arrays["epoch"]))
+        try:
+            with np.load(path) as arrays:
+                if with_features and "features" not in arrays.files:
+                    return None
+                epochs.add(int(arrays["epoch"]))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # damaged: collect again
     return epochs.pop() if len(epochs) == 1 else None
 
 

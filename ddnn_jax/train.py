@@ -32,6 +32,7 @@ from ddnn_jax.rundir import (
     RunRecord,
     as_run,
     check_for_training,
+    locked,
     read_metrics,
     read_run_record,
     write_metrics,
@@ -486,7 +487,13 @@ def run_training(
     """
     run = as_run(run_dir)
     config.validate()
-    resuming = check_for_training(run)
+    check_for_training(run)
+    with locked(run, "train"):
+        return _run_training(config, run, progress, on_epoch_trained)
+
+
+def _run_training(config, run: RunDir, progress: Progress, on_epoch_trained) -> list[dict]:
+    resuming = check_for_training(run)  # again, now that no one else can write
     if resuming:
         _check_resumable(run, config)
     progress.note(f"loading {config.dataset}")

@@ -61,12 +61,14 @@ def write_tiny_outputs(run, seed: int = 0, epoch: int = 1) -> None:
     from ddnn_jax.rundir import SplitOutputs, write_outputs
 
     rng = np.random.default_rng(seed)
+    outputs = {}
     for split, n in SIZES.items():
         labels = rng.integers(0, 5, n).astype(np.int32)
         onehot = np.eye(5, dtype=np.float32)[labels]
         local = rng.normal(size=(n, 5)).astype(np.float32) + 1.5 * onehot
         cloud = rng.normal(size=(n, 5)).astype(np.float32) + 3.0 * onehot
-        write_outputs(run, split, SplitOutputs(local, cloud, labels, epoch))
+        outputs[split] = SplitOutputs(local, cloud, labels, epoch)
+    write_outputs(run, outputs)
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """The run directory: atomic files and directories, strict records, readable errors."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,10 +10,12 @@ import pytest
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.errors import UsageError
 from ddnn_jax.rundir import (
+    SPLITS,
     RunDir,
     RunRecord,
     SplitOutputs,
     atomic_dir,
+    locked,
     outputs_epoch,
     outputs_fingerprint,
     read_outputs,
@@ -87,14 +91,70 @@ def _outputs(epoch, seed=0, features=False):
 
 def test_outputs_say_which_epoch_they_come_from_and_mixed_epochs_are_caught(tmp_path):
     run = RunDir(tmp_path)
-    for split in ("train", "val", "test"):
-        write_outputs(run, split, _outputs(4, features=True))
+    write_outputs(run, {split: _outputs(4, features=True) for split in SPLITS})
     assert outputs_epoch(run, with_features=True) == 4
     loaded = read_outputs(run, need_features=True)
     np.testing.assert_array_equal(loaded["val"].features, _outputs(4, features=True).features)
     before = outputs_fingerprint(loaded)
-    write_outputs(run, "val", _outputs(5))  # a collect killed after one split
-    assert outputs_epoch(run, with_features=False) is None
+    write_outputs(run, {split: _outputs(5) for split in SPLITS})  # replaced as a whole
+    assert outputs_epoch(run, with_features=False) == 5
     assert outputs_fingerprint(read_outputs(run)) != before
+    assert sorted(p.name for p in run.outputs_dir.parent.iterdir()) == ["outputs"]  # nothing aside
     with pytest.raises(UsageError, match="no edge features"):
         read_outputs(run, need_features=True)
+    # a split from another collection (copied in by hand, or an older version's killed collect)
+    with open(run.outputs("val"), "wb") as f:
+        np.savez(f, local_logits=np.zeros((6, 3)), cloud_logits=np.zeros((6, 3)), labels=np.zeros(6), epoch=7)
+    assert outputs_epoch(run, with_features=False) is None
+    with pytest.raises(UsageError, match="mixes the outputs of epochs .* run 'ddnn collect --run"):
+        read_outputs(run)
+    run.outputs("test").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(UsageError, match="test.npz is damaged .* run 'ddnn collect"):
+        read_outputs(run)
+
+
+def test_a_directory_is_swapped_in_whole(tmp_path):
+    target = tmp_path / "family"
+    for version in ("old", "new"):
+        with atomic_dir(target) as staging:
+            (staging / "version").write_text(version)
+    assert (target / "version").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["family"]  # neither staging nor old left
+    with pytest.raises(RuntimeError), atomic_dir(target) as staging:
+        (staging / "version").write_text("broken")
+        raise RuntimeError("killed while building")
+    assert (target / "version").read_text() == "new"
+
+
+def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
+    run = RunDir(tmp_path / "run")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from ddnn_jax.rundir import RunDir, locked\n"
+            f"with locked(RunDir({str(run.root)!r}), 'train'):\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with (
+            pytest.raises(UsageError, match=f"in use by process {holder.pid} \\(ddnn train\\)"),
+            locked(run, "collect"),
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with locked(run, "collect"), locked(run, "collect"):  # free again after a kill; re-entrant
+        assert "ddnn collect" in run.lock.read_text()
+
+
+def test_a_directory_made_for_the_lock_alone_is_removed_on_failure(tmp_path):
+    run = RunDir(tmp_path / "new")
+    with pytest.raises(UsageError), locked(run, "train"):
+        raise UsageError("bad flags")
+    assert not run.root.exists()
