@@ -255,6 +255,12 @@ def _add_evaluate_report(commands) -> None:
         "report", help="figures and report.md from results.json", formatter_class=_Help
     )
     _run_flag(report)
+    check = commands.add_parser(
+        "check",
+        help="verify every artefact of a run against what it was made from; exit 0 only if all is ok",
+        formatter_class=_Help,
+    )
+    _run_flag(check)
 
 
 def _add_interop(commands) -> None:
@@ -294,7 +300,8 @@ def _add_interop(commands) -> None:
         "export-torch", formatter_class=_Help, help="write a run's best weights as PyTorch state dicts"
     )
     _run_flag(exporter)
-    exporter.add_argument("--out", required=True, type=Path, help="directory for the .pth files")
+    exporter.add_argument("--out", required=True, type=Path, help="new or empty directory for the .pth files")
+    exporter.add_argument("--force", action="store_true", help="write into a non-empty --out")
 
 
 def _add_bench(commands) -> None:
@@ -458,6 +465,17 @@ def _evaluate(args) -> None:
     print(f"results: {RunDir(args.run).results}")
 
 
+def _check(args) -> int:
+    """Exit 0 only when every artefact is ok, 1 when some need repair."""
+    from ddnn_jax.check import OK, check, summary
+
+    findings = check(args.run)
+    for finding in findings:
+        print(finding.line())
+    print(summary(findings))
+    return 0 if all(f.status == OK for f in findings) else EXIT_FAILURE
+
+
 def _report(args) -> None:
     print(f"report: {report(args.run)}")
 
@@ -487,7 +505,7 @@ def _import_torch(args) -> None:
 def _export_torch(args) -> None:
     from ddnn_jax.interop.convert import export_torch
 
-    for name, path in export_torch(args.run, args.out).items():
+    for name, path in export_torch(args.run, args.out, force=args.force).items():
         print(f"{name}: {path}")
 
 
@@ -542,6 +560,7 @@ COMMANDS = {
     "route": _route,
     "evaluate": _evaluate,
     "report": _report,
+    "check": _check,
     "run": _run,
     "study": _study,
     "import-torch": _import_torch,
@@ -556,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except UsageError as err:
         print(f"ddnn: error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -566,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ddnn: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -263,6 +264,7 @@ def _prepared_builder(tfds_name: str, data_dir: str | None, download: bool):
     if offline:
         _prepare_fashion_mnist_offline(data_dir)
         return tfds.builder(tfds_name, data_dir=data_dir)
+    _check_network(tfds_name, how_to)
     try:
         builder.download_and_prepare(file_format=PREPARED_FORMAT)
     except Exception as err:  # tfds raises many kinds: network, checksum, missing manual files
@@ -271,6 +273,24 @@ def _prepared_builder(tfds_name: str, data_dir: str | None, download: bool):
             f"download it ({type(err).__name__}): check the network, or {how_to}"
         ) from None
     return builder
+
+
+NETWORK_PROBE = ("storage.googleapis.com", 443)  # where tfds fetches prepared datasets first
+NETWORK_TIMEOUT_S = 10.0
+
+
+def _check_network(tfds_name: str, how_to: str) -> None:
+    """Fails within seconds when there is no network, instead of after tfds's minutes of
+    retries; behind a proxy (HTTPS_PROXY set) tfds is left to find its way."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy")):
+        return
+    try:
+        socket.create_connection(NETWORK_PROBE, timeout=NETWORK_TIMEOUT_S).close()
+    except OSError as err:
+        raise UsageError(
+            f"cannot download '{tfds_name}': no network ({NETWORK_PROBE[0]} unreachable: "
+            f"{err.strerror or type(err).__name__}); {how_to}"
+        ) from None
 
 
 def prepare_dataset(name: str, *, data_dir: str | None = None, download: bool = False) -> Path:

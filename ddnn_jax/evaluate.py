@@ -53,6 +53,7 @@ from ddnn_jax.rundir import (
     TestAnalysis,
     UnconstrainedPoint,
     as_run,
+    family_fingerprint,
     locked,
     outputs_fingerprint,
     read_family,
@@ -170,6 +171,7 @@ def _router_family(
         point["threshold"] = float(t)
     result: RouterResult = {
         "family": name,
+        "made_from": family_fingerprint(scores),
         "config": record.config,
         "points": [],
         "entropy_at_achieved_rate": [],

@@ -711,6 +711,14 @@ def read_family(family: FamilyDir) -> FamilyRecord:
         raise UsageError(f"{family.record} is not a router family record ({err}): {remedy}") from None
 
 
+def family_fingerprint(scores: dict[str, np.ndarray]) -> str:
+    """SHA-256 of a family's router logits on every split: what results.json scored."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        digest.update(np.ascontiguousarray(scores[split], np.float32).tobytes())
+    return digest.hexdigest()
+
+
 def read_family_scores(family: FamilyDir) -> dict[str, np.ndarray]:
     """The router logits [G, N] of every split."""
     try:
@@ -749,6 +757,7 @@ class UnconstrainedPoint(TypedDict):
 
 class RouterResult(TypedDict):
     family: str
+    made_from: str  # family_fingerprint of the scores evaluated
     config: dict[str, Any]
     points: list[Point]  # the thesis decision, logit >= 0 (per-target routers; [] for a score)
     entropy_at_achieved_rate: list[Point]  # the entropy rule at the rates ``points`` kept

@@ -312,9 +312,14 @@ def _write_imported_run(out: Path, record: RunRecord, state, selection: float) -
         manager.close()
 
 
-def export_torch(run_dir: Path, out_dir: Path) -> dict[str, Path]:
+def export_torch(run_dir: Path, out_dir: Path, force: bool = False) -> dict[str, Path]:
     """Writes the best weights of a run as the three PyTorch state dicts and a manifest with the
-    architecture and input normalisation; returns the written paths."""
+    architecture and input normalisation; returns the written paths. ``out_dir`` must be new or
+    empty unless ``force``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file: give a directory for the .pth files")
+    if not force and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise UsageError(f"--out {out_dir} is not empty: choose a new directory, or add --force to overwrite")
     torch = require_torch()
     record, state, _ = restore_best(RunDir(run_dir))
     state_dicts = flax_to_torch(

@@ -1,0 +1,214 @@
+"""``ddnn check``: every artefact of a run directory against what it records it was made from.
+
+Each stage's artefact is ``ok``, ``missing``, ``damaged`` (unreadable) or ``stale`` (made from
+inputs that have changed since), with the command that rebuilds it. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ddnn_jax import checkpointing
+from ddnn_jax.errors import UsageError
+from ddnn_jax.pipeline import RunPlan, planned_families
+from ddnn_jax.router import DEPTH_PRESETS, RouterConfig
+from ddnn_jax.rundir import (
+    FamilyDir,
+    RunDir,
+    as_run,
+    family_fingerprint,
+    outputs_fingerprint,
+    read_family,
+    read_family_scores,
+    read_json,
+    read_metrics,
+    read_outputs,
+    read_results,
+    read_run_record,
+)
+
+OK, MISSING, DAMAGED, STALE = "ok", "missing", "damaged", "stale"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    artefact: str  # its path inside the run directory
+    status: str  # OK, MISSING, DAMAGED or STALE
+    detail: str = ""
+    repair: str = ""  # the command that rebuilds it
+
+    def line(self) -> str:
+        text = f"{self.status:8s} {self.artefact}"
+        if self.detail:
+            text += f": {self.detail}"
+        return text + (f"  -> {self.repair}" if self.repair else "")
+
+
+def route_command(run: RunDir, name: str, config: RouterConfig) -> str:
+    """The ``ddnn route`` command that trains ``config`` as family ``name`` again."""
+    depth = next((d for d, widths in DEPTH_PRESETS.items() if tuple(widths) == tuple(config.hidden)), None)
+    flags = [
+        f"--inputs {config.inputs}",
+        f"--objective {config.objective}",
+        f"--labels {config.labels}",
+        "--grid " + ",".join(f"{t:g}" for t in config.targets),
+        *([f"--depth {depth}"] if depth is not None else []),
+        f"--dropout {config.dropout_rate:g}",
+        f"--max-epochs {config.max_epochs}",
+        f"--router-seed {config.seed}",
+        f"--name {name}",
+    ]
+    return f"ddnn route --run {run} " + " ".join(flags)
+
+
+def _planned(run: RunDir) -> dict[str, RouterConfig]:
+    """The router families ``ddnn run`` planned for this run, if it was made by ``ddnn run``."""
+    if not run.run_plan.is_file():
+        return {}
+    try:
+        value = read_json(run.run_plan, "")
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+        plan = RunPlan(**fields)
+        return planned_families(plan)
+    except (UsageError, TypeError, ValueError):
+        return {}
+
+
+def _recorded_config(run: RunDir, family: FamilyDir) -> RouterConfig:
+    """The family's configuration from its own record or, if that is damaged, from results.json."""
+    try:
+        return RouterConfig.from_json(read_family(family).config)
+    except (UsageError, TypeError):
+        results = read_results(run)
+        config = next(r["config"] for r in results["routers"].values() if r["family"] == family.name)
+        return RouterConfig.from_json(config)
+
+
+def _family_repair(run: RunDir, family: FamilyDir, planned: dict[str, RouterConfig]) -> str:
+    """The command that trains the family again: its configuration from the run plan, its
+    record or results.json, whichever is readable."""
+    config = planned.get(family.name)
+    if config is None:
+        try:
+            config = _recorded_config(run, family)
+        except (UsageError, TypeError, StopIteration):
+            return f"delete {family.root}, then 'ddnn route --run {run} --name {family.name}' with its flags"
+    return route_command(run, family.name, config)
+
+
+def _training(run: RunDir) -> tuple[list[Finding], int | None]:
+    """config.json, metrics.jsonl and the checkpoints; and the best epoch, if there is one."""
+    resume = f"ddnn train --out {run} (with the run's flags)"
+    try:
+        record = read_run_record(run)
+    except UsageError as err:
+        return [Finding("config.json", DAMAGED if run.config.is_file() else MISSING, str(err), resume)], None
+    findings = [Finding("config.json", OK, f"{record.dataset}, seed {record.seed}")]
+    try:
+        rows = read_metrics(run)
+        if rows or record.train.epochs == 0:
+            findings.append(Finding("metrics.jsonl", OK, f"{len(rows)} epochs"))
+        else:
+            findings.append(Finding("metrics.jsonl", MISSING, "no epoch recorded", resume))
+    except UsageError as err:
+        findings.append(Finding("metrics.jsonl", DAMAGED, str(err), resume))
+    best = None
+    if run.checkpoints.is_dir():
+        manager = checkpointing.manager(run.checkpoints)
+        best = manager.best_step()
+        manager.close()
+    if best is None:
+        findings.append(Finding("checkpoints/", MISSING, "no checkpoint", resume))
+    else:
+        findings.append(Finding("checkpoints/", OK, f"best epoch {best}"))
+    return findings, best
+
+
+def check(run_dir: RunDir | Path) -> list[Finding]:
+    """One finding per artefact, in stage order."""
+    run = as_run(run_dir)
+    if not run.root.is_dir():
+        raise UsageError(f"{run} is not a directory: give a run directory")
+    findings, best = _training(run)
+    collect = f"ddnn collect --run {run}"
+    planned = _planned(run)
+    if any(c.kind.needs_features for c in planned.values()):
+        collect += " --features"
+    fingerprint = None
+    try:
+        outputs = read_outputs(run)
+        epoch = outputs["test"].epoch
+        fingerprint = outputs_fingerprint(outputs)
+        if best is not None and epoch != best:
+            findings.append(Finding("outputs/", STALE, f"epoch {epoch}, best checkpoint {best}", collect))
+            fingerprint = None  # what is made from stale outputs is not checked against them
+        else:
+            findings.append(Finding("outputs/", OK, f"epoch {epoch}"))
+    except UsageError as err:
+        status = MISSING if not run.outputs_dir.is_dir() else DAMAGED
+        findings.append(Finding("outputs/", status, str(err), collect))
+    families = _families(run, fingerprint, planned, findings)
+    findings += _results(run, fingerprint, families)
+    return findings
+
+
+def _families(
+    run: RunDir, fingerprint: str | None, planned: dict[str, RouterConfig], findings: list[Finding]
+) -> dict[str, str]:
+    """Appends a finding per router family (planned or present); returns the ok ones' digests."""
+    digests = {}
+    present = {p.name: FamilyDir(p) for p in sorted(run.routers.iterdir())} if run.routers.is_dir() else {}
+    names = list(dict.fromkeys([*planned, *(n for n in present if not n.startswith("."))]))
+    for name in names:
+        family = run.family(name)
+        where = f"routers/{name}/"
+        repair = _family_repair(run, family, planned)
+        if not family.is_complete():
+            findings.append(Finding(where, MISSING, "not trained", repair))
+            continue
+        try:
+            record = read_family(family)
+            scores = read_family_scores(family)
+        except UsageError as err:
+            findings.append(Finding(where, DAMAGED, str(err), repair))
+            continue
+        if fingerprint is not None and record.made_from != fingerprint:
+            findings.append(Finding(where, STALE, "trained on other outputs", repair))
+            continue
+        digests[name] = family_fingerprint(scores)
+        findings.append(Finding(where, OK, f"{len(record.best_epoch)} router(s)"))
+    return digests
+
+
+def _results(run: RunDir, fingerprint: str | None, families: dict[str, str]) -> list[Finding]:
+    evaluate, report = f"ddnn evaluate --run {run}", f"ddnn report --run {run}"
+    try:
+        results = read_results(run)
+    except UsageError as err:
+        status = MISSING if not run.results.is_file() else DAMAGED
+        return [Finding("results.json", status, str(err), evaluate)]
+    recorded = {r["family"]: r.get("made_from") for r in results["routers"].values()}
+    if fingerprint is not None and results["made_from"] != fingerprint:
+        found = Finding("results.json", STALE, "scored other outputs", evaluate)
+    elif recorded != families:
+        changed = sorted(
+            name for name in set(recorded) | set(families) if recorded.get(name) != families.get(name)
+        )
+        found = Finding("results.json", STALE, f"router family {changed[0]} changed since", evaluate)
+    else:
+        found = Finding("results.json", OK)
+    findings = [found]
+    if not run.report.is_file():
+        findings.append(Finding("report.md", MISSING, "", report))
+    elif run.report.stat().st_mtime_ns < run.results.stat().st_mtime_ns:
+        findings.append(Finding("report.md", STALE, "older than results.json", report))
+    else:
+        findings.append(Finding("report.md", OK))
+    return findings
+
+
+def summary(findings: list[Finding]) -> str:
+    bad = [f for f in findings if f.status != OK]
+    return "all ok" if not bad else f"{len(bad)} of {len(findings)} artefacts need repair"

@@ -1,0 +1,103 @@
+"""Faults a run directory meets: damaged artefacts, a second writer, no network, an occupied
+export directory. Each ends in a repair or one line with exit 2, never a traceback."""
+
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from ddnn_jax import cli, data
+from ddnn_jax.check import DAMAGED, MISSING, OK, STALE, check
+from ddnn_jax.rundir import RunDir
+
+
+def _one_line_error(capsys, argv, fragment):
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines
+
+
+def _statuses(run) -> dict[str, str]:
+    return {f.artefact: f.status for f in check(run)}
+
+
+@pytest.fixture
+def evaluated_run(tiny_run):
+    assert cli.main(["route", "--run", str(tiny_run), "--grid", "0.3,0.7", "--max-epochs", "2"]) == 0
+    assert cli.main(["evaluate", "--run", str(tiny_run)]) == 0
+    assert cli.main(["report", "--run", str(tiny_run)]) == 0
+    return tiny_run
+
+
+def test_check_finds_a_damaged_family_and_its_repair_makes_it_ok(evaluated_run, capsys):
+    statuses = _statuses(evaluated_run)
+    # a synthetic run has no checkpoints; everything made after them is checked all the same
+    assert statuses.pop("checkpoints/") == MISSING
+    assert set(statuses.values()) == {OK}
+    record = RunDir(evaluated_run).family("logits").record
+    record.write_text(record.read_text()[:40])  # truncated
+    finding = next(f for f in check(evaluated_run) if f.artefact == "routers/logits/")
+    assert finding.status == DAMAGED and finding.repair.startswith("ddnn route --run")
+    assert cli.main(shlex.split(finding.repair)[1:]) == 0
+    statuses = _statuses(evaluated_run)
+    assert statuses["routers/logits/"] == OK
+    assert statuses["results.json"] == OK  # the retrained family gives the same scores
+    capsys.readouterr()
+    assert cli.main(["check", "--run", str(evaluated_run)]) == 1  # checkpoints still missing
+    assert "missing  checkpoints/" in capsys.readouterr().out
+
+
+def test_check_finds_stale_results_and_report(evaluated_run):
+    from conftest import write_tiny_outputs
+
+    write_tiny_outputs(RunDir(evaluated_run), seed=5)  # new outputs, same epoch
+    statuses = _statuses(evaluated_run)
+    assert statuses["routers/logits/"] == STALE and statuses["results.json"] == STALE
+    assert cli.main(["route", "--run", str(evaluated_run), "--grid", "0.3,0.7", "--max-epochs", "2"]) == 0
+    assert cli.main(["evaluate", "--run", str(evaluated_run)]) == 0
+    statuses = _statuses(evaluated_run)
+    assert statuses["results.json"] == OK and statuses["report.md"] == STALE
+
+
+def test_a_second_writer_gets_one_line_naming_the_holder(tiny_run, capsys):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from ddnn_jax.rundir import RunDir, locked\n"
+            f"with locked(RunDir({str(tiny_run)!r}), 'collect'):\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        _one_line_error(capsys, ["evaluate", "--run", str(tiny_run)], f"in use by process {holder.pid}")
+        _one_line_error(capsys, ["route", "--run", str(tiny_run), "--grid", "0.5"], "(ddnn collect)")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tiny_run / "routers").exists() and not (tiny_run / "results.json").exists()
+
+
+def test_download_without_network_fails_at_once(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tensorflow")
+    monkeypatch.setattr(data, "NETWORK_PROBE", ("127.0.0.1", 9))  # nothing listens there
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    argv = ["prepare", "--dataset", "cifar10", "--download", "--data-dir", str(tmp_path / "tfds")]
+    _one_line_error(capsys, argv, "cannot download 'cifar10': no network (127.0.0.1 unreachable")
+
+
+def test_export_refuses_an_occupied_directory(tiny_run, tmp_path, capsys):
+    occupied = tmp_path / "weights"
+    occupied.mkdir()
+    (occupied / "edge.pth").write_bytes(b"keep")
+    _one_line_error(capsys, ["export-torch", "--run", str(tiny_run), "--out", str(occupied)], "add --force")
+    assert (occupied / "edge.pth").read_bytes() == b"keep"
+    _one_line_error(
+        capsys, ["export-torch", "--run", str(tiny_run), "--out", str(occupied / "edge.pth")], "is a file"
+    )
