@@ -7,6 +7,7 @@ The latest few epochs are kept for resuming and the best epoch on validation for
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -39,10 +40,30 @@ def save(manager: ocp.CheckpointManager, epoch: int, state, selection_accuracy: 
     manager.wait_until_finished()
 
 
+class DamagedCheckpoint(Exception):
+    """A checkpoint that exists but cannot be restored."""
+
+
 def restore(manager: ocp.CheckpointManager, epoch: int, template):
-    """The state saved after ``epoch``, with the structure and dtypes of ``template``."""
+    """The state saved after ``epoch``, with the structure and dtypes of ``template``; raises
+    DamagedCheckpoint when its files cannot be read back."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    return manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+    try:
+        return manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+    except Exception as err:  # orbax and tensorstore raise many kinds for damaged files
+        raise DamagedCheckpoint(f"the checkpoint of epoch {epoch} is damaged ({type(err).__name__})") from err
+
+
+def restore_latest(manager: ocp.CheckpointManager, template, warn: Callable[[str], None]):
+    """(state, epoch) of the latest checkpoint that restores, deleting damaged later ones
+    (with a warning) so that training continues from the one before; (None, 0) if none do."""
+    for epoch in sorted(manager.all_steps(), reverse=True):
+        try:
+            return restore(manager, epoch, template), epoch
+        except DamagedCheckpoint as err:
+            warn(f"warning: {err}; deleting it and resuming from the one before")
+            manager.delete(epoch)
+    return None, 0
 
 
 def save_tree(directory: Path, tree) -> None:

@@ -77,13 +77,26 @@ def restore_best(run: RunDir) -> tuple[RunRecord, TrainState, int]:
     manager = checkpointing.manager(run.checkpoints, keep=record.train.keep_checkpoints)
     best_epoch = manager.best_step()
     if best_epoch is None:
+        saved = list(manager.all_steps())
         manager.close()
+        if saved:
+            raise UsageError(
+                f"{run.checkpoints} holds epochs {saved} but none says how good it was (their "
+                f"metrics files are damaged): delete {run} and train again"
+            )
         raise UsageError(
             f"{run} has no checkpoint yet: finish training with 'ddnn train --out {run}' and the run's flags"
         )
     template = create_train_state(record.train, record.image_shape, record.num_classes)
-    state = checkpointing.restore(manager, best_epoch, template)
-    manager.close()
+    try:
+        state = checkpointing.restore(manager, best_epoch, template)
+    except checkpointing.DamagedCheckpoint as err:
+        raise UsageError(
+            f"{run}: {err}, and it is the best one: restore {run.checkpoints / str(best_epoch)} from a "
+            f"copy, or delete it and rerun 'ddnn train --out {run}' with the run's flags"
+        ) from None
+    finally:
+        manager.close()
     return record, state, best_epoch
 
 

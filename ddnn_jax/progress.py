@@ -35,6 +35,10 @@ class Progress:
         if not self.quiet:
             tqdm.write(text, file=sys.stdout)
 
+    def warn(self, text: str) -> None:
+        """Something the user must know (a repair made on their behalf): always, on stderr."""
+        tqdm.write(text, file=sys.stderr)
+
     def bar(self, total: int | None, desc: str, unit: str = "it", **kwargs: Any) -> tqdm:
         """A live bar with rate and ETA; a silent one when bars are off."""
         return tqdm(

@@ -41,6 +41,7 @@ from ddnn_jax.rundir import (
     locked,
     outputs_fingerprint,
     read_family,
+    read_family_scores,
     read_outputs,
     read_run_record,
     write_family,
@@ -115,8 +116,11 @@ def is_up_to_date(family: FamilyDir, config: RouterConfig, made_from: str) -> bo
         return False
     try:
         record = read_family(family)
+        scores = read_family_scores(family)
     except UsageError:
         return False  # damaged: train it again
+    if any(s.shape[0] != config.models for s in scores.values()):
+        return False
     try:
         same = RouterConfig.from_json(record.config) == config
     except TypeError:

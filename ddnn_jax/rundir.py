@@ -63,6 +63,8 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 OUTPUTS = "outputs"
 LOCK = ".lock"  # the run directory's exclusive lock (flock) and its holder
+# What np.load raises for a truncated, garbled or incomplete .npz.
+NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 ROUTERS = "routers"
 FAMILY_RECORD = "router.json"
 FAMILY_SCORES = "scores.npz"
@@ -615,7 +617,7 @@ def read_outputs(run: RunDir, *, need_features: bool = False) -> dict[str, Split
                     epoch=int(arrays["epoch"]),
                     features=arrays["features"] if need_features and "features" in arrays else None,
                 )
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        except NPZ_ERRORS as err:
             raise UsageError(f"{path} is damaged ({type(err).__name__}): {remedy} again") from None
         if need_features and loaded[split].features is None:
             raise UsageError(f"{path} has no edge features: {remedy} first")
@@ -638,7 +640,7 @@ def outputs_epoch(run: RunDir, *, with_features: bool) -> int | None:
                 if with_features and "features" not in arrays.files:
                     return None
                 epochs.add(int(arrays["epoch"]))
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        except NPZ_ERRORS:
             return None  # damaged: collect again
     return epochs.pop() if len(epochs) == 1 else None
 
@@ -724,7 +726,7 @@ def read_family_scores(family: FamilyDir) -> dict[str, np.ndarray]:
     try:
         with np.load(family.scores) as scores:
             return {split: scores[split] for split in SPLITS}
-    except (OSError, ValueError, KeyError) as err:
+    except NPZ_ERRORS as err:
         raise UsageError(
             f"{family.scores} is damaged ({type(err).__name__}): delete {family.root} and run "
             "'ddnn route' again"

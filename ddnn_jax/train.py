@@ -337,13 +337,14 @@ class _EpochBar:
             self.bar = None
 
 
-def _restore_or_init(config: TrainConfig, data: DataSplits, manager) -> tuple[TrainState, int]:
-    """The state to continue from (the latest checkpoint, or a fresh one) and its epoch."""
-    state = create_train_state(config, data.image_shape, data.num_classes)
-    latest = manager.latest_step()
-    if latest is None:
-        return state, 0
-    return checkpointing.restore(manager, latest, state), latest
+def _restore_or_init(
+    config: TrainConfig, data: DataSplits, manager, progress: Progress
+) -> tuple[TrainState, int]:
+    """The state to continue from (the latest checkpoint that restores, or a fresh one) and
+    its epoch."""
+    fresh = create_train_state(config, data.image_shape, data.num_classes)
+    state, epoch = checkpointing.restore_latest(manager, fresh, progress.warn)
+    return (fresh, 0) if state is None else (state, epoch)
 
 
 def _validate(predict, state: TrainState, data: DataSplits, batch_size: int) -> tuple[float, float]:
@@ -375,8 +376,14 @@ def train(
     """
     run = as_run(run_dir)
     manager = checkpointing.manager(run.checkpoints, keep=config.keep_checkpoints)
-    state, start_epoch = _restore_or_init(config, data, manager)
+    state, start_epoch = _restore_or_init(config, data, manager, progress)
     history = [row for row in read_metrics(run) if row["epoch"] <= start_epoch]
+    if [row["epoch"] for row in history] != list(range(1, start_epoch + 1)):
+        manager.close()
+        raise UsageError(
+            f"{run.metrics} lacks epochs that checkpoints/ holds (1 to {start_epoch}): restore it "
+            f"from a copy, or delete {run} and train again"
+        )
     mesh = data_mesh(config.batch_size)
     steps_per_epoch = len(data.train) // config.batch_size
     live = _EpochBar(progress, steps_per_epoch, config.batch_size)

@@ -1,0 +1,107 @@
+"""Fault injection: every kind of file in a real run directory truncated, overwritten with
+garbage or deleted, then the stage that reads it run again. Each case must end in a repair
+(exit 0 and the artefact whole again) or one line on stderr with exit 2: never a traceback,
+never exit 0 over a damaged input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddnn_jax import cli
+
+FLAGS = ["--dataset", "fashion_mnist", "--epochs", "2", "--limit-train", "512", "--batch-size", "128"]
+PLAN = ["--inputs", "logits", "--grid", "0.5", "--no-ablations", "--sweep-weights", "none", "--quiet"]
+ROUTE = ["--grid", "0.5", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, fashion_mnist_ready):
+    """One complete small run (2 epochs, one router), copied for every case."""
+    out = tmp_path_factory.mktemp("faults") / "run"
+    assert cli.main(["run", *FLAGS, *PLAN, "--out", str(out)]) == 0
+    return out
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "delete":
+        path.unlink()
+    elif how == "truncate":
+        path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 2)])
+    else:  # garbage of the same length
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, path.stat().st_size, np.uint8).tobytes())
+
+
+def _largest_checkpoint_file(run: Path, epoch: int) -> Path:
+    files = [p for p in (run / "checkpoints" / str(epoch)).rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+# (file, command that reads it, outcome): 'repair' means exit 0 and a readable artefact again.
+CASES = {
+    "config.json": (lambda r: r / "config.json", ["collect"], "refused"),
+    "metrics.jsonl": (lambda r: r / "metrics.jsonl", ["train", *FLAGS], "refused"),
+    "outputs": (lambda r: r / "outputs" / "test.npz", ["route", *ROUTE], "refused"),
+    "router.json": (lambda r: r / "routers" / "logits" / "router.json", ["route", *ROUTE], "repair"),
+    "scores.npz": (lambda r: r / "routers" / "logits" / "scores.npz", ["route", *ROUTE], "repair"),
+    "results.json": (lambda r: r / "results.json", ["report"], "refused"),
+}
+
+
+def _argv(command: list[str], run: Path) -> list[str]:
+    flag = "--out" if command[0] == "train" else "--run"
+    return [*command, flag, str(run)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["truncate", "garbage", "delete"])
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_a_damaged_file_is_repaired_or_refused_in_one_line(pristine, tmp_path, capsys, kind, how):
+    run = tmp_path / "run"
+    shutil.copytree(pristine, run)
+    where, command, outcome = CASES[kind]
+    _damage(where(run), how)
+    capsys.readouterr()
+    code = cli.main(_argv(command, run))
+    err = capsys.readouterr().err.strip().splitlines()
+    if outcome == "repair":
+        assert code == 0, err
+        assert json.loads((run / "routers" / "logits" / "router.json").read_text())["config"]["targets"] == [
+            0.5
+        ]
+        with np.load(run / "routers" / "logits" / "scores.npz") as scores:
+            assert scores["test"].shape == (1, 10_000)
+        assert cli.main(["evaluate", "--run", str(run)]) == 0
+    else:
+        assert code == 2 and len(err) == 1 and err[0].startswith("ddnn: error: "), err
+        assert "'ddnn " in err[0] or "delete" in err[0] or "restore" in err[0], err  # names the fix
+
+
+@pytest.mark.slow
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(pristine, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(pristine, run)
+    _damage(_largest_checkpoint_file(run, 2), "garbage")
+    capsys.readouterr()
+    assert cli.main(["train", *FLAGS, "--out", str(run), "--quiet"]) == 0
+    assert "the checkpoint of epoch 2 is damaged" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    pristine_rows = [json.loads(line) for line in (pristine / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["train_loss"] == pytest.approx(pristine_rows[1]["train_loss"])  # epoch 2 retrained alike
+
+
+@pytest.mark.slow
+def test_a_damaged_best_checkpoint_is_refused_by_collect(pristine, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(pristine, run)
+    best = int(np.load(run / "outputs" / "test.npz")["epoch"])
+    for path in (run / "checkpoints" / str(best)).rglob("*"):
+        if path.is_file() and path.stat().st_size > 1000:
+            _damage(path, "garbage")
+    capsys.readouterr()
+    assert cli.main(["collect", "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"checkpoint of epoch {best} is damaged" in err[0], err
