@@ -7,10 +7,13 @@ The latest few epochs are kept for resuming and the best epoch on validation for
 
 from __future__ import annotations
 
+import errno
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 SELECTION_METRIC = "val_accuracy_mean"
@@ -34,8 +37,23 @@ def manager(directory: Path, keep: int = 3) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
+SPACE_MARGIN = 1 << 20  # bytes of metadata beyond the arrays themselves
+
+
+def ensure_space(directory: Path, tree) -> None:
+    """Raises OSError(ENOSPC) when ``directory``'s filesystem cannot hold ``tree``: Orbax's
+    writer threads would otherwise fail half-way with pages of tracebacks."""
+    need = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(tree)) + SPACE_MARGIN
+    probe = Path(directory)
+    while not probe.exists():
+        probe = probe.parent
+    if shutil.disk_usage(probe).free < need:
+        raise OSError(errno.ENOSPC, f"No space left on device for {need} bytes", str(directory))
+
+
 def save(manager: ocp.CheckpointManager, epoch: int, state, selection_accuracy: float) -> None:
     """Saves the state after ``epoch`` and waits until it is safely on disk."""
+    ensure_space(manager.directory, state)
     manager.save(epoch, args=ocp.args.StandardSave(state), metrics={SELECTION_METRIC: selection_accuracy})
     manager.wait_until_finished()
 
@@ -68,8 +86,10 @@ def restore_latest(manager: ocp.CheckpointManager, template, warn: Callable[[str
 
 def save_tree(directory: Path, tree) -> None:
     """Writes a tree of arrays to ``directory`` (which must not exist yet) and waits for it."""
+    tree = jax.device_get(tree)
+    ensure_space(Path(directory).parent, tree)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(Path(directory).absolute(), jax.device_get(tree))
+        checkpointer.save(Path(directory).absolute(), tree)
         checkpointer.wait_until_finished()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import math
@@ -569,6 +570,18 @@ COMMANDS = {
 }
 
 
+def _out_of_space(err: BaseException | None) -> bool:
+    """Whether a full disk (or quota) caused ``err``: an OSError saying so anywhere in its chain,
+    or tensorstore's (Orbax's) error, which carries the OS message in its text."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow only prepares data for us; its and tfds's log lines are noise on stderr.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -585,6 +598,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ddnn: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not _out_of_space(err):
+            raise
+        print(
+            "ddnn: failed: no space left on the device: free some, then rerun the same command",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return code or 0
 
 

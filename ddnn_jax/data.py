@@ -246,6 +246,8 @@ def _prepared_builder(tfds_name: str, data_dir: str | None, download: bool):
     """A tfds builder whose data is on disk: prepared now (as array_record files) if it was not."""
     import tensorflow_datasets as tfds
 
+    if data_dir is not None and Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise UsageError(f"--data-dir {data_dir} is a file: give the tfds data directory")
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     if builder.is_prepared():
         return builder

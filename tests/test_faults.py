@@ -101,3 +101,29 @@ def test_export_refuses_an_occupied_directory(tiny_run, tmp_path, capsys):
     _one_line_error(
         capsys, ["export-torch", "--run", str(tiny_run), "--out", str(occupied / "edge.pth")], "is a file"
     )
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 120 KiB tmpfs, where the machine lets the test mount one."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=120k", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(small_disk, capsys):
+    from conftest import make_tiny_run
+
+    run = make_tiny_run(small_disk / "run")
+    capsys.readouterr()
+    argv = ["route", "--run", str(run), "--grid", "0.3,0.5,0.7", "--max-epochs", "1", "--quiet"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ddnn: failed: no space left on the device: free some, then rerun the same command"]
+    assert list((run / "routers").iterdir()) == []  # no family, no staging directory
