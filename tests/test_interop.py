@@ -232,3 +232,24 @@ def test_import_rejects_a_file_that_is_not_a_state_dict(tmp_path, capsys):
     paths["cloud"].write_bytes(b"not a checkpoint")
     assert main(_import_args(paths, tmp_path / "run")) == 2
     assert "is not a PyTorch state dict" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda sd: sd.__setitem__("conv1.weight", 3), "'conv1.weight' is a int, not a tensor"),
+        (lambda sd: sd.__setitem__("fc.weight", torch.zeros(2, 2)), "unexpected entry 'fc.weight'"),
+        (lambda sd: sd.__setitem__("conv1.weight", torch.tensor(1.0)), "has 0 dimensions, 4 expected"),
+        (lambda sd: sd["conv1.weight"].view(-1).__setitem__(0, float("nan")), "holds NaN or infinite"),
+    ],
+)
+def test_import_refuses_entries_that_are_not_reference_weights(tmp_path, capsys, change, fragment):
+    model = _torch_model((28, 28, 1), 10)
+    paths = _save_parts(model, tmp_path)
+    state = torch.load(paths["feature_extractor"], weights_only=True)
+    change(state)
+    torch.save(state, paths["feature_extractor"])
+    assert main(_import_args(paths, tmp_path / "run")) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and fragment in error[0], error
+    assert not (tmp_path / "run").exists()

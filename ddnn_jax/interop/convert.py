@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -158,8 +159,34 @@ def load_state_dicts(paths: Mapping[str, Path]) -> dict[str, dict[str, np.ndarra
                 f"{path} holds a {type(state).__name__}, not a state dict: save it with "
                 "torch.save(module.state_dict(), path)"
             )
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                raise UsageError(f"{path}: '{key}' is a {type(value).__name__}, not a tensor: {_REFERENCE}")
         loaded[part] = {key: value.detach().cpu().numpy() for key, value in state.items()}
+        _check_entries(Path(path), loaded[part])
     return loaded
+
+
+_REFERENCE = "give the state dicts of the reference architecture (ddnn_jax.interop.reference)"
+_ENTRY = re.compile(r"((?:conv|fc)\d+|bn\d*)\.(weight|bias|running_mean|running_var|num_batches_tracked)")
+_WEIGHT_DIMS = {"conv": 4, "fc": 2, "bn": 1}
+
+
+def _check_entries(path: Path, state: Mapping[str, np.ndarray]) -> None:
+    """UsageError naming the first entry that is not a layer of the reference architecture,
+    has the wrong number of dimensions, or holds NaN or infinite values."""
+    for key, value in state.items():
+        match = _ENTRY.fullmatch(key)
+        if match is None:
+            raise UsageError(f"{path}: unexpected entry '{key}': {_REFERENCE}")
+        layer, name = match.groups()
+        dims = 0 if name == "num_batches_tracked" else 1
+        if name == "weight":
+            dims = _WEIGHT_DIMS[layer.rstrip("0123456789")]
+        if value.ndim != dims:
+            raise UsageError(f"{path}: '{key}' has {value.ndim} dimensions, {dims} expected: {_REFERENCE}")
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise UsageError(f"{path}: '{key}' holds NaN or infinite values: these weights cannot be used")
 
 
 def _check_shapes(converted: dict, template: dict, dataset: str, image_shape) -> None:
