@@ -570,6 +570,11 @@ COMMANDS = {
 }
 
 
+def _one_line(text: str) -> str:
+    """The message with any unprintable character (a newline in a flag value, say) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _out_of_space(err: BaseException | None) -> bool:
     """Whether a full disk (or quota) caused ``err``: an OSError saying so anywhere in its chain,
     or tensorstore's (Orbax's) error, which carries the OS message in its text."""
@@ -590,10 +595,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         code = COMMANDS[args.command](args)
     except UsageError as err:
-        print(f"ddnn: error: {err}", file=sys.stderr)
+        print(f"ddnn: error: {_one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as err:
-        print(f"ddnn: failed: {err}", file=sys.stderr)
+        print(f"ddnn: failed: {_one_line(str(err))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("ddnn: interrupted; rerun the same command to resume", file=sys.stderr)
