@@ -185,6 +185,9 @@ def _add_prepare(commands) -> None:
         help="prepare a dataset (needs TensorFlow) so that hosts without it can read it",
     )
     _add_data_flags(prepare)
+    prepare.add_argument(
+        "--verbose", action="store_true", help="let TensorFlow's native log lines through (debugging)"
+    )
 
 
 def _add_collect(commands) -> None:
@@ -413,7 +416,9 @@ def _train(args) -> None:
 def _prepare(args) -> None:
     from ddnn_jax.data import load_dataset, prepare_dataset
 
-    prepared = prepare_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
+    prepared = prepare_dataset(
+        args.dataset, data_dir=args.data_dir, download=args.download, verbose=args.verbose
+    )
     data = load_dataset(args.dataset, data_dir=args.data_dir)
     sizes = ", ".join(f"{name} {len(getattr(data, name))}" for name in ("train", "val", "test"))
     print(

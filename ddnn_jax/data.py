@@ -22,6 +22,7 @@ import importlib.util
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -230,9 +231,23 @@ def _tensorflow_available() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def _require_tensorflow(why: str) -> None:
+def _require_tensorflow(why: str, verbose: bool = False) -> None:
+    """Imports TensorFlow (only preparation needs it), or raises ``why``. Its native libraries
+    print log lines straight to file descriptor 2 as they load, which no Python setting
+    reaches: they are sent to /dev/null during the import unless ``verbose``."""
     if not _tensorflow_available():
         raise UsageError(why)
+    if "tensorflow" in sys.modules or verbose:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 PREPARE_NEEDS_TENSORFLOW = (
@@ -242,7 +257,7 @@ PREPARE_NEEDS_TENSORFLOW = (
 )
 
 
-def _prepared_builder(tfds_name: str, data_dir: str | None, download: bool):
+def _prepared_builder(tfds_name: str, data_dir: str | None, download: bool, verbose: bool = False):
     """A tfds builder whose data is on disk: prepared now (as array_record files) if it was not."""
     import tensorflow_datasets as tfds
 
@@ -262,7 +277,7 @@ def _prepared_builder(tfds_name: str, data_dir: str | None, download: bool):
             f"dataset '{tfds_name}' is not prepared in {builder.data_dir}: rerun with --download "
             f"on a machine with network access, or {how_to}"
         )
-    _require_tensorflow(PREPARE_NEEDS_TENSORFLOW)
+    _require_tensorflow(PREPARE_NEEDS_TENSORFLOW, verbose)
     if offline:
         _prepare_fashion_mnist_offline(data_dir)
         return tfds.builder(tfds_name, data_dir=data_dir)
@@ -295,9 +310,12 @@ def _check_network(tfds_name: str, how_to: str) -> None:
         ) from None
 
 
-def prepare_dataset(name: str, *, data_dir: str | None = None, download: bool = False) -> Path:
-    """Prepares a dataset for reading without TensorFlow; returns its tfds directory."""
-    builder = _prepared_builder(check_dataset_name(name).tfds_name, data_dir, download)
+def prepare_dataset(
+    name: str, *, data_dir: str | None = None, download: bool = False, verbose: bool = False
+) -> Path:
+    """Prepares a dataset for reading without TensorFlow; returns its tfds directory.
+    ``verbose`` lets TensorFlow's native log lines through."""
+    builder = _prepared_builder(check_dataset_name(name).tfds_name, data_dir, download, verbose)
     return Path(str(builder.data_dir))
 
 
