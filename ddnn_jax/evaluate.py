@@ -379,6 +379,13 @@ def _summary(curves: dict[str, list[Point]], edge_only: float, cloud_only: float
     return summary
 
 
+def _training_seconds(run: RunDir, record) -> float | None:
+    rows = read_metrics(run)
+    if not rows or len(rows) < record.train.epochs:
+        return None
+    return float(sum(row["seconds"] for row in rows))
+
+
 def _mechanism_curves(c_test: Correctness, local_logits, key) -> dict[str, list[Point]]:
     """The budget-matched heuristics and the budgeted oracle at HEURISTIC_TARGETS."""
     curves = {
@@ -454,7 +461,8 @@ def _evaluate(run: RunDir, config: EvaluationConfig, thresholds: dict[str, list[
         "latency_model": _latency_model(edge_only, cloud_only, config),
         "local_weight_sweep": _weight_sweep(run, key),
         "timing": {
-            "ddnn_training_seconds": float(sum(row["seconds"] for row in read_metrics(run))),
+            # None when the epochs' rows are gone (an imported run, a deleted metrics.jsonl)
+            "ddnn_training_seconds": _training_seconds(run, record),
             "ddnn_training_backend": record.backend,
             "router_training_seconds": {name: r["seconds"]["train"] for name, r in routers.items()},
         },

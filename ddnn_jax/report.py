@@ -564,7 +564,12 @@ def _summary_section(results: Results) -> list[str]:
         "",
         "## Timing",
         "",
-        f"DDNN training: {timing['ddnn_training_seconds']:.1f} s ({timing['ddnn_training_backend']}).",
+        "DDNN training: "
+        + (
+            "not recorded"
+            if timing["ddnn_training_seconds"] is None
+            else f"{timing['ddnn_training_seconds']:.1f} s ({timing['ddnn_training_backend']})."
+        ),
         "",
     ]
     rows += [f"- router family {k}: {v:.1f} s" for k, v in timing["router_training_seconds"].items()]
