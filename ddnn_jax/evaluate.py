@@ -344,9 +344,18 @@ def _routers(
     key,
     config: EvaluationConfig,
     thresholds: dict[str, list[float]],
+    made_from: str,
 ):
     """Every trained family's result by curve name, every router curve's decisions, and
-    Fig. 6.12's analysis of 'logits'."""
+    Fig. 6.12's analysis of 'logits'. A family that is incomplete or was trained on other
+    outputs than these is refused, not left out or scored on outputs it never saw."""
+    present = [p for p in run.routers.iterdir() if not p.name.startswith(".")] if run.routers.is_dir() else []
+    for path in present:
+        if path.name not in run.families():
+            raise UsageError(
+                f"{path} is incomplete: rerun 'ddnn route --run {run} --name {path.name}' with its flags "
+                "(or 'ddnn run'), or delete it"
+            )
     unknown = sorted(set(thresholds) - set(run.families()))
     if unknown:
         raise UsageError(f"--thresholds names router family '{unknown[0]}', which {run} does not have")
@@ -355,6 +364,11 @@ def _routers(
     test_analysis = None
     for family, family_dir in run.families().items():
         record = read_family(family_dir)
+        if record.made_from != made_from:
+            raise UsageError(
+                f"router family {family} was trained on other outputs than {run}'s current ones: "
+                f"retrain it ('ddnn check --run {run}' gives the command) or rerun 'ddnn run'"
+            )
         scores = read_family_scores(family_dir)
         name = curve_name(family)
         routers[name], decided = _router_family(
@@ -434,7 +448,10 @@ def _evaluate(run: RunDir, config: EvaluationConfig, thresholds: dict[str, list[
         "local_rate": best["local_rate"],
         "accuracy": best["accuracy"],
     }
-    routers, decisions, test_analysis = _routers(run, c_test, local_logits, key, config, thresholds)
+    made_from = outputs_fingerprint(outputs)
+    routers, decisions, test_analysis = _routers(
+        run, c_test, local_logits, key, config, thresholds, made_from
+    )
     for name, router in routers.items():
         curves[calibrated(name)] = router["calibrated"]
         if router["points"]:
@@ -448,7 +465,7 @@ def _evaluate(run: RunDir, config: EvaluationConfig, thresholds: dict[str, list[
         "local_weight_mode": record.local_weight_mode,
         "best_epoch": outputs["test"].epoch,
         "test_size": len(outputs["test"]),
-        "made_from": outputs_fingerprint(outputs),
+        "made_from": made_from,
         "edge_only_accuracy": edge_only,
         "cloud_only_accuracy": cloud_only,
         "oracle_unconstrained": unconstrained,

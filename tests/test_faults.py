@@ -127,3 +127,15 @@ def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(small_disk
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ddnn: failed: no space left on the device: free some, then rerun the same command"]
     assert list((run / "routers").iterdir()) == []  # no family, no staging directory
+
+
+def test_evaluate_refuses_an_incomplete_or_stale_family(evaluated_run, capsys):
+    from conftest import write_tiny_outputs
+
+    record = RunDir(evaluated_run).family("logits").record
+    saved = record.read_bytes()
+    record.unlink()
+    _one_line_error(capsys, ["evaluate", "--run", str(evaluated_run)], "routers/logits is incomplete")
+    record.write_bytes(saved)
+    write_tiny_outputs(RunDir(evaluated_run), seed=5)  # collected again: the family is stale
+    _one_line_error(capsys, ["evaluate", "--run", str(evaluated_run)], "trained on other outputs")
