@@ -38,6 +38,7 @@ def collect(
       progress: where the live bar over the images goes.
     """
     run = as_run(run_dir)
+    read_run_record(run)  # before the lock: a directory that is no run gets no lock file
     with locked(run, "collect"):
         return _collect(run, with_features, progress)
 
