@@ -70,9 +70,8 @@ def _planned(run: RunDir) -> dict[str, RouterConfig]:
     try:
         value = read_json(run.run_plan, "")
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-        plan = RunPlan(**fields)
-        return planned_families(plan)
-    except (UsageError, TypeError, ValueError):
+        return planned_families(RunPlan(**fields))
+    except Exception:  # a damaged plan only costs the exact repair commands
         return {}
 
 
@@ -93,7 +92,7 @@ def _family_repair(run: RunDir, family: FamilyDir, planned: dict[str, RouterConf
     if config is None:
         try:
             config = _recorded_config(run, family)
-        except (UsageError, TypeError, StopIteration):
+        except Exception:  # neither record readable: the generic way
             return f"delete {family.root}, then 'ddnn route --run {run} --name {family.name}' with its flags"
     return route_command(run, family.name, config)
 
@@ -116,7 +115,10 @@ def _training(run: RunDir) -> tuple[list[Finding], int | None]:
         findings.append(Finding("metrics.jsonl", DAMAGED, str(err), resume))
     best = None
     if run.checkpoints.is_dir():
-        manager = checkpointing.manager(run.checkpoints)
+        try:
+            manager = checkpointing.manager(run.checkpoints)
+        except UsageError as err:
+            return [*findings, Finding("checkpoints/", DAMAGED, str(err), f"{resume} in a new --out")], None
         best = manager.best_step()
         manager.close()
     if best is None:
@@ -165,21 +167,31 @@ def _families(
         family = run.family(name)
         where = f"routers/{name}/"
         repair = _family_repair(run, family, planned)
-        if not family.is_complete():
-            findings.append(Finding(where, MISSING, "not trained", repair))
-            continue
         try:
-            record = read_family(family)
-            scores = read_family_scores(family)
-        except UsageError as err:
-            findings.append(Finding(where, DAMAGED, str(err), repair))
-            continue
-        if fingerprint is not None and record.made_from != fingerprint:
-            findings.append(Finding(where, STALE, "trained on other outputs", repair))
-            continue
-        digests[name] = family_fingerprint(scores)
-        findings.append(Finding(where, OK, f"{len(record.best_epoch)} router(s)"))
+            finding, digest = _family(family, fingerprint)
+        except Exception as err:  # anything unreadable in a record is damage, not a crash
+            finding, digest = Finding(where, DAMAGED, f"{type(err).__name__}: {err}"), None
+        if finding.status != OK:
+            finding = dataclasses.replace(finding, repair=repair)
+        if digest is not None:
+            digests[name] = digest
+        findings.append(finding)
     return digests
+
+
+def _family(family: FamilyDir, fingerprint: str | None) -> tuple[Finding, str | None]:
+    """One family's finding, and the fingerprint of its scores when it is ok."""
+    where = f"routers/{family.name}/"
+    if not family.is_complete():
+        return Finding(where, MISSING, "not trained"), None
+    try:
+        record = read_family(family)
+        scores = read_family_scores(family)
+    except UsageError as err:
+        return Finding(where, DAMAGED, str(err)), None
+    if fingerprint is not None and record.made_from != fingerprint:
+        return Finding(where, STALE, "trained on other outputs"), None
+    return Finding(where, OK, f"{len(record.best_epoch)} router(s)"), family_fingerprint(scores)
 
 
 def _results(run: RunDir, fingerprint: str | None, families: dict[str, str]) -> list[Finding]:
@@ -189,7 +201,12 @@ def _results(run: RunDir, fingerprint: str | None, families: dict[str, str]) -> 
     except UsageError as err:
         status = MISSING if not run.results.is_file() else DAMAGED
         return [Finding("results.json", status, str(err), evaluate)]
-    recorded = {r["family"]: r.get("made_from") for r in results["routers"].values()}
+    try:
+        recorded = {r["family"]: r.get("made_from") for r in results["routers"].values()}
+    except (AttributeError, KeyError, TypeError) as err:
+        return [
+            Finding("results.json", DAMAGED, f"its routers are unreadable ({type(err).__name__})", evaluate)
+        ]
     if fingerprint is not None and results["made_from"] != fingerprint:
         found = Finding("results.json", STALE, "scored other outputs", evaluate)
     elif recorded != families:

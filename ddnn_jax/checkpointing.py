@@ -8,6 +8,7 @@ The latest few epochs are kept for resuming and the best epoch on validation for
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ddnn_jax.errors import UsageError
 
 SELECTION_METRIC = "val_accuracy_mean"
 
@@ -34,7 +37,29 @@ def manager(directory: Path, keep: int = 3) -> ocp.CheckpointManager:
         ),
         create=True,
     )
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    try:
+        return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    except (ValueError, UnicodeDecodeError, OSError, KeyError, TypeError) as err:
+        raise UsageError(
+            f"{_damaged_metadata(Path(directory)) or directory} is damaged ({type(err).__name__}): move "
+            "that epoch's directory out of checkpoints/, or delete the run and train it again"
+        ) from None
+
+
+def unscored_steps(manager: ocp.CheckpointManager) -> list[int]:
+    """Saved epochs whose metrics file is gone: the best one cannot be known while they exist."""
+    root = Path(manager.directory)
+    return [s for s in manager.all_steps() if not (root / str(s) / "metrics" / "metrics").is_file()]
+
+
+def _damaged_metadata(directory: Path) -> Path | None:
+    """The first epoch's metrics file that does not parse, if one does not."""
+    for path in sorted(directory.glob("*/metrics/metrics")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return path
+    return None
 
 
 SPACE_MARGIN = 1 << 20  # bytes of metadata beyond the arrays themselves
@@ -43,7 +68,7 @@ SPACE_MARGIN = 1 << 20  # bytes of metadata beyond the arrays themselves
 def ensure_space(directory: Path, tree) -> None:
     """Raises OSError(ENOSPC) when ``directory``'s filesystem cannot hold ``tree``: Orbax's
     writer threads would otherwise fail half-way with pages of tracebacks."""
-    need = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(tree)) + SPACE_MARGIN
+    need = sum(np.dtype(leaf.dtype).itemsize * np.size(leaf) for leaf in jax.tree.leaves(tree)) + SPACE_MARGIN
     probe = Path(directory)
     while not probe.exists():
         probe = probe.parent
@@ -73,14 +98,27 @@ def restore(manager: ocp.CheckpointManager, epoch: int, template):
 
 
 def restore_latest(manager: ocp.CheckpointManager, template, warn: Callable[[str], None]):
-    """(state, epoch) of the latest checkpoint that restores, deleting damaged later ones
-    (with a warning) so that training continues from the one before; (None, 0) if none do."""
-    for epoch in sorted(manager.all_steps(), reverse=True):
+    """(state, epoch) of the latest checkpoint that restores, or (None, 0) when there is none.
+    Later checkpoints that do not restore are moved aside (``checkpoints/.damaged-N``, with a
+    warning) so that training continues from the one before; if none restores, nothing is
+    touched and DamagedCheckpoint is raised (the template may be what is wrong)."""
+    steps = sorted(manager.all_steps(), reverse=True)
+    failed = []
+    for epoch in steps:
         try:
-            return restore(manager, epoch, template), epoch
-        except DamagedCheckpoint as err:
-            warn(f"warning: {err}; deleting it and resuming from the one before")
-            manager.delete(epoch)
+            state = restore(manager, epoch, template)
+        except DamagedCheckpoint as damage:
+            failed.append((epoch, damage))
+            continue
+        for bad, why in failed:
+            aside = Path(manager.directory) / f".damaged-{bad}"
+            warn(f"warning: {why}; moved to {aside}, resuming from epoch {epoch}")
+            (Path(manager.directory) / str(bad)).rename(aside)
+        if failed:
+            manager.reload()
+        return state, epoch
+    if failed:
+        raise DamagedCheckpoint(f"no checkpoint of epochs {steps} restores: {failed[0][1]}")
     return None, 0
 
 

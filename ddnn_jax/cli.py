@@ -586,7 +586,7 @@ def _out_of_space(err: BaseException | None) -> bool:
     while err is not None:
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "No space left on device" in str(err):
+        if "No space left on device" in str(err) or "Disk quota exceeded" in str(err):
             return True
         err = err.__cause__ or err.__context__
     return False
@@ -610,12 +610,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:
         if not _out_of_space(err):
-            raise
+            raise  # a bug: its traceback is what we need to fix it
         print(
-            "ddnn: failed: no space left on the device: free some, then rerun the same command",
+            "ddnn: error: no space left on the device: free some, then rerun the same command",
             file=sys.stderr,
         )
-        return EXIT_FAILURE
+        return EXIT_USAGE
     return code or 0
 
 

@@ -76,6 +76,13 @@ def restore_best(run: RunDir) -> tuple[RunRecord, TrainState, int]:
     """(config record, TrainState of the best epoch on validation, that epoch) of a run."""
     record = read_run_record(run)
     manager = checkpointing.manager(run.checkpoints, keep=record.train.keep_checkpoints)
+    unscored = checkpointing.unscored_steps(manager)
+    if unscored:
+        manager.close()
+        raise UsageError(
+            f"{run.checkpoints / str(unscored[0])} has lost its metrics, so the best epoch is unknown: "
+            "restore it from a copy, move that epoch out of checkpoints/, or train again in a new --out"
+        )
     best_epoch = manager.best_step()
     if best_epoch is None:
         saved = list(manager.all_steps())
@@ -94,7 +101,7 @@ def restore_best(run: RunDir) -> tuple[RunRecord, TrainState, int]:
     except checkpointing.DamagedCheckpoint as err:
         raise UsageError(
             f"{run}: {err}, and it is the best one: restore {run.checkpoints / str(best_epoch)} from a "
-            f"copy, or delete it and rerun 'ddnn train --out {run}' with the run's flags"
+            "copy, or train the run again in a new --out"
         ) from None
     finally:
         manager.close()

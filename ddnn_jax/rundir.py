@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -64,7 +64,7 @@ CHECKPOINTS = "checkpoints"
 OUTPUTS = "outputs"
 LOCK = ".lock"  # the run directory's exclusive lock (flock) and its holder
 # What np.load raises for a truncated, garbled or incomplete .npz.
-NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+NPZ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 ROUTERS = "routers"
 FAMILY_RECORD = "router.json"
 FAMILY_SCORES = "scores.npz"
@@ -295,8 +295,7 @@ _AT_FDCWD = -100
 def _exchange(a: Path, b: Path) -> None:
     """Swaps two paths atomically (renameat2 RENAME_EXCHANGE); on systems without it, renames
     b aside first (a crash between the two renames leaves b under a hidden '.old' name)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
+    renameat2 = getattr(_libc(), "renameat2", None)
     if renameat2 is not None:
         if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
             return
@@ -304,8 +303,17 @@ def _exchange(a: Path, b: Path) -> None:
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
     aside = b.with_name(f".{b.name}.{uuid.uuid4().hex[:8]}.old")
     b.rename(aside)
-    a.rename(b)
+    try:
+        a.rename(b)
+    except OSError:
+        aside.rename(b)  # put the old one back
+        raise
     aside.rename(a)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 _held_locks: dict[Path, int] = {}  # run directories this process holds, with nesting depth
@@ -329,7 +337,9 @@ def locked(run: RunDir, stage: str) -> Iterator[None]:
     created = not run.root.exists()
     try:
         run.root.mkdir(parents=True, exist_ok=True)
-        handle = open(run.lock, "a+", encoding="utf-8")  # noqa: SIM115 (held across the yield)
+        # O_NOFOLLOW: a .lock planted as a symlink must not make us truncate its target
+        fd = os.open(run.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        handle = os.fdopen(fd, "a+", encoding="utf-8")
     except OSError as err:
         raise UsageError(f"cannot lock {run} ({err.strerror}): choose a directory you can write to") from None
     try:
@@ -350,12 +360,13 @@ def locked(run: RunDir, stage: str) -> Iterator[None]:
         finished = True
     finally:
         del _held_locks[key]
-        if created and not finished and [p.name for p in run.root.iterdir()] == [LOCK]:
-            run.lock.unlink()
-            run.root.rmdir()
-        handle.truncate(0)
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        with contextlib.suppress(OSError):  # never hide the stage's own error
+            if created and not finished and [p.name for p in run.root.iterdir()] == [LOCK]:
+                run.lock.unlink()
+                run.root.rmdir()
+        with contextlib.suppress(OSError):
+            handle.truncate(0)
+        handle.close()  # closing the descriptor releases the flock
 
 
 def write_text(path: Path, text: str) -> None:
@@ -516,10 +527,13 @@ def read_metrics(run: RunDir) -> list[dict[str, Any]]:
         return []
     try:
         lines = run.metrics.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        rows = [json.loads(line) for line in lines if line.strip()]
+        if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in rows):
+            raise ValueError("a row without its epoch")
+        return rows
+    except (UnicodeDecodeError, ValueError):
         raise UsageError(
-            f"{run.metrics} is damaged: delete it and rerun 'ddnn train' with the run's flags"
+            f"{run.metrics} is damaged: restore it from a copy, or train the run again in a new --out"
         ) from None
 
 

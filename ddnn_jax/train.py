@@ -343,7 +343,11 @@ def _restore_or_init(
     """The state to continue from (the latest checkpoint that restores, or a fresh one) and
     its epoch."""
     fresh = create_train_state(config, data.image_shape, data.num_classes)
-    state, epoch = checkpointing.restore_latest(manager, fresh, progress.warn)
+    try:
+        state, epoch = checkpointing.restore_latest(manager, fresh, progress.warn)
+    except checkpointing.DamagedCheckpoint as err:
+        manager.close()
+        raise UsageError(f"{err}: restore checkpoints/ from a copy, or train in a new --out") from None
     return (fresh, 0) if state is None else (state, epoch)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ddnn_jax import cli
+from ddnn_jax.check import DAMAGED, MISSING, OK, STALE, check
 
 FLAGS = ["--dataset", "fashion_mnist", "--epochs", "2", "--limit-train", "512", "--batch-size", "128"]
 PLAN = ["--inputs", "logits", "--grid", "0.5", "--no-ablations", "--sweep-weights", "none", "--quiet"]
@@ -47,11 +48,13 @@ CASES = {
     "router.json": (lambda r: r / "routers" / "logits" / "router.json", ["route", *ROUTE], "repair"),
     "scores.npz": (lambda r: r / "routers" / "logits" / "scores.npz", ["route", *ROUTE], "repair"),
     "results.json": (lambda r: r / "results.json", ["report"], "refused"),
+    "checkpoint metrics": (lambda r: r / "checkpoints" / "2" / "metrics" / "metrics", ["collect"], "refused"),
+    "run_plan.json": (lambda r: r / "run_plan.json", ["run", *FLAGS, *PLAN], "repair-run"),
 }
 
 
 def _argv(command: list[str], run: Path) -> list[str]:
-    flag = "--out" if command[0] == "train" else "--run"
+    flag = "--out" if command[0] in ("train", "run") else "--run"
     return [*command, flag, str(run)]
 
 
@@ -66,7 +69,12 @@ def test_a_damaged_file_is_repaired_or_refused_in_one_line(pristine, tmp_path, c
     capsys.readouterr()
     code = cli.main(_argv(command, run))
     err = capsys.readouterr().err.strip().splitlines()
-    if outcome == "repair":
+    findings = check(run)  # whatever the damage, check reports it rather than crashing
+    assert all(f.status in (OK, MISSING, DAMAGED, STALE) for f in findings)
+    if outcome == "repair-run":
+        assert code == 0, err
+        assert json.loads((run / "run_plan.json").read_text())["inputs"] == ["logits"]
+    elif outcome == "repair":
         assert code == 0, err
         assert json.loads((run / "routers" / "logits" / "router.json").read_text())["config"]["targets"] == [
             0.5
@@ -86,7 +94,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(pristine, tmp_
     _damage(_largest_checkpoint_file(run, 2), "garbage")
     capsys.readouterr()
     assert cli.main(["train", *FLAGS, "--out", str(run), "--quiet"]) == 0
-    assert "the checkpoint of epoch 2 is damaged" in capsys.readouterr().err
+    assert "the checkpoint of epoch 2 is damaged" in capsys.readouterr().err  # and moved aside
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     pristine_rows = [json.loads(line) for line in (pristine / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]

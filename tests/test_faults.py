@@ -123,9 +123,9 @@ def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(small_disk
     run = make_tiny_run(small_disk / "run")
     capsys.readouterr()
     argv = ["route", "--run", str(run), "--grid", "0.3,0.5,0.7", "--max-epochs", "1", "--quiet"]
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["ddnn: failed: no space left on the device: free some, then rerun the same command"]
+    assert err == ["ddnn: error: no space left on the device: free some, then rerun the same command"]
     assert list((run / "routers").iterdir()) == []  # no family, no staging directory
 
 

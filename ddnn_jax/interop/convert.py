@@ -34,6 +34,7 @@ from ddnn_jax.rundir import (
     atomic_dir,
     atomic_file,
     check_for_training,
+    locked,
     write_json,
 )
 from ddnn_jax.train import (
@@ -305,7 +306,12 @@ def import_torch(
     record = dataclasses.replace(
         resolved, local_weight_mode=IMPORTED, local_weight=None, imported_from=provenance
     )
-    _write_imported_run(out, record, state, (val_local + val_cloud) / 2)
+    # Held while the run is swapped in, so that no 'ddnn train' can start writing into --out
+    # in between; the swap only ever replaces a new or empty directory (checked under the lock).
+    with locked(RunDir(out), "import-torch"):
+        if check_for_training(RunDir(out)):
+            raise UsageError(f"--out {out} already holds a run: choose a new or empty directory")
+        _write_imported_run(out, record, state, (val_local + val_cloud) / 2)
     return out
 
 
