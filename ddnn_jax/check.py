@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ddnn_jax import checkpointing
+from ddnn_jax.collect import same_checkpoint
 from ddnn_jax.errors import UsageError
 from ddnn_jax.pipeline import RunPlan, planned_families
 from ddnn_jax.router import DEPTH_PRESETS, RouterConfig
@@ -97,8 +98,9 @@ def _family_repair(run: RunDir, family: FamilyDir, planned: dict[str, RouterConf
     return route_command(run, family.name, config)
 
 
-def _training(run: RunDir) -> tuple[list[Finding], int | None]:
-    """config.json, metrics.jsonl and the checkpoints; and the best epoch, if there is one."""
+def _training(run: RunDir) -> tuple[list[Finding], tuple[int, str] | None]:
+    """config.json, metrics.jsonl and the checkpoints; and the best checkpoint's (epoch,
+    digest), if there is one."""
     resume = f"ddnn train --out {run} (with the run's flags)"
     try:
         record = read_run_record(run)
@@ -119,12 +121,13 @@ def _training(run: RunDir) -> tuple[list[Finding], int | None]:
             manager = checkpointing.manager(run.checkpoints)
         except UsageError as err:
             return [*findings, Finding("checkpoints/", DAMAGED, str(err), f"{resume} in a new --out")], None
-        best = manager.best_step()
+        epoch = manager.best_step()
+        best = None if epoch is None else (epoch, checkpointing.recorded_digest(manager, epoch))
         manager.close()
     if best is None:
         findings.append(Finding("checkpoints/", MISSING, "no checkpoint", resume))
     else:
-        findings.append(Finding("checkpoints/", OK, f"best epoch {best}"))
+        findings.append(Finding("checkpoints/", OK, f"best epoch {best[0]}"))
     return findings, best
 
 
@@ -143,8 +146,9 @@ def check(run_dir: RunDir | Path) -> list[Finding]:
         outputs = read_outputs(run)
         epoch = outputs["test"].epoch
         fingerprint = outputs_fingerprint(outputs)
-        if best is not None and epoch != best:
-            findings.append(Finding("outputs/", STALE, f"epoch {epoch}, best checkpoint {best}", collect))
+        if best is not None and not same_checkpoint((epoch, outputs["test"].checkpoint), best):
+            detail = f"made from epoch {epoch}'s weights, best checkpoint is epoch {best[0]}'s"
+            findings.append(Finding("outputs/", STALE, detail, collect))
             fingerprint = None  # what is made from stale outputs is not checked against them
         else:
             findings.append(Finding("outputs/", OK, f"epoch {epoch}"))

@@ -8,6 +8,7 @@ The latest few epochs are kept for resuming and the best epoch on validation for
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -62,6 +63,22 @@ def _damaged_metadata(directory: Path) -> Path | None:
     return None
 
 
+DIGEST_METRIC = "state_sha256"  # recorded beside the selection metric of every checkpoint
+
+
+def state_digest(state) -> str:
+    """SHA-256 of a state's parameters and batch statistics: which weights outputs come from."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get({"p": state.params, "b": state.batch_stats})):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def recorded_digest(manager: ocp.CheckpointManager, epoch: int) -> str:
+    """The digest saved with a checkpoint ("" for checkpoints saved without one)."""
+    return str((manager.metrics(epoch) or {}).get(DIGEST_METRIC, ""))
+
+
 SPACE_MARGIN = 1 << 20  # bytes of metadata beyond the arrays themselves
 
 
@@ -79,7 +96,8 @@ def ensure_space(directory: Path, tree) -> None:
 def save(manager: ocp.CheckpointManager, epoch: int, state, selection_accuracy: float) -> None:
     """Saves the state after ``epoch`` and waits until it is safely on disk."""
     ensure_space(manager.directory, state)
-    manager.save(epoch, args=ocp.args.StandardSave(state), metrics={SELECTION_METRIC: selection_accuracy})
+    metrics = {SELECTION_METRIC: selection_accuracy, DIGEST_METRIC: state_digest(state)}
+    manager.save(epoch, args=ocp.args.StandardSave(state), metrics=metrics)
     manager.wait_until_finished()
 
 

@@ -20,7 +20,7 @@ from ddnn_jax.rundir import (
     SplitOutputs,
     as_run,
     locked,
-    outputs_epoch,
+    outputs_source,
     read_run_record,
     write_outputs,
 )
@@ -56,6 +56,7 @@ def _collect(run: RunDir, with_features: bool, progress: Progress) -> dict[str, 
         build_model(config, data.num_classes), record.mean, record.std, with_features=with_features
     )
     variables = {"params": state.params, "batch_stats": state.batch_stats}
+    digest = checkpointing.state_digest(state)
     outputs = {}
     total = sum(len(getattr(data, name)) for name in SPLITS)
     with progress.bar(total, "collect", unit="img", unit_scale=True) as bar:
@@ -68,6 +69,7 @@ def _collect(run: RunDir, with_features: bool, progress: Progress) -> dict[str, 
                 labels=split.labels,
                 epoch=best_epoch,
                 features=out[2] if with_features else None,
+                checkpoint=digest,
             )
     return write_outputs(run, outputs)
 
@@ -108,17 +110,23 @@ def restore_best(run: RunDir) -> tuple[RunRecord, TrainState, int]:
     return record, state, best_epoch
 
 
-def best_checkpoint_epoch(run: RunDir) -> int | None:
-    """The epoch of the run's best checkpoint on validation, if it has one."""
+def best_checkpoint(run: RunDir) -> tuple[int, str] | None:
+    """(epoch, recorded digest) of the run's best checkpoint on validation, if it has one."""
     record = read_run_record(run)
     manager = checkpointing.manager(run.checkpoints, keep=record.train.keep_checkpoints)
     best = manager.best_step()
+    source = None if best is None else (best, checkpointing.recorded_digest(manager, best))
     manager.close()
-    return best
+    return source
 
 
 def outputs_complete(run: RunDir, *, with_features: bool) -> bool:
-    """Whether every split's outputs exist, come from the current best epoch, and hold features
-    if asked."""
-    epoch = outputs_epoch(run, with_features=with_features)
-    return epoch is not None and epoch == best_checkpoint_epoch(run)
+    """Whether every split's outputs exist, come from the current best checkpoint (its epoch,
+    and its weights where both record a digest), and hold features if asked."""
+    made_from, best = outputs_source(run, with_features=with_features), best_checkpoint(run)
+    return made_from is not None and best is not None and same_checkpoint(made_from, best)
+
+
+def same_checkpoint(a: tuple[int, str], b: tuple[int, str]) -> bool:
+    """Same epoch, and same weights unless either side predates digests."""
+    return a[0] == b[0] and (not a[1] or not b[1] or a[1] == b[1])

@@ -589,6 +589,7 @@ class SplitOutputs:
     labels: np.ndarray  # [N] int32
     epoch: int  # the checkpoint they come from (the best on validation)
     features: np.ndarray | None = None  # z, [N, H, W, C] float32, with ``collect --features``
+    checkpoint: str = ""  # checkpointing.state_digest of those weights ("" if not known)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -605,6 +606,7 @@ def write_outputs(run: RunDir, outputs: dict[str, SplitOutputs]) -> dict[str, Pa
                 "cloud_logits": o.cloud_logits.astype(np.float32),
                 "labels": o.labels.astype(np.int32),
                 "epoch": np.int32(o.epoch),
+                "checkpoint": np.str_(o.checkpoint),
             }
             if o.features is not None:
                 arrays["features"] = o.features.astype(np.float32)
@@ -630,6 +632,7 @@ def read_outputs(run: RunDir, *, need_features: bool = False) -> dict[str, Split
                     labels=arrays["labels"],
                     epoch=int(arrays["epoch"]),
                     features=arrays["features"] if need_features and "features" in arrays else None,
+                    checkpoint=str(arrays["checkpoint"]) if "checkpoint" in arrays.files else "",
                 )
         except NPZ_ERRORS as err:
             raise UsageError(f"{path} is damaged ({type(err).__name__}): {remedy} again") from None
@@ -641,10 +644,10 @@ def read_outputs(run: RunDir, *, need_features: bool = False) -> dict[str, Split
     return loaded
 
 
-def outputs_epoch(run: RunDir, *, with_features: bool) -> int | None:
-    """The epoch every split's outputs come from, or None if a split is missing, lacks the
-    features asked for, or the splits disagree."""
-    epochs = set()
+def outputs_source(run: RunDir, *, with_features: bool) -> tuple[int, str] | None:
+    """(epoch, checkpoint digest) every split's outputs come from, or None if a split is
+    missing, damaged, lacks the features asked for, or the splits disagree."""
+    sources = set()
     for split in SPLITS:
         path = run.outputs(split)
         if not path.is_file():
@@ -653,10 +656,11 @@ def outputs_epoch(run: RunDir, *, with_features: bool) -> int | None:
             with np.load(path) as arrays:
                 if with_features and "features" not in arrays.files:
                     return None
-                epochs.add(int(arrays["epoch"]))
+                digest = str(arrays["checkpoint"]) if "checkpoint" in arrays.files else ""
+                sources.add((int(arrays["epoch"]), digest))
         except NPZ_ERRORS:
             return None  # damaged: collect again
-    return epochs.pop() if len(epochs) == 1 else None
+    return sources.pop() if len(sources) == 1 else None
 
 
 def outputs_fingerprint(outputs: dict[str, SplitOutputs]) -> str:

@@ -3,6 +3,7 @@ garbage or deleted, then the stage that reads it run again. Each case must end i
 (exit 0 and the artefact whole again) or one line on stderr with exit 2: never a traceback,
 never exit 0 over a damaged input."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -113,3 +114,20 @@ def test_a_damaged_best_checkpoint_is_refused_by_collect(pristine, tmp_path, cap
     assert cli.main(["collect", "--run", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"checkpoint of epoch {best} is damaged" in err[0], err
+
+
+@pytest.mark.slow
+def test_outputs_record_the_weights_they_come_from(pristine, tmp_path):
+    from ddnn_jax.collect import best_checkpoint, outputs_complete
+    from ddnn_jax.rundir import RunDir, read_outputs, write_outputs
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(pristine, run.root)
+    epoch, digest = best_checkpoint(run)
+    outputs = read_outputs(run)
+    assert outputs["test"].epoch == epoch and len(digest) == 64 and outputs["test"].checkpoint == digest
+    assert outputs_complete(run, with_features=False)
+    # outputs of the same epoch but other weights (a retrained epoch, a nondeterministic GPU)
+    write_outputs(run, {s: dataclasses.replace(o, checkpoint="0" * 64) for s, o in outputs.items()})
+    assert not outputs_complete(run, with_features=False)
+    assert next(f for f in check(run.root) if f.artefact == "outputs/").status == STALE

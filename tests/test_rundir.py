@@ -16,8 +16,8 @@ from ddnn_jax.rundir import (
     SplitOutputs,
     atomic_dir,
     locked,
-    outputs_epoch,
     outputs_fingerprint,
+    outputs_source,
     read_outputs,
     read_run_record,
     write_json,
@@ -92,12 +92,12 @@ def _outputs(epoch, seed=0, features=False):
 def test_outputs_say_which_epoch_they_come_from_and_mixed_epochs_are_caught(tmp_path):
     run = RunDir(tmp_path)
     write_outputs(run, {split: _outputs(4, features=True) for split in SPLITS})
-    assert outputs_epoch(run, with_features=True) == 4
+    assert outputs_source(run, with_features=True) == (4, "")
     loaded = read_outputs(run, need_features=True)
     np.testing.assert_array_equal(loaded["val"].features, _outputs(4, features=True).features)
     before = outputs_fingerprint(loaded)
     write_outputs(run, {split: _outputs(5) for split in SPLITS})  # replaced as a whole
-    assert outputs_epoch(run, with_features=False) == 5
+    assert outputs_source(run, with_features=False) == (5, "")
     assert outputs_fingerprint(read_outputs(run)) != before
     assert sorted(p.name for p in run.outputs_dir.parent.iterdir()) == ["outputs"]  # nothing aside
     with pytest.raises(UsageError, match="no edge features"):
@@ -105,7 +105,7 @@ def test_outputs_say_which_epoch_they_come_from_and_mixed_epochs_are_caught(tmp_
     # a split from another collection (copied in by hand, or an older version's killed collect)
     with open(run.outputs("val"), "wb") as f:
         np.savez(f, local_logits=np.zeros((6, 3)), cloud_logits=np.zeros((6, 3)), labels=np.zeros(6), epoch=7)
-    assert outputs_epoch(run, with_features=False) is None
+    assert outputs_source(run, with_features=False) is None
     with pytest.raises(UsageError, match="mixes the outputs of epochs .* run 'ddnn collect --run"):
         read_outputs(run)
     run.outputs("test").write_bytes(b"PK\x03\x04 truncated")
