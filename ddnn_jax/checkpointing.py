@@ -85,7 +85,8 @@ SPACE_MARGIN = 1 << 20  # bytes of metadata beyond the arrays themselves
 def ensure_space(directory: Path, tree) -> None:
     """Raises OSError(ENOSPC) when ``directory``'s filesystem cannot hold ``tree``: Orbax's
     writer threads would otherwise fail half-way with pages of tracebacks."""
-    need = sum(np.dtype(leaf.dtype).itemsize * np.size(leaf) for leaf in jax.tree.leaves(tree)) + SPACE_MARGIN
+    # .nbytes of a device array needs no copy to the host; plain numbers have none
+    need = sum(getattr(x, "nbytes", 8) for x in jax.tree.leaves(tree)) + SPACE_MARGIN
     probe = Path(directory)
     while not probe.exists():
         probe = probe.parent
