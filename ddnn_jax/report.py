@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ddnn_jax.errors import UsageError  # noqa: E402
 from ddnn_jax.families import FAMILIES, calibrated, curve_name, study  # noqa: E402
 from ddnn_jax.rundir import (  # noqa: E402
     Comparison,
@@ -25,6 +26,8 @@ from ddnn_jax.rundir import (  # noqa: E402
     as_run,
     atomic_file,
     locked,
+    outputs_fingerprint,
+    read_outputs,
     read_results,
     write_text,
 )
@@ -493,6 +496,11 @@ def report(run_dir: RunDir | Path) -> Path:
 
 def _report(run: RunDir) -> Path:
     results = read_results(run)
+    if run.outputs_dir.is_dir() and results["made_from"] != outputs_fingerprint(read_outputs(run)):
+        raise UsageError(
+            f"{run.results} scored other outputs than {run.outputs_dir} holds now: "
+            f"run 'ddnn evaluate --run {run}' first"
+        )
     run.figures.mkdir(parents=True, exist_ok=True)
     lines = [
         f"# DDNN offloading report: {results['dataset']}",

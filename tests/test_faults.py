@@ -139,3 +139,10 @@ def test_evaluate_refuses_an_incomplete_or_stale_family(evaluated_run, capsys):
     record.write_bytes(saved)
     write_tiny_outputs(RunDir(evaluated_run), seed=5)  # collected again: the family is stale
     _one_line_error(capsys, ["evaluate", "--run", str(evaluated_run)], "trained on other outputs")
+
+
+def test_report_refuses_results_of_other_outputs(evaluated_run, capsys):
+    from conftest import write_tiny_outputs
+
+    write_tiny_outputs(RunDir(evaluated_run), seed=5)
+    _one_line_error(capsys, ["report", "--run", str(evaluated_run)], "scored other outputs")

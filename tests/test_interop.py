@@ -237,7 +237,8 @@ def test_import_rejects_a_file_that_is_not_a_state_dict(tmp_path, capsys):
 @pytest.mark.parametrize(
     "change, fragment",
     [
-        (lambda sd: sd.__setitem__("conv1.weight", 3), "'conv1.weight' is a int, not a tensor"),
+        (lambda sd: sd.__setitem__("conv1.weight", 3), "entry 'conv1.weight' is not a named tensor"),
+        (lambda sd: sd.__setitem__(7, torch.zeros(1)), "entry 7 is not a named tensor"),
         (lambda sd: sd.__setitem__("fc.weight", torch.zeros(2, 2)), "unexpected entry 'fc.weight'"),
         (lambda sd: sd.__setitem__("conv1.weight", torch.tensor(1.0)), "has 0 dimensions, 4 expected"),
         (lambda sd: sd["conv1.weight"].view(-1).__setitem__(0, float("nan")), "holds NaN or infinite"),

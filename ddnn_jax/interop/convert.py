@@ -161,11 +161,20 @@ def load_state_dicts(paths: Mapping[str, Path]) -> dict[str, dict[str, np.ndarra
                 "torch.save(module.state_dict(), path)"
             )
         for key, value in state.items():
-            if not isinstance(value, torch.Tensor):
-                raise UsageError(f"{path}: '{key}' is a {type(value).__name__}, not a tensor: {_REFERENCE}")
-        loaded[part] = {key: value.detach().cpu().numpy() for key, value in state.items()}
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+                raise UsageError(f"{path}: entry {key!r} is not a named tensor: {_REFERENCE}")
+        loaded[part] = {key: _as_numpy(value) for key, value in state.items()}
         _check_entries(Path(path), loaded[part])
     return loaded
+
+
+def _as_numpy(tensor) -> np.ndarray:
+    """A tensor as a numpy array; dtypes numpy lacks (bfloat16) are widened to float32."""
+    tensor = tensor.detach().cpu()
+    try:
+        return tensor.numpy()
+    except TypeError:
+        return tensor.float().numpy()
 
 
 _REFERENCE = "give the state dicts of the reference architecture (ddnn_jax.interop.reference)"
