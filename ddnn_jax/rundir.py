@@ -111,8 +111,8 @@ class FamilyDir:
 
 
 @dataclasses.dataclass(frozen=True)
-class RunDir:
-    """The paths of one run directory."""
+class _Directory:
+    """A directory of known layout; ``root`` may be given as a string."""
 
     root: Path
 
@@ -121,6 +121,15 @@ class RunDir:
 
     def __str__(self) -> str:
         return str(self.root)
+
+    @property
+    def figures(self) -> Path:
+        return self.root / FIGURES
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir(_Directory):
+    """The paths of one run directory."""
 
     @property
     def config(self) -> Path:
@@ -186,25 +195,13 @@ class RunDir:
     def report(self) -> Path:
         return self.root / REPORT
 
-    @property
-    def figures(self) -> Path:
-        return self.root / FIGURES
-
     def figure(self, fig_id: str) -> Path:
         return self.figures / f"fig_{fig_id.replace('.', '_')}.png"
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyDir:
+class StudyDir(_Directory):
     """The paths of one multi-seed study."""
-
-    root: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
-
-    def __str__(self) -> str:
-        return str(self.root)
 
     @property
     def config(self) -> Path:
@@ -226,10 +223,6 @@ class StudyDir:
     @property
     def report(self) -> Path:
         return self.root / STUDY_REPORT
-
-    @property
-    def figures(self) -> Path:
-        return self.root / FIGURES
 
     def figure(self, name: str) -> Path:
         return self.figures / f"study_{name}.png"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -96,3 +97,21 @@ def make_tiny_run(root: Path, seed: int = 0, **config) -> Path:
     write_run_record(run, record)
     write_metrics(run, [{"epoch": 1, "seconds": 2.0}])
     return run.root
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(run_dir, stage: str):
+    """Another process holding RUN_DIR's lock as ``stage`` until the block ends (then killed,
+    as a crash would); yields that process."""
+    script = (
+        "import time; from ddnn_jax.rundir import RunDir, locked\n"
+        f"with locked(RunDir({str(run_dir)!r}), {stage!r}):\n"
+        "    print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

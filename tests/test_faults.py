@@ -3,10 +3,10 @@ export directory. Each ends in a repair or one line with exit 2, never a traceba
 
 import shlex
 import subprocess
-import sys
 
 import pytest
 
+from conftest import lock_held_elsewhere
 from ddnn_jax import cli, data
 from ddnn_jax.check import DAMAGED, MISSING, OK, STALE, check
 from ddnn_jax.rundir import RunDir
@@ -62,24 +62,9 @@ def test_check_finds_stale_results_and_report(evaluated_run):
 
 
 def test_a_second_writer_gets_one_line_naming_the_holder(tiny_run, capsys):
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time; from ddnn_jax.rundir import RunDir, locked\n"
-            f"with locked(RunDir({str(tiny_run)!r}), 'collect'):\n"
-            "    print('held', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(tiny_run, "collect") as holder:
         _one_line_error(capsys, ["evaluate", "--run", str(tiny_run)], f"in use by process {holder.pid}")
         _one_line_error(capsys, ["route", "--run", str(tiny_run), "--grid", "0.5"], "(ddnn collect)")
-    finally:
-        holder.kill()
-        holder.wait()
     assert not (tiny_run / "routers").exists() and not (tiny_run / "results.json").exists()
 
 

@@ -1,12 +1,11 @@
 """The run directory: atomic files and directories, strict records, readable errors."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from conftest import lock_held_elsewhere
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.errors import UsageError
 from ddnn_jax.rundir import (
@@ -128,26 +127,12 @@ def test_a_directory_is_swapped_in_whole(tmp_path):
 
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     run = RunDir(tmp_path / "run")
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from ddnn_jax.rundir import RunDir, locked\n"
-            f"with locked(RunDir({str(run.root)!r}), 'train'):\n"
-            "    print('held', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with (
-            pytest.raises(UsageError, match=f"in use by process {holder.pid} \\(ddnn train\\)"),
-            locked(run, "collect"),
-        ):
-            pass
-    finally:
-        holder.kill()
+    with (
+        lock_held_elsewhere(run.root, "train") as holder,
+        pytest.raises(UsageError, match=f"in use by process {holder.pid} \\(ddnn train\\)"),
+        locked(run, "collect"),
+    ):
+        pass
         holder.wait()
     with locked(run, "collect"), locked(run, "collect"):  # free again after a kill; re-entrant
         assert "ddnn collect" in run.lock.read_text()
