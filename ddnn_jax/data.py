@@ -24,6 +24,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import jax
@@ -298,8 +299,8 @@ NETWORK_TIMEOUT_S = 10.0
 
 def _check_network(tfds_name: str, how_to: str) -> None:
     """Fails within seconds when there is no network, instead of after tfds's minutes of
-    retries; behind a proxy (HTTPS_PROXY set) tfds is left to find its way."""
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy")):
+    retries; behind an HTTPS proxy (as the standard library finds it) tfds is left to find its way."""
+    if urllib.request.getproxies().get("https"):
         return
     try:
         socket.create_connection(NETWORK_PROBE, timeout=NETWORK_TIMEOUT_S).close()
