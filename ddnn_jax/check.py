@@ -165,7 +165,7 @@ def _families(
 ) -> dict[str, str]:
     """Appends a finding per router family (planned or present); returns the ok ones' digests."""
     digests = {}
-    present = {p.name: FamilyDir(p) for p in sorted(run.routers.iterdir())} if run.routers.is_dir() else {}
+    present = sorted(p.name for p in run.routers.iterdir()) if run.routers.is_dir() else []
     names = list(dict.fromkeys([*planned, *(n for n in present if not n.startswith("."))]))
     for name in names:
         family = run.family(name)

@@ -187,18 +187,19 @@ def route(
     """
     try:
         config.check()
-        check_targets(config.targets)
+        targets = check_targets(config.targets)
     except ValueError as err:
         raise UsageError(str(err)) from None
     run = as_run(run_dir)
     family_name = check_family_name(name or default_name(config))
     read_run_record(run)
     with locked(run, f"route {family_name}"):
-        return _route(run, config, family_name, progress)
+        return _route(run, config, targets, family_name, progress)
 
 
-def _route(run: RunDir, config: RouterConfig, family_name: str, progress: Progress) -> FamilyDir:
-    targets = check_targets(config.targets)
+def _route(
+    run: RunDir, config: RouterConfig, targets: np.ndarray, family_name: str, progress: Progress
+) -> FamilyDir:
     outputs = read_outputs(run, need_features=config.kind.needs_features)
     made_from = outputs_fingerprint(outputs)
     if is_up_to_date(run.family(family_name), config, made_from):
