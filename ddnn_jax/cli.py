@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from ddnn_jax import runtime
 from ddnn_jax.collect import collect
 from ddnn_jax.config import TrainConfig, parse_local_weight
 from ddnn_jax.errors import TrainingDiverged, UsageError
@@ -28,7 +29,13 @@ from ddnn_jax.train import run_training
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-BENCHMARKS = {"train": "train", "inference": "inference", "router": "router_grid", "conv": "conv_in_loop"}
+BENCHMARKS = {
+    "train": "train",
+    "run": "run",
+    "inference": "inference",
+    "router": "router_grid",
+    "conv": "conv_in_loop",
+}
 DEFAULTS = TrainConfig()
 
 
@@ -84,6 +91,23 @@ def _grid(values: tuple[float, ...]) -> str:
 def _add_quiet(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--quiet", action="store_true", help="print stage lines and results only: no per-epoch lines, no bars"
+    )
+    _add_runtime_flags(command)
+
+
+def _add_runtime_flags(command: argparse.ArgumentParser) -> None:
+    """How XLA runs: every command that computes takes these."""
+    command.add_argument(
+        "--compile-cache",
+        default="default",
+        metavar="DIR|off",
+        help=f"persistent XLA compilation cache: a later run of the same shapes compiles nothing "
+        f"(default: JAX's JAX_COMPILATION_CACHE_DIR if set, else {runtime.DEFAULT_CACHE_DIR})",
+    )
+    command.add_argument(
+        "--nondeterministic",
+        action="store_true",
+        help="let XLA use faster GPU kernels whose sums vary from run to run (no effect on CPU)",
     )
 
 
@@ -315,7 +339,7 @@ def _add_bench(commands) -> None:
     bench.add_argument(
         "benchmark",
         choices=sorted(BENCHMARKS),
-        help="train (vs PyTorch), inference (Fig. 6.5), router (grid), conv",
+        help="train (vs PyTorch), run (each stage of ddnn run), inference (Fig. 6.5), router (grid), conv",
     )
     bench.add_argument(
         "options", nargs=argparse.REMAINDER, help="the benchmark's own flags (ddnn bench NAME --help)"
@@ -387,11 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(args) -> Progress:
+def progress_from(args) -> Progress:
     return Progress(quiet=getattr(args, "quiet", False))
 
 
-def _train_config(args) -> TrainConfig:
+def train_config_from(args) -> TrainConfig:
     config = TrainConfig(
         dataset=args.dataset,
         epochs=args.epochs,
@@ -408,8 +432,8 @@ def _train_config(args) -> TrainConfig:
 
 
 def _train(args) -> None:
-    config = _train_config(args)
-    history = run_training(config, args.out, progress=_progress(args))
+    config = train_config_from(args)
+    history = run_training(config, args.out, progress=progress_from(args))
     print(f"trained {args.out}: {len(history)} of {config.epochs} epochs done")
 
 
@@ -428,7 +452,7 @@ def _prepare(args) -> None:
 
 
 def _collect(args) -> None:
-    for name, path in collect(args.run, with_features=args.features, progress=_progress(args)).items():
+    for name, path in collect(args.run, with_features=args.features, progress=progress_from(args)).items():
         print(f"{name}: {path}")
 
 
@@ -447,7 +471,7 @@ def _route(args) -> None:
             max_epochs=args.max_epochs,
             seed=args.router_seed,
         )
-        print(f"{mode}: {route(args.run, config, name=args.name, progress=_progress(args)).root}")
+        print(f"{mode}: {route(args.run, config, name=args.name, progress=progress_from(args)).root}")
 
 
 def _given_thresholds(path: Path | None) -> dict[str, list[float]] | None:
@@ -520,7 +544,7 @@ def _bench(args) -> None:
     module.main(args.options)
 
 
-def _run_plan(args) -> RunPlan:
+def run_plan_from(args) -> RunPlan:
     """The plan of ``ddnn run``, checked before anything is trained."""
     plan = RunPlan(
         targets=args.grid or RunPlan.targets,
@@ -541,8 +565,8 @@ def _run_plan(args) -> RunPlan:
 
 
 def _run(args) -> None:
-    plan = _run_plan(args)
-    print(f"report: {run(_train_config(args), args.out, plan, progress=_progress(args))}")
+    plan = run_plan_from(args)
+    print(f"report: {run(train_config_from(args), args.out, plan, progress=progress_from(args))}")
 
 
 def _study(args) -> None:
@@ -555,8 +579,8 @@ def _study(args) -> None:
         return
     if args.seeds is None or args.out is None:
         raise UsageError("give --seeds and --out to make a study, or --aggregate STUDY_DIR")
-    plan = _run_plan(args)
-    print(f"study: {run_study(_train_config(args), args.seeds, args.out, plan, progress=_progress(args))}")
+    config, plan = train_config_from(args), run_plan_from(args)
+    print(f"study: {run_study(config, args.seeds, args.out, plan, progress=progress_from(args))}")
 
 
 COMMANDS = {
@@ -592,12 +616,27 @@ def _out_of_space(err: BaseException | None) -> bool:
     return False
 
 
+def configure_runtime(args) -> None:
+    """Before anything starts JAX's backend: the compilation cache and GPU determinism."""
+    cache = getattr(args, "compile_cache", "default")
+    if cache == "":
+        raise UsageError("--compile-cache needs a directory, or 'off'")
+    try:
+        deterministic = not getattr(args, "nondeterministic", False)
+        runtime.configure(None if cache == "off" else cache, deterministic=deterministic)
+    except OSError as err:
+        raise UsageError(
+            f"--compile-cache {cache}: cannot use it as a directory ({err.strerror}): give another, or 'off'"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow only prepares data for us; its and tfds's log lines are noise on stderr.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
+        configure_runtime(args)
         code = COMMANDS[args.command](args)
     except UsageError as err:
         print(f"ddnn: error: {_one_line(str(err))}", file=sys.stderr)

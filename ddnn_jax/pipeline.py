@@ -9,7 +9,9 @@ run therefore continues where it stopped when the same command is given again.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -22,8 +24,8 @@ from ddnn_jax.progress import Progress
 from ddnn_jax.report import report
 from ddnn_jax.route import route
 from ddnn_jax.router import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
-from ddnn_jax.rundir import RunDir, as_run, check_for_training, locked, write_json
-from ddnn_jax.train import run_training
+from ddnn_jax.rundir import RunDir, as_run, check_for_training, locked, read_family, read_outputs, write_json
+from ddnn_jax.train import run_training, run_trainings, together_by_default
 
 REFERENCE_TARGET = 0.54  # the single budget of the depth and dropout studies
 
@@ -44,6 +46,9 @@ class RunPlan:
     sweep_limit_train: int = 5000
     router_seed: int = 0
     inference_timing: bool = True  # Fig. 6.5 (bench_inference.json)
+    # Train runs of equal shapes (the sweep's, a study's seeds) as one program with a run axis;
+    # None: on an accelerator, not on CPU. How, not what: the numbers are the same either way.
+    together: bool | None = None
 
 
 def default_inputs() -> tuple[str, ...]:
@@ -83,25 +88,54 @@ def planned_families(plan: RunPlan) -> dict[str, RouterConfig]:
     }
 
 
-def _train_and_collect(config: TrainConfig, run: RunDir, with_features: bool, progress: Progress) -> None:
-    run_training(config, run, progress=progress)
-    if not outputs_complete(run, with_features=with_features):
-        collect(run, with_features=with_features, progress=progress)
+class StageClock:
+    """The wall time of each stage of a run, as consecutive laps from the clock's creation, so
+    that they add up to the time the run took (``ddnn bench run`` prints them)."""
+
+    def __init__(self) -> None:
+        self.laps: list[dict[str, Any]] = []
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str, **details: Any) -> None:
+        """Ends the stage ``stage`` now; ``details`` are recorded with it."""
+        now = time.perf_counter()
+        self.laps.append({"stage": stage, "seconds": now - self._last, **details})
+        self._last = now
 
 
-def _weight_sweep(config: TrainConfig, run: RunDir, plan: RunPlan, progress: Progress) -> None:
-    """The short runs of Fig. 6.17, each a run directory of its own under weight_sweep/."""
-    for weight in plan.sweep_weights:
-        for seed in range(plan.sweep_seeds):
-            progress.stage(f"[3/5] local-weight sweep: w={weight} seed {seed}")
-            sweep = dataclasses.replace(
+def _weight_sweep(
+    config: TrainConfig, run: RunDir, plan: RunPlan, progress: Progress, clock: StageClock
+) -> None:
+    """The short runs of Fig. 6.17, each a run directory of its own under weight_sweep/, trained
+    together when the plan says so."""
+    runs = [
+        (
+            dataclasses.replace(
                 config,
                 local_weight=str(weight),
                 seed=seed,
                 epochs=plan.sweep_epochs,
                 limit_train=min(plan.sweep_limit_train, config.limit_train or plan.sweep_limit_train),
-            )
-            _train_and_collect(sweep, run.sweep_run(weight, seed), False, progress)
+            ),
+            run.sweep_run(weight, seed),
+        )
+        for weight in plan.sweep_weights
+        for seed in range(plan.sweep_seeds)
+    ]
+    if not runs:
+        return
+    progress.stage(f"[3/5] local-weight sweep: {len(runs)} short runs")
+    run_trainings(runs, together=together(plan), progress=progress)
+    clock.lap("sweep train")
+    for _, sweep_run in runs:
+        if not outputs_complete(sweep_run, with_features=False):
+            collect(sweep_run, with_features=False, progress=progress)
+    clock.lap("sweep collect")
+
+
+def together(plan: RunPlan) -> bool:
+    """Whether this plan trains runs of equal shapes as one program."""
+    return together_by_default() if plan.together is None else plan.together
 
 
 def run(
@@ -109,30 +143,44 @@ def run(
     run_dir: RunDir | Path,
     plan: RunPlan = RunPlan(),
     progress: Progress = Progress(),
+    clock: StageClock | None = None,
 ) -> Path:
-    """Runs every stage of the plan on ``run_dir``; returns the report's path."""
+    """Runs every stage of the plan on ``run_dir``; returns the report's path. ``clock``, if
+    given, records the wall time of each stage."""
     run = as_run(run_dir)
     config.validate()
     check_for_training(run)
     with locked(run, "run"):
-        return _run(config, run, plan, progress)
+        return _run(config, run, plan, progress, clock or StageClock())
 
 
-def _run(config: TrainConfig, run: RunDir, plan: RunPlan, progress: Progress) -> Path:
+def _run(config: TrainConfig, run: RunDir, plan: RunPlan, progress: Progress, clock: StageClock) -> Path:
     plan = dataclasses.replace(plan, inputs=plan.inputs or default_inputs())
     families = planned_families(plan)
     needs_features = any(f.kind.needs_features for f in families.values())
     progress.stage(f"[1-2/5] training {run} and collecting its per-sample outputs")
-    _train_and_collect(config, run, needs_features, progress)
+    run_training(config, run, progress=progress)
+    clock.lap("ddnn train")
+    if not outputs_complete(run, with_features=needs_features):
+        collect(run, with_features=needs_features, progress=progress)
+    clock.lap("ddnn collect")
+    outputs = read_outputs(run, need_features=needs_features)  # once, for every family
+    clock.lap("read outputs")
     for name, family in families.items():
         progress.stage(f"[3/5] router family {name}")
-        route(run, family, name=name, progress=progress)
-    _weight_sweep(config, run, plan, progress)
+        seconds = read_family(route(run, family, name=name, progress=progress, outputs=outputs)).seconds
+        clock.lap(f"router {name}", **{f"{part}_seconds": value for part, value in seconds.items()})
+    del outputs
+    _weight_sweep(config, run, plan, progress, clock)
     if plan.inference_timing and not run.bench_inference.is_file():
         progress.stage("[4/5] timing inference per mechanism (Fig. 6.5)")
         write_json(run.bench_inference, time_inference(InferenceBenchConfig(run=run.root)))
+        clock.lap("inference timing")
     write_json(run.run_plan, dataclasses.asdict(plan))
     progress.stage("[4/5] evaluating")
     evaluate(run)
+    clock.lap("evaluate")
     progress.stage("[5/5] writing the report")
-    return report(run)
+    path = report(run)
+    clock.lap("report")
+    return path

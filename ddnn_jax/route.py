@@ -157,14 +157,13 @@ def _train_grid(config: RouterConfig, inputs, labels, progress: Progress, name: 
         inputs["val"],
         labels["val"],
     )
+    compile_seconds = trainer.compile(*args)
     started = time.perf_counter()
-    compiled = trainer.lower(*args).compile()
-    compiled_at = time.perf_counter()
     try:
-        result: GridResult = jax.block_until_ready(compiled(*args))
+        result: GridResult = jax.block_until_ready(trainer(*args))
     finally:
         live.bar.close()
-    return result, compiled_at - started, time.perf_counter() - compiled_at
+    return result, compile_seconds, time.perf_counter() - started
 
 
 def route(
@@ -173,6 +172,7 @@ def route(
     *,
     name: str | None = None,
     progress: Progress = Progress(),
+    outputs: dict[str, SplitOutputs] | None = None,
 ) -> FamilyDir:
     """Trains the router family ``config`` on ``run_dir``'s outputs; returns its directory.
 
@@ -184,6 +184,8 @@ def route(
       config: the family's configuration.
       name: directory name under ``routers/``; ``default_name(config)`` when None.
       progress: where the grid's live bar goes.
+      outputs: the run's outputs already in memory (``read_outputs``, with features if the
+        family reads them), so that ``ddnn run`` reads them once for all its families.
     """
     try:
         config.check()
@@ -194,13 +196,19 @@ def route(
     family_name = check_family_name(name or default_name(config))
     read_run_record(run)
     with locked(run, f"route {family_name}"):
-        return _route(run, config, targets, family_name, progress)
+        if outputs is None or (config.kind.needs_features and outputs["train"].features is None):
+            outputs = read_outputs(run, need_features=config.kind.needs_features)
+        return _route(run, config, targets, family_name, progress, outputs)
 
 
 def _route(
-    run: RunDir, config: RouterConfig, targets: np.ndarray, family_name: str, progress: Progress
+    run: RunDir,
+    config: RouterConfig,
+    targets: np.ndarray,
+    family_name: str,
+    progress: Progress,
+    outputs: dict[str, SplitOutputs],
 ) -> FamilyDir:
-    outputs = read_outputs(run, need_features=config.kind.needs_features)
     made_from = outputs_fingerprint(outputs)
     if is_up_to_date(run.family(family_name), config, made_from):
         return run.family(family_name)

@@ -17,6 +17,8 @@ that already have, which is exactly per-target early stopping. Each target's ran
 from __future__ import annotations
 
 import dataclasses
+import functools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -30,7 +32,6 @@ from ddnn_jax import optim
 from ddnn_jax.families import INPUT_KINDS, LABEL_KINDS, OBJECTIVES, SCORE_KINDS, InputKind, input_kind
 from ddnn_jax.models import batch_norm, conv3x3, dense
 from ddnn_jax.policies import normalized_entropy, top2_margin
-from ddnn_jax.retrace import trace_once
 from ddnn_jax.rundir import SplitOutputs
 
 DEFAULT_TARGETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.54, 0.6, 0.7, 0.8, 0.9)
@@ -98,15 +99,17 @@ class RouterConfig:
 
 class RouterNet(nn.Module):
     """Optional conv blocks (Conv3x3 -> BN -> ReLU -> MaxPool2), then Dense -> BN -> ReLU ->
-    Dropout per hidden width, then one output logit (offload when it is >= 0)."""
+    Dropout per hidden width, then one output logit (offload when it is >= 0).
+
+    The dropout rate is an argument of the call, not of the module, so that routers that differ
+    only in it are one compiled program."""
 
     hidden: Sequence[int]
     conv_channels: Sequence[int] = ()
-    dropout_rate: float = 0.0
     conv: str = "auto"  # models.CONV_CHOICES
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, dropout_rate: jax.Array | float = 0.0) -> jax.Array:
         for channels in self.conv_channels:
             x = conv3x3(channels, x.shape[-1], conv=self.conv)(x)
             x = nn.relu(batch_norm(train)(x))
@@ -114,7 +117,10 @@ class RouterNet(nn.Module):
         x = x.reshape((x.shape[0], -1))
         for width in self.hidden:
             x = nn.relu(batch_norm(train)(dense(width, x.shape[-1])(x)))
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            if train:
+                keep = 1.0 - jnp.asarray(dropout_rate, x.dtype)
+                mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+                x = jnp.where(mask, x / keep, 0.0)
         return dense(1, x.shape[-1])(x)[:, 0]
 
 
@@ -122,7 +128,6 @@ def build_router(config: RouterConfig) -> RouterNet:
     return RouterNet(
         hidden=tuple(config.hidden),
         conv_channels=tuple(config.conv_channels) if config.kind.cnn else (),
-        dropout_rate=config.dropout_rate,
         conv=config.conv,
     )
 
@@ -234,7 +239,7 @@ class _Loop(NamedTuple):
     """One target's training, as functions of its Carry (vmapped by the grid trainer)."""
 
     init: Callable[[jax.Array, jax.Array], Carry]  # (key, x_train) -> Carry
-    epoch: Callable[..., Carry]  # (carry, key, x_train, y_train, x_val, y_val) -> Carry
+    epoch: Callable[..., Carry]  # (carry, key, x_train, y_train, x_val, y_val, dropout) -> Carry
     keep_going: Callable[[Carry], jax.Array]  # bool: neither out of epochs nor stopped early
     result: Callable[[Carry], GridResult]
 
@@ -244,7 +249,7 @@ def _optimizer(config: RouterConfig) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(config.learning_rate))
 
 
-def _train_minibatches(model, tx, config, n_train, carry: Carry, epoch_key, x_train, y_train):
+def _train_minibatches(model, tx, config, n_train, carry: Carry, epoch_key, x_train, y_train, dropout):
     """One pass over the shuffled training set: (params, batch_stats, opt_state, mean quality)."""
     batch_size = min(config.batch_size, n_train)
     steps = n_train // batch_size
@@ -261,6 +266,7 @@ def _train_minibatches(model, tx, config, n_train, carry: Carry, epoch_key, x_tr
                 {"params": p, "batch_stats": batch_stats},
                 x,
                 train=True,
+                dropout_rate=dropout,
                 rngs={"dropout": jax.random.fold_in(epoch_key, i + 1)},
                 mutable=["batch_stats"],
             )
@@ -303,10 +309,10 @@ def make_loop(config: RouterConfig, n_train: int) -> _Loop:
             val_quality=nan_history,
         )
 
-    def epoch(carry: Carry, key, x_train, y_train, x_val, y_val) -> Carry:
+    def epoch(carry: Carry, key, x_train, y_train, x_val, y_val, dropout) -> Carry:
         epoch_key = jax.random.fold_in(key, carry.epoch)
         params, batch_stats, opt_state, train_quality = _train_minibatches(
-            model, tx, config, n_train, carry, epoch_key, x_train, y_train
+            model, tx, config, n_train, carry, epoch_key, x_train, y_train, dropout
         )
         val_logits = predict_chunked(
             model, {"params": params, "batch_stats": batch_stats}, x_val, config.eval_batch_size
@@ -343,43 +349,109 @@ def make_loop(config: RouterConfig, n_train: int) -> _Loop:
     return _Loop(init, epoch, keep_going, result)
 
 
+def program_key(config: RouterConfig) -> RouterConfig:
+    """What the compiled grid depends on: the config with the values it takes as data (labels,
+    target values, seed, dropout rate) set to one canonical value. Families with equal keys (and
+    equal input shapes) train through one compiled program."""
+    kinds = LABEL_KINDS if config.objective == "grid" else SCORE_KINDS
+    return dataclasses.replace(
+        config, labels=kinds[0], targets=(0.5,) * config.models, seed=0, dropout_rate=0.0
+    )
+
+
+class _GridProgram:
+    """The init and epoch programs of one program key, compiled once per argument shapes."""
+
+    def __init__(self, config: RouterConfig, n_train: int):
+        loop = make_loop(config, n_train)
+        epoch = jax.vmap(loop.epoch, in_axes=(0, 0, None, 0, None, 0, None))
+        keep_going = jax.vmap(loop.keep_going)
+
+        def init(keys, x_train):
+            split = jax.vmap(jax.random.split)(keys)
+            carry = jax.vmap(loop.init, in_axes=(0, None))(split[:, 0], x_train)
+            return carry, split[:, 1], keep_going(carry)
+
+        def step(carry: Carry, loop_keys, x_train, y_train, x_val, y_val, dropout):
+            """One epoch of every target still training; the others keep their state."""
+            active = keep_going(carry)
+            new = epoch(carry, loop_keys, x_train, y_train, x_val, y_val, dropout)
+            mask = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+            carry = jax.tree.map(mask, new, carry)
+            return carry, keep_going(carry)
+
+        self.jitted = {"init": jax.jit(init), "step": jax.jit(step, donate_argnums=0)}
+        self.result = jax.vmap(loop.result)
+        self.compiled: dict[tuple, Any] = {}
+
+    def programs(self, keys, x_train, y_train, x_val, y_val) -> tuple[dict[str, Any], float]:
+        """The compiled init and step for these arguments, and the seconds spent compiling them
+        now (0 when an earlier family compiled them; the persistent cache shortens it)."""
+        signature = tuple((a.shape, str(a.dtype)) for a in (keys, x_train, y_train, x_val, y_val))
+        if signature in self.compiled:
+            return self.compiled[signature], 0.0
+        started = time.perf_counter()
+        init = self.jitted["init"].lower(keys, x_train).compile()
+        carry, loop_keys, _ = jax.eval_shape(self.jitted["init"], keys, x_train)
+        dropout = jax.ShapeDtypeStruct((), jnp.float32)
+        step = self.jitted["step"].lower(carry, loop_keys, x_train, y_train, x_val, y_val, dropout).compile()
+        self.compiled[signature] = {"init": init, "step": step}
+        return self.compiled[signature], time.perf_counter() - started
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_program(key: RouterConfig, n_train: int) -> _GridProgram:
+    return _GridProgram(key, n_train)
+
+
+class GridTrainer:
+    """The whole grid of one family:
+    ``grid(keys [G], x_train, y_train [G, N], x_val, y_val [G, N_val]) -> GridResult``.
+
+    Each call runs epochs of every target at once (``vmap``) while any target is still
+    training; a target that has stopped keeps its state (its update is masked), so each target
+    trains exactly as it would alone. The epoch is one compiled program called from the host,
+    which queues the next epoch before it reads whether any target still trains (an epoch
+    after the last is a no-op: every update is masked). ``on_epoch(epochs, still_training,
+    best_val)``, if given, is called on the host after every epoch with the per-target arrays
+    (a progress bar); the programs are the same without it.
+
+    Families whose configs differ only in labels, target values, seed or dropout rate share the
+    compiled programs (``program_key``); ``compile(*args)`` compiles them ahead of the call and
+    returns the seconds it took.
+    """
+
+    def __init__(self, config: RouterConfig, n_train: int, on_epoch=None):
+        self.program = _grid_program(program_key(config), n_train)
+        self.dropout = np.float32(config.dropout_rate)
+        self.max_epochs, self.on_epoch = config.max_epochs, on_epoch
+
+    def compile(self, *args) -> float:
+        return self.program.programs(*args)[1]
+
+    def __call__(self, keys, x_train, y_train, x_val, y_val) -> GridResult:
+        programs, _ = self.program.programs(keys, x_train, y_train, x_val, y_val)
+        carry, loop_keys, going = programs["init"](keys, x_train)
+        data = (loop_keys, x_train, y_train, x_val, y_val, self.dropout)
+        for _ in range(self.max_epochs):
+            carry, now_going = programs["step"](carry, *data)
+            if not np.any(going):  # waits for the epoch before; the one just queued is a no-op
+                break
+            if self.on_epoch is not None:
+                self.on_epoch(
+                    np.asarray(carry.epoch), np.asarray(now_going), np.asarray(carry.best_val_quality)
+                )
+            going = now_going
+        return self.program.result(carry)
+
+
 def make_grid_trainer(
     config: RouterConfig,
     n_train: int,
     on_epoch: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
-):
-    """The whole grid as one jitted program:
-    ``grid(keys [G], x_train, y_train [G, N], x_val, y_val [G, N_val]) -> GridResult``.
-
-    A ``lax.while_loop`` runs epochs of every target at once (``vmap``) while any target is
-    still training; a target that has stopped keeps its state (its update is masked), so each
-    target trains exactly as it would alone. ``on_epoch(epochs, still_training, best_val)``, if
-    given, is called on the host after every epoch with the per-target arrays (a progress
-    bar); without it nothing leaves the device. Traced once: a retrace raises.
-    """
-    loop = make_loop(config, n_train)
-    epoch = jax.vmap(loop.epoch, in_axes=(0, 0, None, 0, None, 0))
-    keep_going = jax.vmap(loop.keep_going)
-
-    @trace_once
-    def grid(keys, x_train, y_train, x_val, y_val) -> GridResult:
-        split = jax.vmap(jax.random.split)(keys)
-        init_keys, loop_keys = split[:, 0], split[:, 1]
-        carry = jax.vmap(loop.init, in_axes=(0, None))(init_keys, x_train)
-
-        def body(carry: Carry) -> Carry:
-            active = keep_going(carry)
-            new = epoch(carry, loop_keys, x_train, y_train, x_val, y_val)
-            mask = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
-            carry = jax.tree.map(mask, new, carry)
-            if on_epoch is not None:
-                jax.debug.callback(on_epoch, carry.epoch, keep_going(carry), carry.best_val_quality)
-            return carry
-
-        carry = jax.lax.while_loop(lambda c: keep_going(c).any(), body, carry)
-        return jax.vmap(loop.result)(carry)
-
-    return jax.jit(grid)
+) -> GridTrainer:
+    """The grid trainer of ``config`` (see GridTrainer)."""
+    return GridTrainer(config, n_train, on_epoch)
 
 
 def make_grid_predictor(config: RouterConfig):

@@ -52,6 +52,7 @@ from typing import IO, Any, NotRequired, TypedDict
 import jax
 import numpy as np
 
+from ddnn_jax import runtime
 from ddnn_jax.config import TrainConfig, package_versions, resolve_local_weight
 from ddnn_jax.errors import UsageError
 
@@ -411,6 +412,7 @@ class RunRecord:
     backend: str
     versions: dict[str, str]
     imported_from: dict[str, Any] | None = None  # PyTorch files and their SHA-256, if imported
+    runtime: dict[str, Any] | None = None  # runtime.describe(): cache, determinism, devices
 
     @classmethod
     def resolve(
@@ -436,6 +438,7 @@ class RunRecord:
             split_sizes=dict(split_sizes),
             backend=jax.default_backend(),
             versions=package_versions(),
+            runtime=runtime.describe(),
         )
 
     @property
@@ -461,6 +464,8 @@ class RunRecord:
         )
         if self.imported_from is not None:
             record["imported_from"] = self.imported_from
+        if self.runtime is not None:
+            record["runtime"] = self.runtime
         return record
 
     @classmethod
@@ -491,6 +496,7 @@ class RunRecord:
             backend=str(record["backend"]),
             versions=dict(record.get("versions", {})),
             imported_from=record.get("imported_from"),
+            runtime=record.get("runtime"),
         )
 
 

@@ -23,7 +23,7 @@ import scipy.stats
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.errors import UsageError
 from ddnn_jax.families import calibrated, curve_name
-from ddnn_jax.pipeline import RunPlan, default_inputs, run
+from ddnn_jax.pipeline import RunPlan, default_inputs, run, together
 from ddnn_jax.progress import Progress
 from ddnn_jax.report import HEADLINE_TARGETS, draw_figure, pct, significant, style
 from ddnn_jax.rundir import (
@@ -36,6 +36,7 @@ from ddnn_jax.rundir import (
     write_json,
     write_text,
 )
+from ddnn_jax.train import run_trainings
 
 CONFIDENCE = 0.95
 # What may differ between the runs of one study: the seed, and where each host keeps its data.
@@ -81,7 +82,9 @@ def _shared(train: TrainConfig) -> dict[str, Any]:
 
 def study_identity(config: TrainConfig, plan: RunPlan) -> dict[str, Any]:
     """What every run of the study shares: the training flags but the seed, and the run plan."""
-    return _json({"train": _shared(config), "plan": dataclasses.asdict(plan)})
+    plan_fields = dataclasses.asdict(plan)
+    del plan_fields["together"]  # how the runs train, not what they are
+    return _json({"train": _shared(config), "plan": plan_fields})
 
 
 def first_difference(a: Any, b: Any, where: str = "") -> str | None:
@@ -126,6 +129,13 @@ def run_study(
                 f"cannot make the study directory {out} ({err.strerror}): give another --out"
             ) from None
         write_json(study.config, identity)
+    if together(plan):  # the seeds' DDNNs in one program; each run() then finds its training done
+        progress.stage(f"study {out}: training seeds {', '.join(map(str, seeds))} together")
+        run_trainings(
+            [(dataclasses.replace(config, seed=s), study.seed_run(s)) for s in seeds],
+            together=True,
+            progress=progress,
+        )
     for i, seed in enumerate(seeds, 1):
         progress.stage(f"study {out}: seed {seed} ({i} of {len(seeds)})")
         run(dataclasses.replace(config, seed=seed), study.seed_run(seed), plan, progress)

@@ -7,10 +7,13 @@ uninterrupted one would have done.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +60,9 @@ class TrainState(train_state.TrainState):
 
 
 def build_model(config: TrainConfig, num_classes: int) -> DDNN:
-    return DDNN(
+    """The run's network. Equal architectures get the same module object, so that the states of
+    two runs have equal static parts (``apply_fn``) and share compiled programs."""
+    return _shared_ddnn(
         num_classes=num_classes,
         edge_channels=config.edge_channels,
         local_hidden=config.local_hidden,
@@ -68,9 +73,19 @@ def build_model(config: TrainConfig, num_classes: int) -> DDNN:
     )
 
 
+_shared_ddnn = functools.lru_cache(maxsize=16)(DDNN)
+
+
 def plateau_schedule(config: TrainConfig) -> optax.GradientTransformationExtraArgs:
     """The learning-rate factor, driven by the validation error once per epoch."""
     return optim.plateau(config.plateau_factor, config.plateau_patience)
+
+
+@functools.lru_cache(maxsize=8)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    """One optimizer object per learning rate: states of equal runs then have equal static
+    parts, so a compiled program made for one run takes the next without tracing again."""
+    return optax.adam(learning_rate)
 
 
 def create_train_state(config: TrainConfig, image_shape: tuple[int, ...], num_classes: int) -> TrainState:
@@ -84,7 +99,7 @@ def create_train_state(config: TrainConfig, image_shape: tuple[int, ...], num_cl
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=variables["batch_stats"],
-        tx=optax.adam(config.learning_rate),
+        tx=_adam(config.learning_rate),
         plateau=plateau_schedule(config).init(variables["params"]),
     )
 
@@ -104,29 +119,41 @@ def joint_loss(
     return per_sample.mean()
 
 
+class RunConstants(NamedTuple):
+    """What a run's steps read besides their batch, as data: runs that differ only in these
+    (other weights, other seeds' splits) are trained by one compiled program."""
+
+    w: Any  # float32 scalar: the joint loss's local weight; NaN draws w ~ U(0, 1) per step
+    mean: Any  # [C] float32: per-channel normalisation of x / 255
+    std: Any  # [C] float32
+
+
+def run_constants(local_weight: float | None, mean, std) -> RunConstants:
+    """A run's constants: its fixed weight (None: drawn at every step) and its normalisation."""
+    return RunConstants(
+        w=np.float32(np.nan if local_weight is None else local_weight),
+        mean=np.asarray(mean, np.float32),
+        std=np.asarray(std, np.float32),
+    )
+
+
 def train_step_fn(
-    *,
-    local_weight: float | None,
-    mean: np.ndarray,
-    std: np.ndarray,
-    horizontal_flip: bool,
-    crop_padding: int,
-) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]:
-    """The pure ``step(state, images, labels, rng) -> (state, metrics)`` of one run.
+    *, horizontal_flip: bool, crop_padding: int
+) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array, RunConstants], tuple[TrainState, dict]]:
+    """The pure ``step(state, images, labels, rng, constants) -> (state, metrics)`` of one run.
 
     Args:
-      local_weight: w of the joint loss, or None to draw w ~ U(0, 1) at every step.
-      mean, std: per-channel normalisation of the raw uint8 images.
       horizontal_flip: whether augmentation flips images.
       crop_padding: the random crop's shift in pixels.
     """
-    channel_mean, channel_std = jnp.asarray(mean), jnp.asarray(std)
 
-    def step(state: TrainState, images: jax.Array, labels: jax.Array, rng: jax.Array):
+    def step(
+        state: TrainState, images: jax.Array, labels: jax.Array, rng: jax.Array, constants: RunConstants
+    ):
         augment_rng, dropout_rng, weight_rng = jax.random.split(rng, 3)
         images = augment(images, augment_rng, horizontal_flip=horizontal_flip, pad=crop_padding)
-        images = normalize(images, channel_mean, channel_std)
-        w = jax.random.uniform(weight_rng) if local_weight is None else local_weight
+        images = normalize(images, constants.mean, constants.std)
+        w = jnp.where(jnp.isnan(constants.w), jax.random.uniform(weight_rng), constants.w)
 
         def loss_fn(params):
             (local_logits, cloud_logits, _), updates = state.apply_fn(
@@ -153,12 +180,14 @@ def train_step_fn(
     return step
 
 
-def make_train_step(**step_options):
+def make_train_step(*, local_weight: float | None, mean, std, horizontal_flip: bool, crop_padding: int):
     """One jitted optimizer step, ``(state, {"image", "label"}, rng) -> (state, metrics)``,
     driven from Python: for tests and for benchmarking against the compiled epoch."""
-    step = train_step_fn(**step_options)
+    step = train_step_fn(horizontal_flip=horizontal_flip, crop_padding=crop_padding)
+    constants = run_constants(local_weight, mean, std)
     return jax.jit(
-        lambda state, batch, rng: step(state, batch["image"], batch["label"], rng), donate_argnums=0
+        lambda state, batch, rng: step(state, batch["image"], batch["label"], rng, constants),
+        donate_argnums=0,
     )
 
 
@@ -185,89 +214,128 @@ def replicate(mesh: Mesh, tree):
     return jax.tree.map(put, tree)
 
 
-def make_train_epoch(
-    step,
-    mesh: Mesh,
-    *,
-    batch_size: int,
-    steps_per_epoch: int,
-    on_step: Callable[[int, float], None] | None = None,
-) -> Callable[..., tuple[TrainState, dict]]:
-    """The whole epoch as one compiled program:
-    ``epoch(state, images, labels, root_key, epoch) -> (state, per-step metrics)``.
+def chunk_steps(steps_per_epoch: int) -> int:
+    """Optimizer steps per call of the compiled chunk: about ``TICKS_PER_EPOCH`` calls an epoch."""
+    return max(1, steps_per_epoch // TICKS_PER_EPOCH)
 
-    ``images`` [N, H, W, C] uint8 and ``labels`` live on the devices for the whole run. The
-    program draws the epoch's permutation, then a ``lax.scan`` gathers, augments and trains on
-    each batch. Keys are derived exactly as in a step-by-step loop: the shuffle from
-    (root, STREAM_SHUFFLE, epoch), step i from (root, STREAM_STEP, global step i). The batch
-    axis is sharded over ``mesh``; parameters and optimizer state are replicated, and XLA
-    inserts the reductions of gradients and batch statistics, so any device count computes
-    the same function.
 
-    ``on_step(steps_done, loss)``, if given, is called on the host with the number of steps
-    done and the last step's loss, about ``TICKS_PER_EPOCH`` times per epoch (a progress bar):
-    the scan then runs over chunks of steps, each an inner scan followed by one host callback,
-    so that the steps themselves compile exactly as without it. The callbacks depend on the
-    losses they report, so they arrive in order. Without ``on_step`` nothing leaves the device.
-    The program is traced once: a second trace (a silent recompilation) raises.
+class TrainEpoch:
+    """One epoch of training as compiled programs:
+    ``epoch(state, images, labels, root, epoch, constants, on_step=None) -> (state, per-step
+    metrics)``.
+
+    ``images`` [N, H, W, C] uint8 and ``labels`` live on the devices for the whole run. A small
+    program draws the epoch's permutation; then one compiled chunk program, a loop over
+    ``chunk_steps`` steps that gathers, augments and trains on each batch, is called about
+    ``TICKS_PER_EPOCH`` times (the last call runs the steps that are left). Keys are derived
+    exactly as in a step-by-step loop: the shuffle from (root, STREAM_SHUFFLE, epoch), step i from
+    (root, STREAM_STEP, global step i). The batch axis is sharded over ``mesh``; parameters and
+    optimizer state are replicated, and XLA inserts the reductions of gradients and batch
+    statistics, so any device count computes the same function.
+
+    The per-step metrics come back to the host as numpy arrays. ``on_step(steps_done, loss)``,
+    if given, is called on the host with the steps done and the last step's loss (the mean over
+    runs) after each chunk (a progress bar). The programs contain no host callback
+    and are the same with or without it, so they are the same numbers, and JAX's persistent
+    compilation cache can keep them. The host reads a chunk's loss only once the next chunk is
+    queued, so the device does not wait for the bar. Each program is traced once: a second trace
+    (a silent recompilation) raises.
+
+    With ``runs=R`` every argument but ``epoch`` has a leading run axis of R (independent
+    trainings: other seeds, other weights, the same shapes) and one program trains them all
+    (``jax.vmap``); each run computes what it computes alone, to float tolerance.
     """
-    replicated = NamedSharding(mesh, P())
-    by_example = NamedSharding(mesh, P(None, DATA_AXIS))
-    per_step = batch_size * steps_per_epoch
-    tick_every = max(1, steps_per_epoch // TICKS_PER_EPOCH)
 
-    @trace_once
-    def epoch_fn(state, images, labels, root, epoch):
-        shuffle_key = jax.random.fold_in(jax.random.fold_in(root, STREAM_SHUFFLE), epoch)
-        order = jax.random.permutation(shuffle_key, labels.shape[0])
-        batches = order[:per_step].reshape(steps_per_epoch, batch_size)
-        batches = jax.lax.with_sharding_constraint(batches, by_example)
-        step_root = jax.random.fold_in(root, STREAM_STEP)
-        first_step = (epoch - 1) * steps_per_epoch
+    def __init__(
+        self,
+        step,
+        mesh: Mesh,
+        *,
+        batch_size: int,
+        steps_per_epoch: int,
+        runs: int | None = None,
+    ):
+        self.steps, self.chunk = steps_per_epoch, chunk_steps(steps_per_epoch)
+        self.calls = -(-steps_per_epoch // self.chunk)
+        self.runs = runs
+        run_axis = () if runs is None else (None,)
+        replicated = NamedSharding(mesh, P())
+        by_example = NamedSharding(mesh, P(*run_axis, None, None, DATA_AXIS))
+        per_epoch, calls, chunk = batch_size * steps_per_epoch, self.calls, self.chunk
 
-        def body(state, xs):
-            i, idx = xs
-            rng = jax.random.fold_in(step_root, first_step + i)
-            return step(state, images[idx], labels[idx], rng)
+        def batches(root, n_examples: int, epoch):
+            """[calls, chunk, batch] example indices; the rows past the last step repeat it."""
+            shuffle_key = jax.random.fold_in(jax.random.fold_in(root, STREAM_SHUFFLE), epoch)
+            order = jax.random.permutation(shuffle_key, n_examples)[:per_epoch]
+            rows = order.reshape(steps_per_epoch, batch_size)
+            rows = rows[jnp.minimum(jnp.arange(calls * chunk), steps_per_epoch - 1)]
+            return rows.reshape(calls, chunk, batch_size)
 
-        xs = (jnp.arange(steps_per_epoch), batches)
-        if on_step is None:
-            return jax.lax.scan(body, state, xs)
-        return _scan_with_ticks(body, state, xs, steps_per_epoch, tick_every, on_step)
+        def run_chunk(state, images, labels, rows, root, constants, epoch, call):
+            step_root = jax.random.fold_in(root, STREAM_STEP)
+            first = (epoch - 1) * steps_per_epoch + call * chunk
+            count = jnp.minimum(chunk, steps_per_epoch - call * chunk)
+            mine = jax.lax.dynamic_index_in_dim(rows, call, keepdims=False)
 
-    return jax.jit(epoch_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+            def one(state, i):
+                idx, rng = mine[i], jax.random.fold_in(step_root, first + i)
+                return step(state, images[idx], labels[idx], rng, constants)
+
+            def body(i, carry):
+                state, metrics = carry
+                state, out = one(state, i)
+                return state, jax.tree.map(lambda m, v: m.at[i].set(v), metrics, out)
+
+            shapes = jax.eval_shape(one, state, 0)[1]
+            metrics = jax.tree.map(lambda s: jnp.zeros((chunk, *s.shape), s.dtype), shapes)
+            return jax.lax.fori_loop(0, count, body, (state, metrics))
+
+        if runs is not None:
+            batches = jax.vmap(batches, in_axes=(0, None, None))
+            run_chunk = jax.vmap(run_chunk, in_axes=(0, 0, 0, 0, 0, 0, None, None))
+        self._batches = jax.jit(trace_once(batches), static_argnums=1, out_shardings=by_example)
+        self._chunk = jax.jit(trace_once(run_chunk), donate_argnums=0, out_shardings=(replicated, replicated))
+
+    def __call__(self, state, images, labels, root, epoch: int, constants: RunConstants, on_step=None):
+        rows = self._batches(root, labels.shape[-1], epoch)
+        chunks, pending = [], None
+        for call in range(self.calls):
+            state, metrics = self._chunk(state, images, labels, rows, root, constants, epoch, call)
+            chunks.append(metrics)
+            if on_step is not None:
+                if pending is not None:
+                    self._tick(on_step, *pending)
+                pending = (call, metrics["loss"])
+        if pending is not None:
+            self._tick(on_step, *pending)
+        axis = 0 if self.runs is None else 1
+        chunks = jax.device_get(chunks)
+        metrics = jax.tree.map(lambda *parts: np.concatenate(parts, axis=axis), *chunks)
+        return state, jax.tree.map(lambda m: m[:, : self.steps] if axis else m[: self.steps], metrics)
+
+    def _tick(self, on_step, call: int, losses) -> None:
+        done = min(self.steps, (call + 1) * self.chunk)
+        last = np.asarray(losses)[..., done - call * self.chunk - 1]
+        on_step(done, float(np.mean(last)))
 
 
-def _scan_with_ticks(body, state, xs, steps: int, every: int, on_step: Callable[[int, float], None]):
-    """``lax.scan(body, state, xs)`` over ``steps`` steps, calling ``on_step(steps done, loss)``
-    on the host after every ``every`` steps and after the last."""
-    chunks, tail = divmod(steps, every)
-    head = jax.tree.map(lambda a: a[: chunks * every].reshape(chunks, every, *a.shape[1:]), xs)
+@functools.lru_cache(maxsize=16)
+def _forward(model: DDNN, with_features: bool):
+    """The jitted evaluation-mode forward pass, normalisation as data: one program for every run
+    of the same architecture."""
 
-    def chunk(state, chunk_xs):
-        state, metrics = jax.lax.scan(body, state, chunk_xs)
-        jax.debug.callback(on_step, chunk_xs[0][-1] + 1, metrics["loss"][-1])
-        return state, metrics
-
-    state, metrics = jax.lax.scan(chunk, state, head)
-    metrics = jax.tree.map(lambda m: m.reshape(chunks * every, *m.shape[2:]), metrics)
-    if tail:
-        state, tail_metrics = jax.lax.scan(body, state, jax.tree.map(lambda a: a[chunks * every :], xs))
-        metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), metrics, tail_metrics)
-        jax.debug.callback(on_step, steps, tail_metrics["loss"][-1])
-    return state, metrics
-
-
-def make_predict_fn(model: DDNN, mean, std, with_features: bool = False):
-    """Jitted evaluation-mode forward pass on uint8 images: (local_logits, cloud_logits[, z])."""
-    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
-
-    @jax.jit
-    def predict(variables, images):
+    def forward(variables, images, mean, std):
         local_logits, cloud_logits, z = model.apply(variables, normalize(images, mean, std), train=False)
         return (local_logits, cloud_logits, z) if with_features else (local_logits, cloud_logits)
 
-    return predict
+    return jax.jit(forward)
+
+
+def make_predict_fn(model: DDNN, mean, std, with_features: bool = False):
+    """Evaluation-mode forward pass on uint8 images: (local_logits, cloud_logits[, z])."""
+    forward = _forward(model, with_features)
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return lambda variables, images: forward(variables, images, mean, std)
 
 
 def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
@@ -305,20 +373,22 @@ def _check_finite(losses: np.ndarray, *, first_step: int, epoch: int) -> None:
 
 
 class _EpochBar:
-    """The live bar of the epoch in progress, advanced from inside the compiled epoch."""
+    """The live bar of the epoch in progress, advanced after each chunk of steps."""
 
-    def __init__(self, progress: Progress, steps: int, batch_size: int):
-        self.progress, self.steps, self.batch_size = progress, steps, batch_size
+    def __init__(self, progress: Progress, steps: int, images_per_step: int):
+        self.progress, self.steps, self.images_per_step = progress, steps, images_per_step
         self.bar = None
         self.done = 0
         self.title = ""
         self.compiled = False
 
-    def open(self, epoch: int, epochs: int) -> None:
+    def open(self, title: str) -> None:
         """A new bar; the first epoch of a process says that it compiles until its first tick."""
-        self.title = f"epoch {epoch}/{epochs}"
+        self.title = title
         description = self.title if self.compiled else f"{self.title} (compiling)"
-        self.bar = self.progress.bar(self.steps * self.batch_size, description, unit="img", unit_scale=True)
+        self.bar = self.progress.bar(
+            self.steps * self.images_per_step, description, unit="img", unit_scale=True
+        )
         self.done = 0
 
     def on_step(self, steps_done, loss) -> None:
@@ -328,7 +398,7 @@ class _EpochBar:
                 self.compiled = True
                 self.bar.set_description_str(self.title, refresh=False)
             self.bar.set_postfix_str(f"loss {float(loss):.4f}", refresh=False)
-            self.bar.update((steps_done - self.done) * self.batch_size)
+            self.bar.update((steps_done - self.done) * self.images_per_step)
             self.done = steps_done
 
     def close(self) -> None:
@@ -358,6 +428,59 @@ def _validate(predict, state: TrainState, data: DataSplits, batch_size: int) -> 
     return accuracy(local_logits, data.val.labels), accuracy(cloud_logits, data.val.labels)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """One run to train: its configuration, its data in memory, its directory and its w (None
+    for a fresh draw at every step)."""
+
+    config: TrainConfig
+    data: DataSplits
+    run: RunDir
+    local_weight: float | None
+
+
+@dataclasses.dataclass
+class _Resumed:
+    """A job restored to where it stopped: its checkpoint manager, state, epoch and history."""
+
+    job: TrainJob
+    manager: Any
+    state: TrainState
+    epoch: int
+    history: list[dict]
+
+    def program_key(self) -> tuple:
+        """Jobs with equal keys stand at the same epoch and have the same shapes: one compiled
+        program with a run axis trains them together."""
+        config, data = self.job.config, self.job.data
+        same = dataclasses.replace(
+            config, seed=0, local_weight="per-run", data_dir=None, download=False, limit_train=None
+        )
+        return (
+            self.epoch,
+            same,
+            len(data.train),
+            len(data.val),
+            data.image_shape,
+            data.num_classes,
+            data.horizontal_flip,
+            data.crop_padding,
+        )
+
+
+def _resume(job: TrainJob, progress: Progress) -> _Resumed:
+    manager = checkpointing.manager(job.run.checkpoints, keep=job.config.keep_checkpoints)
+    state, epoch = _restore_or_init(job.config, job.data, manager, progress)
+    history = [row for row in read_metrics(job.run) if row["epoch"] <= epoch]
+    if [row["epoch"] for row in history] != list(range(1, epoch + 1)):
+        manager.close()
+        raise UsageError(
+            f"{job.run.metrics} lacks epochs that checkpoints/ holds (1 to {epoch}): restore it "
+            f"from a copy, or delete {job.run} and train again"
+        )
+    return _Resumed(job, manager, state, epoch, history)
+
+
 def train(
     config: TrainConfig,
     data: DataSplits,
@@ -367,73 +490,130 @@ def train(
     progress: Progress = Progress(),
     on_epoch_trained: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """Trains (or resumes training) until ``config.epochs``; returns the per-epoch metrics.
+    """Trains (or resumes training) one run until ``config.epochs``; returns its per-epoch
+    metrics (see train_jobs)."""
+    job = TrainJob(config, data, as_run(run_dir), local_weight)
+    return train_jobs([job], progress=progress, on_epoch_trained=on_epoch_trained)[0]
+
+
+def train_jobs(
+    jobs: Sequence[TrainJob],
+    *,
+    together: bool = False,
+    progress: Progress = Progress(),
+    on_epoch_trained: Callable[[int], None] | None = None,
+) -> list[list[dict]]:
+    """Trains (or resumes) every job until its ``config.epochs``; returns each one's per-epoch
+    metrics. Each job checkpoints every epoch into its own directory and resumes from there.
 
     Args:
-      config: the run's configuration.
-      data: the dataset in memory.
-      run_dir: where checkpoints/ and metrics.jsonl live.
-      local_weight: the resolved w, or None for a fresh draw at every step.
+      jobs: the runs to train.
+      together: train the jobs that have the same shapes and stand at the same epoch as one
+        program with a leading run axis (``jax.vmap``: one device pass trains all of them, the
+        way to fill an accelerator). Otherwise they train one after another, through the same
+        compiled programs. Either way each run computes what it computes alone, to float
+        tolerance.
       progress: where epoch lines and the live bar go.
       on_epoch_trained: called with the epoch number once its training program has run and
         before it is validated and checkpointed (the resume tests kill the process there).
     """
-    run = as_run(run_dir)
-    manager = checkpointing.manager(run.checkpoints, keep=config.keep_checkpoints)
-    state, start_epoch = _restore_or_init(config, data, manager, progress)
-    history = [row for row in read_metrics(run) if row["epoch"] <= start_epoch]
-    if [row["epoch"] for row in history] != list(range(1, start_epoch + 1)):
-        manager.close()
-        raise UsageError(
-            f"{run.metrics} lacks epochs that checkpoints/ holds (1 to {start_epoch}): restore it "
-            f"from a copy, or delete {run} and train again"
-        )
-    mesh = data_mesh(config.batch_size)
-    steps_per_epoch = len(data.train) // config.batch_size
-    live = _EpochBar(progress, steps_per_epoch, config.batch_size)
-    on_step = live.on_step if progress.shows_bars else None
-    run_epoch = _epoch_program(data, mesh, local_weight, config.batch_size, steps_per_epoch, on_step)
-    predict = make_predict_fn(build_model(config, data.num_classes), data.mean, data.std)
-    plateau = plateau_schedule(config)
-    root = jax.random.key(config.seed)
-    images, labels = replicate(mesh, data.train.images), replicate(mesh, data.train.labels)
-    state = replicate(mesh, state)
+    resumed: list[_Resumed] = []
+    try:
+        for job in jobs:
+            resumed.append(_resume(job, progress))
+        groups: dict[Any, list[_Resumed]] = {}
+        for i, r in enumerate(resumed):
+            groups.setdefault(r.program_key() if together else i, []).append(r)
+        for group in groups.values():
+            _train_group(group, progress, on_epoch_trained)
+    finally:
+        for r in resumed:
+            r.manager.close()
+    return [r.history for r in resumed]
 
-    for epoch in range(start_epoch + 1, config.epochs + 1):
+
+def _run_slice(tree: Any, i: int) -> Any:
+    """Run ``i``'s part of a tree with a leading run axis."""
+    return jax.tree.map(lambda leaf: leaf[i], tree)
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+    """The trees stacked leaf by leaf along a new leading run axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _train_group(group: list[_Resumed], progress: Progress, on_epoch_trained) -> None:
+    """Trains runs of equal shapes at the same epoch: alone, or as one program with a run axis."""
+    config, data = group[0].job.config, group[0].job.data
+    runs = None if len(group) == 1 else len(group)
+    along = (lambda trees: trees[0]) if runs is None else _stack
+    mesh = data_mesh(config.batch_size)
+    steps = len(data.train) // config.batch_size
+    run_epoch = _epoch_program(
+        build_model(config, data.num_classes),
+        data.image_shape,
+        len(data.train),
+        mesh,
+        config.batch_size,
+        steps,
+        data.horizontal_flip,
+        data.crop_padding,
+        runs,
+    )
+    live = _EpochBar(progress, steps, config.batch_size * len(group))
+    on_step = live.on_step if progress.shows_bars else None
+    plateau = plateau_schedule(config)
+    images = replicate(mesh, along([r.job.data.train.images for r in group]))
+    labels = replicate(mesh, along([r.job.data.train.labels for r in group]))
+    roots = along([jax.random.key(r.job.config.seed) for r in group])
+    constants = along([run_constants(r.job.local_weight, r.job.data.mean, r.job.data.std) for r in group])
+    state = replicate(mesh, along([r.state for r in group]))
+    seen = steps * config.batch_size
+    title = "" if runs is None else f" ({runs} runs together)"
+
+    for epoch in range(group[0].epoch + 1, config.epochs + 1):
         started = time.perf_counter()
-        learning_rate = config.learning_rate * float(state.plateau.scale)
-        live.open(epoch, config.epochs)
+        rates = [config.learning_rate * float(r.state.plateau.scale) for r in group]
+        live.open(f"epoch {epoch}/{config.epochs}{title}")
         try:
-            state, step_metrics = run_epoch(state, images, labels, root, epoch)
-            step_metrics = jax.device_get(step_metrics)
+            state, step_metrics = run_epoch(state, images, labels, roots, epoch, constants, on_step)
         finally:
             live.close()
         if on_epoch_trained is not None:
             on_epoch_trained(epoch)
-        _check_finite(step_metrics["loss"], first_step=(epoch - 1) * steps_per_epoch + 1, epoch=epoch)
-        val_local, val_cloud = _validate(predict, state, data, config.eval_batch_size)
-        selection = (val_local + val_cloud) / 2
-        state = state.replace(plateau=optim.end_of_epoch(plateau, state.plateau, 1.0 - selection))
-        seen = steps_per_epoch * config.batch_size
-        row = _epoch_row(epoch, step_metrics, seen, val_local, val_cloud, learning_rate, started)
-        history.append(row)
-        write_metrics(run, history)
-        checkpointing.save(manager, epoch, state, selection)
-        progress.note(_epoch_line(row, config.epochs, seen))
-    manager.close()
-    return history
+        for i, r in enumerate(group):
+            metrics, r.state = (step_metrics, state) if runs is None else _run_slice((step_metrics, state), i)
+            _check_finite(metrics["loss"], first_step=(epoch - 1) * steps + 1, epoch=epoch)
+            predict = make_predict_fn(build_model(config, data.num_classes), r.job.data.mean, r.job.data.std)
+            val_local, val_cloud = _validate(predict, r.state, r.job.data, config.eval_batch_size)
+            selection = (val_local + val_cloud) / 2
+            r.state = r.state.replace(plateau=optim.end_of_epoch(plateau, r.state.plateau, 1.0 - selection))
+            row = _epoch_row(epoch, metrics, seen, val_local, val_cloud, rates[i], started)
+            r.history.append(row)
+            write_metrics(r.job.run, r.history)
+            checkpointing.save(r.manager, epoch, r.state, selection)
+            where = "" if runs is None else f"  {r.job.run}"
+            progress.note(_epoch_line(row, config.epochs, seen) + where)
+        state = group[0].state if runs is None else replicate(mesh, _stack([r.state for r in group]))
 
 
-def _epoch_program(data: DataSplits, mesh: Mesh, local_weight, batch_size: int, steps: int, on_step):
-    """The run's compiled epoch (see make_train_epoch)."""
-    step = train_step_fn(
-        local_weight=local_weight,
-        mean=data.mean,
-        std=data.std,
-        horizontal_flip=data.horizontal_flip,
-        crop_padding=data.crop_padding,
-    )
-    return make_train_epoch(step, mesh, batch_size=batch_size, steps_per_epoch=steps, on_step=on_step)
+@functools.lru_cache(maxsize=8)
+def _epoch_program(
+    model: DDNN,
+    image_shape,
+    n_train: int,
+    mesh: Mesh,
+    batch_size: int,
+    steps: int,
+    flip: bool,
+    pad: int,
+    runs,
+) -> TrainEpoch:
+    """The compiled epoch of every run with this architecture and these shapes (the model and
+    shapes are part of the key so that the program, traced once, is never asked to retrace)."""
+    del model, image_shape, n_train  # in the key only
+    step = train_step_fn(horizontal_flip=flip, crop_padding=pad)
+    return TrainEpoch(step, mesh, batch_size=batch_size, steps_per_epoch=steps, runs=runs)
 
 
 def _epoch_row(
@@ -496,14 +676,37 @@ def run_training(
 
     Everything the user can get wrong is checked before the first file is written.
     """
-    run = as_run(run_dir)
-    config.validate()
-    check_for_training(run)
-    with locked(run, "train"):
-        return _run_training(config, run, progress, on_epoch_trained)
+    return run_trainings([(config, run_dir)], progress=progress, on_epoch_trained=on_epoch_trained)[0]
 
 
-def _run_training(config, run: RunDir, progress: Progress, on_epoch_trained) -> list[dict]:
+def together_by_default() -> bool:
+    """Train runs of equal shapes as one program on an accelerator, one after another on CPU
+    (where a run already keeps every core busy)."""
+    return jax.default_backend() != "cpu"
+
+
+def run_trainings(
+    runs: Sequence[tuple[TrainConfig, RunDir | Path]],
+    *,
+    together: bool = False,
+    progress: Progress = Progress(),
+    on_epoch_trained: Callable[[int], None] | None = None,
+) -> list[list[dict]]:
+    """Starts or resumes each (config, directory) run, holding every run's lock; returns each
+    one's per-epoch metrics. ``together``: see train_jobs."""
+    pairs = [(config, as_run(run_dir)) for config, run_dir in runs]
+    for config, run in pairs:
+        config.validate()
+        check_for_training(run)
+    with contextlib.ExitStack() as held:
+        for _, run in pairs:
+            held.enter_context(locked(run, "train"))
+        jobs = [_job(config, run, progress) for config, run in pairs]
+        return train_jobs(jobs, together=together, progress=progress, on_epoch_trained=on_epoch_trained)
+
+
+def _job(config: TrainConfig, run: RunDir, progress: Progress) -> TrainJob:
+    """The run's job: its data loaded, its config.json written when it starts."""
     resuming = check_for_training(run)  # again, now that no one else can write
     if resuming:
         _check_resumable(run, config)
@@ -530,11 +733,4 @@ def _run_training(config, run: RunDir, progress: Progress, on_epoch_trained) -> 
     )
     if not resuming:
         write_run_record(run, record)
-    return train(
-        config,
-        data,
-        run,
-        local_weight=record.local_weight,
-        progress=progress,
-        on_epoch_trained=on_epoch_trained,
-    )
+    return TrainJob(config, data, run, record.local_weight)

@@ -10,7 +10,7 @@ from test_train import SHAPE, TINY, _batch, _tiny_data
 
 from ddnn_jax.progress import Progress
 from ddnn_jax.router import RouterConfig, make_grid_trainer, target_keys
-from ddnn_jax.train import create_train_state, make_train_epoch, replicate, train, train_step_fn
+from ddnn_jax.train import TrainEpoch, create_train_state, replicate, run_constants, train, train_step_fn
 
 
 def _epoch_losses(on_step, steps=8):
@@ -18,13 +18,12 @@ def _epoch_losses(on_step, steps=8):
 
     batch = _batch(0, 16 * steps)
     mesh = data_mesh(16)
-    step = train_step_fn(
-        local_weight=0.5, mean=np.array([0.5]), std=np.array([0.3]), horizontal_flip=True, crop_padding=2
-    )
-    epoch = make_train_epoch(step, mesh, batch_size=16, steps_per_epoch=steps, on_step=on_step)
+    step = train_step_fn(horizontal_flip=True, crop_padding=2)
+    epoch = TrainEpoch(step, mesh, batch_size=16, steps_per_epoch=steps)
     state = replicate(mesh, create_train_state(TINY, SHAPE, 3))
     images, labels = replicate(mesh, batch["image"]), replicate(mesh, batch["label"])
-    _, metrics = epoch(state, images, labels, jax.random.key(0), 1)
+    constants = run_constants(0.5, [0.5], [0.3])
+    _, metrics = epoch(state, images, labels, jax.random.key(0), 1, constants, on_step)
     return np.asarray(metrics["loss"])
 
 

@@ -84,15 +84,18 @@ def test_early_stopping_masks_each_target_separately():
     ],
 )
 def test_router_net_is_the_configured_architecture(conv, shape, params):
-    net = RouterNet(hidden=(8,), conv_channels=conv, dropout_rate=0.5)
+    net = RouterNet(hidden=(8,), conv_channels=conv)
     x = jax.random.normal(jax.random.key(1), (3, *shape))
     variables = net.init(jax.random.key(0), x, train=False)
     assert sum(leaf.size for leaf in jax.tree.leaves(variables["params"])) == params
     logits = net.apply(variables, x, train=False)
     chex.assert_shape(logits, (3,))
     assert not np.allclose(logits, net.apply(variables, x + 1.0, train=False))  # reads its input
-    train = lambda key: net.apply(variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"])[0]
-    assert not np.allclose(train(jax.random.key(2)), train(jax.random.key(3)))  # dropout in training
+    train = lambda key, rate: net.apply(
+        variables, x, train=True, dropout_rate=rate, rngs={"dropout": key}, mutable=["batch_stats"]
+    )[0]
+    assert not np.allclose(train(jax.random.key(2), 0.5), train(jax.random.key(3), 0.5))  # dropout
+    np.testing.assert_array_equal(train(jax.random.key(2), 0.0), train(jax.random.key(3), 0.0))
 
 
 @pytest.mark.parametrize(
@@ -107,3 +110,23 @@ def test_router_net_is_the_configured_architecture(conv, shape, params):
 def test_bad_router_config(field, value, fragment):
     with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace(")", r"\)")):
         dataclasses.replace(RouterConfig(), **{field: value}).check()
+
+
+def test_families_that_differ_in_data_only_share_one_compiled_program():
+    x, y = _separable(256, (0.3, 0.7), 4)
+    xv, yv = _separable(64, (0.3, 0.7), 5)
+    base = dataclasses.replace(TINY, targets=(0.3, 0.7), dropout_rate=0.0)
+    variants = [
+        base,
+        dataclasses.replace(base, dropout_rate=0.6),
+        dataclasses.replace(base, labels="oracle", seed=3, targets=(0.1, 0.9)),
+    ]
+    trainers = [make_grid_trainer(config, len(x)) for config in variants]
+    args = (target_keys(0, base.targets), x, y, xv, yv)
+    assert trainers[0].compile(*args) > 0
+    assert all(t.program is trainers[0].program for t in trainers)
+    assert all(t.compile(*args) == 0.0 for t in trainers[1:])  # compiled once, for all three
+    plain, dropped = (np.asarray(t(*args).val_quality) for t in trainers[:2])
+    assert not np.array_equal(plain, dropped)  # the rate is data the program reads
+    deeper = make_grid_trainer(dataclasses.replace(base, hidden=(8,)), len(x))
+    assert deeper.program is not trainers[0].program

@@ -23,18 +23,17 @@ config = TrainConfig(batch_size=16, edge_channels=4, local_hidden=8,
 rng = np.random.default_rng(0)
 labels = rng.integers(0, 3, 96).astype(np.int32)
 images = (rng.integers(0, 60, (96, 16, 16, 1)) + 90 * labels[:, None, None, None]).astype(np.uint8)
-step = T.train_step_fn(local_weight=None, mean=np.array([0.5]), std=np.array([0.3]),
-                       horizontal_flip=True, crop_padding=2)
+step = T.train_step_fn(horizontal_flip=True, crop_padding=2)
 out = {}
 for n in (4, 1):
     mesh = jax.make_mesh((n,), (T.DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
                          devices=jax.devices()[:n])
-    epoch = T.make_train_epoch(step, mesh, batch_size=16, steps_per_epoch=6)
+    epoch = T.TrainEpoch(step, mesh, batch_size=16, steps_per_epoch=6)
     state = T.replicate(mesh, T.create_train_state(config, (16, 16, 1), 3))
     x, y = T.replicate(mesh, images), T.replicate(mesh, labels)
     losses = []
     for e in (1, 2, 3):
-        state, metrics = epoch(state, x, y, jax.random.key(0), e)
+        state, metrics = epoch(state, x, y, jax.random.key(0), e, T.run_constants(None, [0.5], [0.3]))
         losses += np.asarray(metrics["loss"]).tolist()
     out[n] = {"losses": losses, "devices": len(state.params["cloud"]["fc1"]["kernel"].sharding.device_set),
               "kernel": np.asarray(state.params["cloud"]["fc1"]["kernel"]).ravel()[:20].tolist()}

@@ -9,12 +9,15 @@ import pytest
 from ddnn_jax import checkpointing
 from ddnn_jax.config import TrainConfig, resolve_local_weight
 from ddnn_jax.data import DataSplits, Split
+from ddnn_jax.rundir import RunDir, read_metrics
 from ddnn_jax.train import (
     TrainingDiverged,
+    TrainJob,
     create_train_state,
     joint_loss,
     make_train_step,
     train,
+    train_jobs,
 )
 
 SHAPE = (16, 16, 1)
@@ -150,14 +153,57 @@ def test_nan_loss_stops_training_with_the_step_number(tmp_path: Path, monkeypatc
     def poisoned(**kwargs):
         step = real(**kwargs)
 
-        def wrapped(state, images, labels, rng):
-            state, metrics = step(state, images, labels, rng)
+        def wrapped(state, images, labels, rng, constants):
+            state, metrics = step(state, images, labels, rng, constants)
             bad = jnp.where(state.step == 3, jnp.nan, metrics["loss"])
             return state, {**metrics, "loss": bad}
 
         return wrapped
 
     monkeypatch.setattr(train_module, "train_step_fn", poisoned)
+    train_module._epoch_program.cache_clear()  # the programs of earlier tests are the real ones
     with pytest.raises(TrainingDiverged, match="at step 3 "):
         train(TINY, _tiny_data(), tmp_path, local_weight=0.5)
+    train_module._epoch_program.cache_clear()
     assert not (tmp_path / "checkpoints" / "1").exists()
+
+
+def _jobs(root: Path, data: DataSplits) -> list[TrainJob]:
+    """Three runs of equal shapes: other seeds, other weights (one drawn at every step)."""
+    settings = [(0, 0.5), (1, 0.2), (2, None)]
+    return [
+        TrainJob(dataclasses.replace(TINY, seed=seed), data, RunDir(root / f"run{seed}"), w)
+        for seed, w in settings
+    ]
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_runs_trained_together_compute_what_each_computes_alone(tmp_path: Path):
+    data = _tiny_data()
+    alone = [train_jobs([job])[0] for job in _jobs(tmp_path / "alone", data)]
+    together = train_jobs(_jobs(tmp_path / "together", data), together=True)
+    for a, b in zip(alone, together, strict=True):
+        assert [r["epoch"] for r in b] == [1, 2]
+        for ra, rb in zip(_strip(a), _strip(b), strict=True):
+            assert ra.keys() == rb.keys()
+            for key in ra:
+                assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5), key
+    assert _strip(alone[0]) != _strip(alone[1])  # the runs differ: seeds and weights reach the program
+
+
+def test_runs_trained_together_resume_after_a_kill(tmp_path: Path):
+    data = _tiny_data()
+
+    def killed(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_jobs(_jobs(tmp_path / "killed", data), together=True, on_epoch_trained=killed)
+    assert all(len(read_metrics(job.run)) == 1 for job in _jobs(tmp_path / "killed", data))
+    resumed = train_jobs(_jobs(tmp_path / "killed", data), together=True)
+    uninterrupted = train_jobs(_jobs(tmp_path / "whole", data), together=True)
+    assert [_strip(h) for h in resumed] == [_strip(h) for h in uninterrupted]

@@ -6,7 +6,7 @@
 Same model, batch, augmentation, loss and optimizer in every contender, on this machine, in one
 process, interleaved (A B C A B C ...) so that load changes hit all of them alike:
 
-* ``jax_epoch``: ``train.make_train_epoch``, the whole epoch as one compiled program;
+* ``jax_epoch``: ``train.TrainEpoch``, the whole epoch as one compiled program;
 * ``jax_epoch_progress``: the same with the live progress bar that ``ddnn train`` shows on a
   terminal (host callbacks from inside the epoch into a tqdm bar, drawn to /dev/null here). An
   epoch of ``--steps`` steps ticks every max(1, steps // 50) steps, as training does: below 100
@@ -37,11 +37,12 @@ from tqdm import tqdm
 
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.train import (
+    TrainEpoch,
     create_train_state,
     data_mesh,
-    make_train_epoch,
     make_train_step,
     replicate,
+    run_constants,
     train_step_fn,
 )
 
@@ -55,22 +56,22 @@ def _jax_epoch(args, shape, images, labels, options, conv, progress=False):
         bar.set_postfix_str(f"loss {float(loss):.4f}", refresh=False)
         bar.update(int(done) - bar.n)
 
-    epoch = make_train_epoch(
-        train_step_fn(**options),
+    epoch = TrainEpoch(
+        train_step_fn(horizontal_flip=options["horizontal_flip"], crop_padding=options["crop_padding"]),
         mesh,
         batch_size=args.batch_size,
         steps_per_epoch=args.steps,
-        on_step=on_step if progress else None,
     )
     state = replicate(mesh, create_train_state(TrainConfig(conv=conv), shape, args.num_classes))
     x, y, root = replicate(mesh, images), replicate(mesh, labels), jax.random.key(0)
+    constants = run_constants(options["local_weight"], options["mean"], options["std"])
     calls = iter(range(1, 10**6))
 
     def run():
         nonlocal state
         if bar is not None:
             bar.reset()
-        state, metrics = epoch(state, x, y, root, next(calls))
+        state, metrics = epoch(state, x, y, root, next(calls), constants, on_step if progress else None)
         jax.block_until_ready(metrics)
 
     run()  # compile
