@@ -18,7 +18,7 @@ from ddnn_jax.errors import TrainingDiverged, UsageError
 from ddnn_jax.evaluate import EvaluationConfig, evaluate
 from ddnn_jax.families import LABEL_KINDS, OBJECTIVES, SCORE_KINDS, input_kind
 from ddnn_jax.labels import check_targets
-from ddnn_jax.models import CONV_CHOICES
+from ddnn_jax.models import CONV_CHOICES, PRECISIONS
 from ddnn_jax.pipeline import RunPlan, run
 from ddnn_jax.progress import Progress
 from ddnn_jax.report import report
@@ -167,6 +167,12 @@ def _add_training_flags(train: argparse.ArgumentParser, study: bool = False) -> 
         choices=CONV_CHOICES,
         default=DEFAULTS.conv,
         help="convolution: im2col (a matmul, fast on CPU), xla, or auto by backend",
+    )
+    train.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default=DEFAULTS.precision,
+        help="compute dtype; bf16 keeps parameters, optimizer state and the loss in fp32",
     )
     _add_quiet(train)
 
@@ -426,6 +432,7 @@ def train_config_from(args) -> TrainConfig:
         limit_train=args.limit_train,
         download=args.download,
         conv=args.conv,
+        precision=args.precision,
     )
     config.validate()
     return config

@@ -11,7 +11,7 @@ import jax
 
 from ddnn_jax.data import check_dataset_name
 from ddnn_jax.errors import UsageError
-from ddnn_jax.models import CONV_CHOICES
+from ddnn_jax.models import CONV_CHOICES, PRECISIONS
 
 LOCAL_WEIGHT_MODES = ("per-run", "per-batch")
 
@@ -42,6 +42,7 @@ class TrainConfig:
     eval_batch_size: int = 1000  # evaluation and collection batch size
     keep_checkpoints: int = 3  # latest epochs kept for resuming (the best one is kept as well)
     conv: str = "auto"  # convolution: 'im2col' (a matmul; fast on CPU), 'xla', or 'auto' (by backend)
+    precision: str = "fp32"  # compute dtype: 'fp32', or 'bf16' (parameters, Adam state, loss: fp32)
 
     def validate(self) -> None:
         """Raises UsageError naming the first bad field and how to fix it."""
@@ -59,6 +60,8 @@ class TrainConfig:
             raise UsageError(f"--seed must be a non-negative integer, got {self.seed}")
         if self.conv not in CONV_CHOICES:
             raise UsageError(f"--conv must be one of {', '.join(CONV_CHOICES)}, got '{self.conv}'")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         parse_local_weight(self.local_weight)
 
 

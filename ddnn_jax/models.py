@@ -16,6 +16,7 @@ the same modules serve 28x28x1 and 32x32x3 images and any number of classes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -75,6 +76,8 @@ def im2col_conv(
 
 
 CONV_CHOICES = ("auto", "im2col", "xla")
+# Compute dtype of the layers; parameters, optimizer state and the loss stay float32 either way.
+PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 def uses_im2col(conv: str) -> bool:
@@ -86,12 +89,15 @@ def uses_im2col(conv: str) -> bool:
     return conv == "im2col" or (conv == "auto" and jax.default_backend() == "cpu")
 
 
-def conv3x3(features: int, in_channels: int, name: str | None = None, *, conv: str = "auto") -> nn.Conv:
-    """3x3, stride 1, SAME padding, PyTorch's default initialisation."""
+def conv3x3(
+    features: int, in_channels: int, name: str | None = None, *, conv: str = "auto", dtype: Any = None
+) -> nn.Conv:
+    """3x3, stride 1, SAME padding, PyTorch's default initialisation; ``dtype`` computes."""
     return nn.Conv(
         features,
         (3, 3),
         padding="SAME",
+        dtype=dtype,
         kernel_init=torch_kernel_init,
         bias_init=torch_bias_init(in_channels * 9),
         conv_general_dilated=im2col_conv if uses_im2col(conv) else None,
@@ -99,20 +105,23 @@ def conv3x3(features: int, in_channels: int, name: str | None = None, *, conv: s
     )
 
 
-def dense(features: int, in_features: int, name: str | None = None) -> nn.Dense:
-    """A Dense layer with PyTorch's default initialisation."""
+def dense(features: int, in_features: int, name: str | None = None, dtype: Any = None) -> nn.Dense:
+    """A Dense layer with PyTorch's default initialisation; ``dtype`` computes."""
     return nn.Dense(
         features,
+        dtype=dtype,
         kernel_init=torch_kernel_init,
         bias_init=torch_bias_init(in_features),
         name=name,
     )
 
 
-def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
-    """Batch norm with PyTorch's momentum and epsilon and its exact variance E[(x - mean)^2]."""
+def batch_norm(train: bool, name: str | None = None, dtype: Any = None) -> nn.BatchNorm:
+    """Batch norm with PyTorch's momentum and epsilon and its exact variance E[(x - mean)^2]
+    (its statistics in float32 whatever ``dtype`` computes)."""
     return nn.BatchNorm(
         use_running_average=not train,
+        dtype=dtype,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         use_fast_variance=False,
@@ -141,11 +150,12 @@ class EdgeFeatureExtractor(nn.Module):
     channels: int = 32
     dropout_rate: float = 0.2
     conv: str = "auto"  # see CONV_CHOICES
+    dtype: Any = None  # compute dtype (None: the input's)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = conv3x3(self.channels, x.shape[-1], "conv1", conv=self.conv)(x)
-        x = batch_norm(train, "bn")(x)
+        x = conv3x3(self.channels, x.shape[-1], "conv1", conv=self.conv, dtype=self.dtype)(x)
+        x = batch_norm(train, "bn", self.dtype)(x)
         x = nn.leaky_relu(x, LEAKY_SLOPE)
         x = max_pool_2x2(x)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -156,12 +166,13 @@ class LocalClassifier(nn.Module):
 
     num_classes: int
     hidden: int = 64
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         x = _flatten_channels_first(z)
-        x = nn.leaky_relu(dense(self.hidden, x.shape[-1], "fc1")(x), LEAKY_SLOPE)
-        return dense(self.num_classes, self.hidden, "fc2")(x)
+        x = nn.leaky_relu(dense(self.hidden, x.shape[-1], "fc1", self.dtype)(x), LEAKY_SLOPE)
+        return dense(self.num_classes, self.hidden, "fc2", self.dtype)(x)
 
 
 class CloudCNN(nn.Module):
@@ -176,22 +187,23 @@ class CloudCNN(nn.Module):
     dense_features: Sequence[int] = (256, 64)
     dropout_rate: float = 0.2
     conv: str = "auto"  # see CONV_CHOICES
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool) -> jax.Array:
         x = z
         for i, (channels, pool) in enumerate(zip(self.conv_channels, self.pool_after, strict=False), start=1):
-            x = conv3x3(channels, x.shape[-1], f"conv{i}", conv=self.conv)(x)
-            x = batch_norm(train, f"bn{i}")(x)
+            x = conv3x3(channels, x.shape[-1], f"conv{i}", conv=self.conv, dtype=self.dtype)(x)
+            x = batch_norm(train, f"bn{i}", self.dtype)(x)
             x = nn.leaky_relu(x, LEAKY_SLOPE)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             if pool:
                 x = max_pool_2x2(x)
         x = _flatten_channels_first(x)
         for i, features in enumerate(self.dense_features, start=1):
-            x = nn.leaky_relu(dense(features, x.shape[-1], f"fc{i}")(x), LEAKY_SLOPE)
+            x = nn.leaky_relu(dense(features, x.shape[-1], f"fc{i}", self.dtype)(x), LEAKY_SLOPE)
         out_name = f"fc{len(self.dense_features) + 1}"
-        return dense(self.num_classes, x.shape[-1], out_name)(x)
+        return dense(self.num_classes, x.shape[-1], out_name, self.dtype)(x)
 
 
 class DDNN(nn.Module):
@@ -199,6 +211,9 @@ class DDNN(nn.Module):
 
     ``edge`` and ``cloud_head`` run the two halves on their own: ``edge`` reads only the
     ``feature_extractor`` and ``local_classifier`` variables, ``cloud_head`` only ``cloud``.
+
+    ``precision`` 'bf16' computes every layer in bfloat16 (batch-norm statistics in float32);
+    parameters are float32 and every output is float32, so the loss is computed in float32.
     """
 
     num_classes: int
@@ -208,26 +223,29 @@ class DDNN(nn.Module):
     cloud_dense_features: Sequence[int] = (256, 64)
     dropout_rate: float = 0.2
     conv: str = "auto"  # the convolution implementation, see CONV_CHOICES
+    precision: str = "fp32"  # a key of PRECISIONS
 
     def setup(self):
-        self.feature_extractor = EdgeFeatureExtractor(self.edge_channels, self.dropout_rate, self.conv)
-        self.local_classifier = LocalClassifier(self.num_classes, self.local_hidden)
+        dtype = PRECISIONS[self.precision]
+        self.feature_extractor = EdgeFeatureExtractor(self.edge_channels, self.dropout_rate, self.conv, dtype)
+        self.local_classifier = LocalClassifier(self.num_classes, self.local_hidden, dtype)
         self.cloud = CloudCNN(
             self.num_classes,
             conv_channels=self.cloud_conv_channels,
             dense_features=self.cloud_dense_features,
             dropout_rate=self.dropout_rate,
             conv=self.conv,
+            dtype=dtype,
         )
 
     def edge(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-        """Edge device: image -> (z, local_logits)."""
+        """Edge device: image -> (z, local_logits), float32."""
         z = self.feature_extractor(x, train)
-        return z, self.local_classifier(z)
+        return z.astype(jnp.float32), self.local_classifier(z).astype(jnp.float32)
 
     def cloud_head(self, z: jax.Array, train: bool = False) -> jax.Array:
-        """Cloud: z -> cloud_logits."""
-        return self.cloud(z, train)
+        """Cloud: z -> cloud_logits, float32."""
+        return self.cloud(z, train).astype(jnp.float32)
 
     def __call__(self, x: jax.Array, train: bool = False):
         z, local_logits = self.edge(x, train)

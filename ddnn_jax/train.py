@@ -70,6 +70,7 @@ def build_model(config: TrainConfig, num_classes: int) -> DDNN:
         cloud_dense_features=tuple(config.cloud_dense_features),
         dropout_rate=config.dropout_rate,
         conv=config.conv,
+        precision=config.precision,
     )
 
 

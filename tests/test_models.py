@@ -156,3 +156,20 @@ def test_im2col_convolution_equals_xla_convolution(padding):
     g = jax.random.normal(keys[2], xla(x, w).shape)
     grads = [jax.grad(lambda x, w, f=f: (f(x, w) * g).sum(), argnums=(0, 1))(x, w) for f in (ours, xla)]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), *grads)
+
+
+def test_bf16_computes_in_bfloat16_and_keeps_float32_parameters_and_outputs():
+    x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+    fp32 = DDNN(num_classes=10)
+    bf16 = DDNN(num_classes=10, precision="bf16")
+    variables = fp32.init(jax.random.key(1), x)
+    assert jax.tree.map(lambda a: a.shape, bf16.init(jax.random.key(1), x)) == jax.tree.map(
+        lambda a: a.shape, variables
+    )
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(bf16.init(jax.random.key(1), x)))
+    outputs = bf16.apply(variables, x)
+    assert all(o.dtype == jnp.float32 for o in outputs)
+    jaxpr = str(jax.make_jaxpr(lambda v: bf16.apply(v, x))(variables))
+    assert "bf16" in jaxpr and "bf16" not in str(jax.make_jaxpr(lambda v: fp32.apply(v, x))(variables))
+    for low, full in zip(outputs, fp32.apply(variables, x), strict=True):
+        np.testing.assert_allclose(low, full, atol=0.05 * float(jnp.abs(full).max()) + 1e-3)
