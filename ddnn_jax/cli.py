@@ -109,6 +109,18 @@ def _add_runtime_flags(command: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let XLA use faster GPU kernels whose sums vary from run to run (no effect on CPU)",
     )
+    processes = command.add_argument_group(
+        "several processes (one program over the devices of all; give the same command to each)"
+    )
+    processes.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process program; what the flags below leave out comes from the "
+        "cluster's environment (SLURM, Open MPI, TPU pods)",
+    )
+    processes.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="address of process 0")
+    processes.add_argument("--num-processes", type=_integer, default=None, help="processes in the program")
+    processes.add_argument("--process-id", type=_integer, default=None, help="this process's index, from 0")
 
 
 def _add_data_flags(command: argparse.ArgumentParser) -> None:
@@ -623,6 +635,21 @@ def _out_of_space(err: BaseException | None) -> bool:
     return False
 
 
+def _processes(args) -> runtime.Processes | None:
+    """The multi-process flags, checked; None for a process on its own."""
+    given = [getattr(args, name, None) for name in ("coordinator", "num_processes", "process_id")]
+    if not getattr(args, "distributed", False):
+        if any(value is not None for value in given):
+            raise UsageError("--coordinator, --num-processes and --process-id need --distributed")
+        return None
+    coordinator, count, index = given
+    if count is not None and count < 1:
+        raise UsageError(f"--num-processes must be at least 1, got {count}")
+    if index is not None and not 0 <= index < (count or index + 1):
+        raise UsageError(f"--process-id must lie in [0, --num-processes), got {index}")
+    return runtime.Processes(coordinator, count, index)
+
+
 def configure_runtime(args) -> None:
     """Before anything starts JAX's backend: the compilation cache and GPU determinism."""
     cache = getattr(args, "compile_cache", "default")
@@ -630,7 +657,9 @@ def configure_runtime(args) -> None:
         raise UsageError("--compile-cache needs a directory, or 'off'")
     try:
         deterministic = not getattr(args, "nondeterministic", False)
-        runtime.configure(None if cache == "off" else cache, deterministic=deterministic)
+        runtime.configure(
+            None if cache == "off" else cache, deterministic=deterministic, processes=_processes(args)
+        )
     except OSError as err:
         raise UsageError(
             f"--compile-cache {cache}: cannot use it as a directory ({err.strerror}): give another, or 'off'"

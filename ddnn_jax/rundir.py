@@ -321,6 +321,10 @@ def locked(run: RunDir, stage: str) -> Iterator[None]:
     held; the file names its holder for the message of whoever finds it taken. A directory
     made for the lock alone is removed again if the stage fails."""
     key = run.root.resolve()
+    if jax.process_index() > 0:
+        # one program in several processes: process 0 holds the lock for all of them
+        yield
+        return
     if key in _held_locks:
         _held_locks[key] += 1
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ from ddnn_jax.rundir import (
 )
 
 DATA_AXIS = "data"
+RUN_AXIS = "run"  # the leading axis of runs trained together
 TICKS_PER_EPOCH = 50  # progress updates from inside the compiled epoch
 
 
@@ -203,6 +205,37 @@ def data_mesh(batch_size: int) -> Mesh:
     return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
+def train_mesh(batch_size: int, runs: int | None) -> Mesh:
+    """The mesh of one run (``data_mesh``) or of ``runs`` runs trained together: a 2-D mesh
+    (run, data) over every device of every process. The runs are split over as many devices as
+    divide both their count and the device count; the batch of each run is split over the rest."""
+    if runs is None:
+        return data_mesh(batch_size)
+    devices = jax.device_count()
+    across_runs = math.gcd(runs, devices)
+    across_batch = devices // across_runs
+    if batch_size % across_batch:
+        raise UsageError(
+            f"--batch-size {batch_size} does not split evenly over the {across_batch} devices each "
+            f"of {runs} runs gets: use a multiple of {across_batch}"
+        )
+    return jax.make_mesh((across_runs, across_batch), (RUN_AXIS, DATA_AXIS), axis_types=(AxisType.Auto,) * 2)
+
+
+def place(mesh: Mesh, tree, runs: int | None):
+    """``tree`` on the mesh: replicated for one run; for runs together, each array's leading
+    run axis split along RUN_AXIS (and replicated along the data axis)."""
+    if runs is None:
+        return replicate(mesh, tree)
+    sharding = NamedSharding(mesh, P(RUN_AXIS))
+
+    def put(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
+
+
 def replicate(mesh: Mesh, tree):
     """A full copy of every array of ``tree`` on every device of the mesh. Each process passes
     the same values (the same dataset, the same seeded state), so this works multi-host."""
@@ -230,9 +263,9 @@ class TrainEpoch:
     ``chunk_steps`` steps that gathers, augments and trains on each batch, is called about
     ``TICKS_PER_EPOCH`` times (the last call runs the steps that are left). Keys are derived
     exactly as in a step-by-step loop: the shuffle from (root, STREAM_SHUFFLE, epoch), step i from
-    (root, STREAM_STEP, global step i). The batch axis is sharded over ``mesh``; parameters and
-    optimizer state are replicated, and XLA inserts the reductions of gradients and batch
-    statistics, so any device count computes the same function.
+    (root, STREAM_STEP, global step i). The batch axis is sharded over the mesh's data axis;
+    parameters and optimizer state are replicated along it, and XLA inserts the reductions of
+    gradients and batch statistics, so any device count computes the same function.
 
     The per-step metrics come back to the host as numpy arrays. ``on_step(steps_done, loss)``,
     if given, is called on the host with the steps done and the last step's loss (the mean over
@@ -244,7 +277,8 @@ class TrainEpoch:
 
     With ``runs=R`` every argument but ``epoch`` has a leading run axis of R (independent
     trainings: other seeds, other weights, the same shapes) and one program trains them all
-    (``jax.vmap``); each run computes what it computes alone, to float tolerance.
+    (``jax.vmap``); each run computes what it computes alone, to float tolerance. On a mesh
+    with a RUN_AXIS (``train_mesh``) the runs are split over it (``place``).
     """
 
     def __init__(
@@ -259,8 +293,8 @@ class TrainEpoch:
         self.steps, self.chunk = steps_per_epoch, chunk_steps(steps_per_epoch)
         self.calls = -(-steps_per_epoch // self.chunk)
         self.runs = runs
-        run_axis = () if runs is None else (None,)
-        replicated = NamedSharding(mesh, P())
+        run_axis = () if runs is None else (RUN_AXIS if RUN_AXIS in mesh.axis_names else None,)
+        replicated = NamedSharding(mesh, P(*run_axis))
         by_example = NamedSharding(mesh, P(*run_axis, None, None, DATA_AXIS))
         per_epoch, calls, chunk = batch_size * steps_per_epoch, self.calls, self.chunk
 
@@ -548,7 +582,7 @@ def _train_group(group: list[_Resumed], progress: Progress, on_epoch_trained) ->
     config, data = group[0].job.config, group[0].job.data
     runs = None if len(group) == 1 else len(group)
     along = (lambda trees: trees[0]) if runs is None else _stack
-    mesh = data_mesh(config.batch_size)
+    mesh = train_mesh(config.batch_size, runs)
     steps = len(data.train) // config.batch_size
     run_epoch = _epoch_program(
         build_model(config, data.num_classes),
@@ -564,11 +598,15 @@ def _train_group(group: list[_Resumed], progress: Progress, on_epoch_trained) ->
     live = _EpochBar(progress, steps, config.batch_size * len(group))
     on_step = live.on_step if progress.shows_bars else None
     plateau = plateau_schedule(config)
-    images = replicate(mesh, along([r.job.data.train.images for r in group]))
-    labels = replicate(mesh, along([r.job.data.train.labels for r in group]))
-    roots = along([jax.random.key(r.job.config.seed) for r in group])
-    constants = along([run_constants(r.job.local_weight, r.job.data.mean, r.job.data.std) for r in group])
-    state = replicate(mesh, along([r.state for r in group]))
+    images = place(mesh, along([r.job.data.train.images for r in group]), runs)
+    labels = place(mesh, along([r.job.data.train.labels for r in group]), runs)
+    roots = jax.random.wrap_key_data(
+        place(mesh, along([jax.random.key_data(jax.random.key(r.job.config.seed)) for r in group]), runs)
+    )
+    constants = place(
+        mesh, along([run_constants(r.job.local_weight, r.job.data.mean, r.job.data.std) for r in group]), runs
+    )
+    state = place(mesh, along([r.state for r in group]), runs)
     seen = steps * config.batch_size
     title = "" if runs is None else f" ({runs} runs together)"
 
@@ -595,7 +633,7 @@ def _train_group(group: list[_Resumed], progress: Progress, on_epoch_trained) ->
             checkpointing.save(r.manager, epoch, r.state, selection)
             where = "" if runs is None else f"  {r.job.run}"
             progress.note(_epoch_line(row, config.epochs, seen) + where)
-        state = group[0].state if runs is None else replicate(mesh, _stack([r.state for r in group]))
+        state = group[0].state if runs is None else place(mesh, _stack([r.state for r in group]), runs)
 
 
 @functools.lru_cache(maxsize=8)

@@ -57,3 +57,47 @@ def test_four_devices_follow_the_one_device_loss_trajectory():
         assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (four["losses"], one["losses"])
     for a, b in zip(four["kernel"], one["kernel"], strict=False):
         assert abs(a - b) <= 1e-4
+
+
+RUNS_SCRIPT = r"""
+import dataclasses, json, sys, tempfile
+from pathlib import Path
+import jax, numpy as np
+from ddnn_jax.config import TrainConfig
+from ddnn_jax.data import DataSplits, Split
+from ddnn_jax.rundir import RunDir
+from ddnn_jax import train as T
+
+assert jax.device_count() == 4, jax.devices()
+config = TrainConfig(epochs=2, batch_size=16, edge_channels=4, local_hidden=8, eval_batch_size=32,
+                     cloud_conv_channels=(8, 8, 8, 8), cloud_dense_features=(16, 8))
+rng = np.random.default_rng(0)
+labels = rng.integers(0, 3, 96).astype(np.int32)
+images = (rng.integers(0, 60, (96, 16, 16, 1)) + 90 * labels[:, None, None, None]).astype(np.uint8)
+split = Split(images, labels)
+norm = np.array([0.5], np.float32), np.array([0.3], np.float32)
+data = DataSplits("tiny", split, split, split, 3, *norm, True, 2)
+root = Path(tempfile.mkdtemp())
+jobs = lambda kind: [T.TrainJob(dataclasses.replace(config, seed=s), data, RunDir(root / f"{kind}{s}"), w)
+                     for s, w in ((0, 0.5), (1, 0.2))]
+mesh = T.train_mesh(16, 2)
+together = T.train_jobs(jobs("together"), together=True)
+alone = [T.train_jobs([job])[0] for job in jobs("alone")]
+print(json.dumps({"mesh": dict(mesh.shape), "together": together, "alone": alone}))
+"""
+
+
+@pytest.mark.slow
+def test_runs_together_split_over_a_run_by_data_mesh_compute_what_they_compute_alone():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", RUNS_SCRIPT], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["mesh"] == {"run": 2, "data": 2}  # 2 runs, each over 2 devices
+    for together, alone in zip(out["together"], out["alone"], strict=True):
+        assert len(together) == len(alone) == 2
+        for a, b in zip(together, alone, strict=True):
+            for key in ("train_loss", "train_accuracy_local", "val_accuracy_cloud", "learning_rate"):
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (key, a, b)
