@@ -559,8 +559,9 @@ def train_jobs(
         groups: dict[Any, list[_Resumed]] = {}
         for i, r in enumerate(resumed):
             groups.setdefault(r.program_key() if together else i, []).append(r)
+        programs: dict[tuple, TrainEpoch] = {}  # runs of equal shapes share one, alone or together
         for group in groups.values():
-            _train_group(group, progress, on_epoch_trained)
+            _train_group(group, programs, progress, on_epoch_trained)
     finally:
         for r in resumed:
             r.manager.close()
@@ -577,24 +578,20 @@ def _stack(trees: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def _train_group(group: list[_Resumed], progress: Progress, on_epoch_trained) -> None:
+def _train_group(
+    group: list[_Resumed], programs: dict[tuple, TrainEpoch], progress: Progress, on_epoch_trained
+) -> None:
     """Trains runs of equal shapes at the same epoch: alone, or as one program with a run axis."""
     config, data = group[0].job.config, group[0].job.data
     runs = None if len(group) == 1 else len(group)
     along = (lambda trees: trees[0]) if runs is None else _stack
     mesh = train_mesh(config.batch_size, runs)
     steps = len(data.train) // config.batch_size
-    run_epoch = _epoch_program(
-        build_model(config, data.num_classes),
-        data.image_shape,
-        len(data.train),
-        mesh,
-        config.batch_size,
-        steps,
-        data.horizontal_flip,
-        data.crop_padding,
-        runs,
-    )
+    key = (group[0].program_key()[1:], runs)
+    if key not in programs:
+        step = train_step_fn(horizontal_flip=data.horizontal_flip, crop_padding=data.crop_padding)
+        programs[key] = TrainEpoch(step, mesh, batch_size=config.batch_size, steps_per_epoch=steps, runs=runs)
+    run_epoch = programs[key]
     live = _EpochBar(progress, steps, config.batch_size * len(group))
     on_step = live.on_step if progress.shows_bars else None
     plateau = plateau_schedule(config)
@@ -634,25 +631,6 @@ def _train_group(group: list[_Resumed], progress: Progress, on_epoch_trained) ->
             where = "" if runs is None else f"  {r.job.run}"
             progress.note(_epoch_line(row, config.epochs, seen) + where)
         state = group[0].state if runs is None else place(mesh, _stack([r.state for r in group]), runs)
-
-
-@functools.lru_cache(maxsize=8)
-def _epoch_program(
-    model: DDNN,
-    image_shape,
-    n_train: int,
-    mesh: Mesh,
-    batch_size: int,
-    steps: int,
-    flip: bool,
-    pad: int,
-    runs,
-) -> TrainEpoch:
-    """The compiled epoch of every run with this architecture and these shapes (the model and
-    shapes are part of the key so that the program, traced once, is never asked to retrace)."""
-    del model, image_shape, n_train  # in the key only
-    step = train_step_fn(horizontal_flip=flip, crop_padding=pad)
-    return TrainEpoch(step, mesh, batch_size=batch_size, steps_per_epoch=steps, runs=runs)
 
 
 def _epoch_row(
