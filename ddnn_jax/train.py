@@ -45,7 +45,9 @@ from ddnn_jax.rundir import (
 
 DATA_AXIS = "data"
 RUN_AXIS = "run"  # the leading axis of runs trained together
-TICKS_PER_EPOCH = 50  # progress updates from inside the compiled epoch
+# Host calls of the compiled epoch when a progress bar shows it (the bar advances between them);
+# without a bar the epoch is one call: on XLA:CPU each call costs tens of milliseconds.
+TICKS_PER_EPOCH = 20
 
 
 class TrainState(train_state.TrainState):
@@ -248,9 +250,9 @@ def replicate(mesh: Mesh, tree):
     return jax.tree.map(put, tree)
 
 
-def chunk_steps(steps_per_epoch: int) -> int:
-    """Optimizer steps per call of the compiled chunk: about ``TICKS_PER_EPOCH`` calls an epoch."""
-    return max(1, steps_per_epoch // TICKS_PER_EPOCH)
+def chunk_steps(steps_per_epoch: int, calls: int) -> int:
+    """Optimizer steps per call of the compiled chunk, for about ``calls`` calls an epoch."""
+    return max(1, steps_per_epoch // calls)
 
 
 class TrainEpoch:
@@ -260,8 +262,9 @@ class TrainEpoch:
 
     ``images`` [N, H, W, C] uint8 and ``labels`` live on the devices for the whole run. A small
     program draws the epoch's permutation; then one compiled chunk program, a loop over
-    ``chunk_steps`` steps that gathers, augments and trains on each batch, is called about
-    ``TICKS_PER_EPOCH`` times (the last call runs the steps that are left). Keys are derived
+    ``chunk_steps`` steps that gathers, augments and trains on each batch, is called ``calls``
+    times (about: the last call runs the steps that are left). One call runs the whole epoch;
+    a progress bar asks for ``TICKS_PER_EPOCH``. Keys are derived
     exactly as in a step-by-step loop: the shuffle from (root, STREAM_SHUFFLE, epoch), step i from
     (root, STREAM_STEP, global step i). The batch axis is sharded over the mesh's data axis;
     parameters and optimizer state are replicated along it, and XLA inserts the reductions of
@@ -269,9 +272,9 @@ class TrainEpoch:
 
     The per-step metrics come back to the host as numpy arrays. ``on_step(steps_done, loss)``,
     if given, is called on the host with the steps done and the last step's loss (the mean over
-    runs) after each chunk (a progress bar). The programs contain no host callback
-    and are the same with or without it, so they are the same numbers, and JAX's persistent
-    compilation cache can keep them. The host reads a chunk's loss only once the next chunk is
+    runs) after each chunk (a progress bar). The programs contain no host callback, so JAX's
+    persistent compilation cache can keep them, and every chunking runs the same step program:
+    the same numbers with a bar or without (tested). The host reads a chunk's loss only once the next chunk is
     queued, so the device does not wait for the bar. Each program is traced once: a second trace
     (a silent recompilation) raises.
 
@@ -289,12 +292,13 @@ class TrainEpoch:
         batch_size: int,
         steps_per_epoch: int,
         runs: int | None = None,
+        calls: int = 1,
     ):
-        self.steps, self.chunk = steps_per_epoch, chunk_steps(steps_per_epoch)
+        self.steps, self.chunk = steps_per_epoch, chunk_steps(steps_per_epoch, calls)
         self.calls = -(-steps_per_epoch // self.chunk)
         self.runs = runs
         run_axis = () if runs is None else (RUN_AXIS if RUN_AXIS in mesh.axis_names else None,)
-        replicated = NamedSharding(mesh, P(*run_axis))
+        state_sharding = NamedSharding(mesh, P(*run_axis))  # whole on each data-axis device
         by_example = NamedSharding(mesh, P(*run_axis, None, None, DATA_AXIS))
         per_epoch, calls, chunk = batch_size * steps_per_epoch, self.calls, self.chunk
 
@@ -329,7 +333,8 @@ class TrainEpoch:
             batches = jax.vmap(batches, in_axes=(0, None, None))
             run_chunk = jax.vmap(run_chunk, in_axes=(0, 0, 0, 0, 0, 0, None, None))
         self._batches = jax.jit(trace_once(batches), static_argnums=1, out_shardings=by_example)
-        self._chunk = jax.jit(trace_once(run_chunk), donate_argnums=0, out_shardings=(replicated, replicated))
+        outputs = (state_sharding, state_sharding)
+        self._chunk = jax.jit(trace_once(run_chunk), donate_argnums=0, out_shardings=outputs)
 
     def __call__(self, state, images, labels, root, epoch: int, constants: RunConstants, on_step=None):
         rows = self._batches(root, labels.shape[-1], epoch)
@@ -587,13 +592,16 @@ def _train_group(
     along = (lambda trees: trees[0]) if runs is None else _stack
     mesh = train_mesh(config.batch_size, runs)
     steps = len(data.train) // config.batch_size
-    key = (group[0].program_key()[1:], runs)
-    if key not in programs:
-        step = train_step_fn(horizontal_flip=data.horizontal_flip, crop_padding=data.crop_padding)
-        programs[key] = TrainEpoch(step, mesh, batch_size=config.batch_size, steps_per_epoch=steps, runs=runs)
-    run_epoch = programs[key]
     live = _EpochBar(progress, steps, config.batch_size * len(group))
     on_step = live.on_step if progress.shows_bars else None
+    calls = 1 if on_step is None else TICKS_PER_EPOCH
+    key = (group[0].program_key()[1:], runs, calls)
+    if key not in programs:
+        step = train_step_fn(horizontal_flip=data.horizontal_flip, crop_padding=data.crop_padding)
+        programs[key] = TrainEpoch(
+            step, mesh, batch_size=config.batch_size, steps_per_epoch=steps, runs=runs, calls=calls
+        )
+    run_epoch = programs[key]
     plateau = plateau_schedule(config)
     images = place(mesh, along([r.job.data.train.images for r in group]), runs)
     labels = place(mesh, along([r.job.data.train.labels for r in group]), runs)

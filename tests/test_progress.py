@@ -14,12 +14,14 @@ from ddnn_jax.train import TrainEpoch, create_train_state, replicate, run_consta
 
 
 def _epoch_losses(on_step, steps=8):
+    import ddnn_jax.train as train_module
     from ddnn_jax.train import data_mesh
 
     batch = _batch(0, 16 * steps)
     mesh = data_mesh(16)
     step = train_step_fn(horizontal_flip=True, crop_padding=2)
-    epoch = TrainEpoch(step, mesh, batch_size=16, steps_per_epoch=steps)
+    calls = 1 if on_step is None else train_module.TICKS_PER_EPOCH  # as training chooses
+    epoch = TrainEpoch(step, mesh, batch_size=16, steps_per_epoch=steps, calls=calls)
     state = replicate(mesh, create_train_state(TINY, SHAPE, 3))
     images, labels = replicate(mesh, batch["image"]), replicate(mesh, batch["label"])
     constants = run_constants(0.5, [0.5], [0.3])

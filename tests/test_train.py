@@ -205,3 +205,20 @@ def test_runs_trained_together_resume_after_a_kill(tmp_path: Path):
     resumed = train_jobs(_jobs(tmp_path / "killed", data), together=True)
     uninterrupted = train_jobs(_jobs(tmp_path / "whole", data), together=True)
     assert [_strip(h) for h in resumed] == [_strip(h) for h in uninterrupted]
+
+
+@pytest.mark.slow
+def test_run_trainings_together_on_disk_equals_one_run_alone(tmp_path: Path, fashion_mnist_ready):
+    from ddnn_jax.train import run_training, run_trainings
+
+    config = TrainConfig(dataset="fashion_mnist", epochs=1, limit_train=512)
+    seeds = (0, 1)
+    together = run_trainings(
+        [(dataclasses.replace(config, seed=s), tmp_path / f"seed{s}") for s in seeds], together=True
+    )
+    alone = run_training(dataclasses.replace(config, seed=1), tmp_path / "alone")
+    assert _strip(together[1])[0] == pytest.approx(_strip(alone)[0], rel=1e-4, abs=1e-4)
+    assert _strip(together[0]) != _strip(together[1])
+    assert (tmp_path / "seed0" / "config.json").is_file() and (
+        tmp_path / "seed1" / "checkpoints" / "1"
+    ).is_dir()

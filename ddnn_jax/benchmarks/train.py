@@ -7,12 +7,11 @@
 Same model, batch, augmentation, loss and optimizer in every contender, in one process,
 interleaved (A B C A B C ...) so that load changes hit all of them alike:
 
-* ``jax_epoch``: ``train.TrainEpoch``, the epoch as one compiled chunk of steps called about 50
-  times, data on the device;
+* ``jax_epoch``: ``train.TrainEpoch``, the whole epoch as one compiled program, data on the
+  device;
 * ``jax_epoch_progress``: the same with the live progress bar that ``ddnn train`` shows on a
-  terminal (a tqdm bar, drawn to /dev/null here, advanced between chunks). An epoch of
-  ``--steps`` steps calls the chunk every max(1, steps // 50) steps, as training does: below 100
-  steps that is every step, more often than a real epoch (421 steps on Fashion-MNIST) does;
+  terminal (a tqdm bar, drawn to /dev/null here): the epoch is then 20 calls of a compiled chunk
+  of max(1, steps // 20) steps, the bar advancing between them, as training does;
 * ``jax_epoch_bf16``: ``jax_epoch`` computing in bfloat16 (``--precision bf16``: parameters,
   Adam state and loss stay float32);
 * ``jax_step_loop``: the jitted step driven from Python, one call per batch of host memory, as
@@ -63,6 +62,7 @@ from tqdm import tqdm
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.errors import UsageError
 from ddnn_jax.train import (
+    TICKS_PER_EPOCH,
     TrainEpoch,
     create_train_state,
     data_mesh,
@@ -113,6 +113,7 @@ def _jax_epoch(case, images, labels, options, conv, progress=False, precision="f
         mesh,
         batch_size=case.batch_size,
         steps_per_epoch=case.steps,
+        calls=TICKS_PER_EPOCH if progress else 1,  # as training chooses
     )
     config = TrainConfig(conv=conv, precision=precision)
     state = replicate(mesh, create_train_state(config, case.image_shape, case.num_classes))
@@ -286,8 +287,8 @@ def _image_shape(text: str) -> tuple[int, int, int]:
 
 
 EPILOG = """contenders:
-  jax_epoch            the epoch as one compiled chunk of steps, called ~50 times (ours)
-  jax_epoch_progress   the same with the live progress bar of ddnn train
+  jax_epoch            the whole epoch as one compiled program (ours)
+  jax_epoch_progress   the same in 20 calls, with the live progress bar of ddnn train
   jax_epoch_bf16       jax_epoch computing in bfloat16 (--precision bf16)
   jax_step_loop        the jitted step called from Python once per batch
   *_xla_conv           the two above with XLA's convolution (--xla-conv)
