@@ -56,6 +56,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 
 SIZES = {"train": 600, "val": 150, "test": 400}
 
+# A whole ddnn run on a small real slice: one epoch on 512 images, logits routers at two targets.
+SMALL_RUN = ["--dataset", "fashion_mnist", "--epochs", "1", "--limit-train", "512"]
+SMALL_RUN += ["--inputs", "logits", "--grid", "0.3,0.54", "--sweep-weights", "none"]
+
 
 def write_tiny_outputs(run, seed: int = 0, epoch: int = 1) -> None:
     """Outputs whose cloud exit beats the local one."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from conftest import SIZES, write_tiny_outputs
+from conftest import SIZES, SMALL_RUN, write_tiny_outputs
 from ddnn_jax import cli
 from ddnn_jax.evaluate import HEURISTIC_TARGETS
 from ddnn_jax.rundir import RunDir
@@ -168,24 +168,7 @@ def test_route_refuses_a_name_that_is_a_path(tiny_run, capsys, name):
 @pytest.mark.slow
 def test_run_end_to_end_and_rerun(tmp_path, capsys, fashion_mnist_ready):
     out = tmp_path / "run"
-    args = [
-        "run",
-        "--dataset",
-        "fashion_mnist",
-        "--out",
-        str(out),
-        "--epochs",
-        "1",
-        "--limit-train",
-        "512",
-        "--inputs",
-        "logits",
-        "--grid",
-        "0.3,0.54",
-        "--no-ablations",
-        "--sweep-weights",
-        "none",
-    ]
+    args = ["run", *SMALL_RUN, "--no-ablations", "--out", str(out)]
     assert cli.main(args) == 0
     assert "epoch 1/1" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import SMALL_RUN, run_cli
 from ddnn_jax import runtime
 
 
@@ -69,21 +69,7 @@ def test_an_unusable_cache_directory_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-RUN = [
-    "--dataset",
-    "fashion_mnist",
-    "--epochs",
-    "1",
-    "--limit-train",
-    "512",
-    "--inputs",
-    "logits",
-    "--grid",
-    "0.3,0.54",
-    "--sweep-weights",
-    "none",
-    "--quiet",
-]
+RUN = [*SMALL_RUN, "--quiet"]  # with the ablations: families that share programs
 
 
 def _bench_run(out, cache):

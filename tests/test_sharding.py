@@ -41,14 +41,19 @@ print(json.dumps(out))
 """
 
 
+def _on_four_devices(script: str) -> dict:
+    """Runs ``script`` in a fresh interpreter whose CPU is split into 4 XLA devices (the flag
+    must be set before JAX starts); its last stdout line, as JSON."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "-c", script]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_four_devices_follow_the_one_device_loss_trajectory():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = _on_four_devices(SCRIPT)
     four, one = out["4"], out["1"]
     assert (four["devices"], one["devices"]) == (4, 1)
     assert len(four["losses"]) == 18
@@ -89,12 +94,7 @@ print(json.dumps({"mesh": dict(mesh.shape), "together": together, "alone": alone
 
 @pytest.mark.slow
 def test_runs_together_split_over_a_run_by_data_mesh_compute_what_they_compute_alone():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", RUNS_SCRIPT], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = _on_four_devices(RUNS_SCRIPT)
     assert out["mesh"] == {"run": 2, "data": 2}  # 2 runs, each over 2 devices
     for together, alone in zip(out["together"], out["alone"], strict=True):
         assert len(together) == len(alone) == 2
