@@ -227,21 +227,18 @@ def train_mesh(batch_size: int, runs: int | None) -> Mesh:
 def place(mesh: Mesh, tree, runs: int | None):
     """``tree`` on the mesh: replicated for one run; for runs together, each array's leading
     run axis split along RUN_AXIS (and replicated along the data axis)."""
-    if runs is None:
-        return replicate(mesh, tree)
-    sharding = NamedSharding(mesh, P(RUN_AXIS))
-
-    def put(leaf):
-        host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    return jax.tree.map(put, tree)
+    return _put(tree, NamedSharding(mesh, P() if runs is None else P(RUN_AXIS)))
 
 
 def replicate(mesh: Mesh, tree):
-    """A full copy of every array of ``tree`` on every device of the mesh. Each process passes
-    the same values (the same dataset, the same seeded state), so this works multi-host."""
-    sharding = NamedSharding(mesh, P())
+    """A full copy of every array of ``tree`` on every device of the mesh."""
+    return _put(tree, NamedSharding(mesh, P()))
+
+
+def _put(tree, sharding: NamedSharding):
+    """Every array of ``tree`` laid out by ``sharding``. Each process passes the same values
+    (the same dataset, the same seeded state) and keeps its own shards, so this works
+    multi-host."""
 
     def put(leaf):
         host = np.asarray(leaf)
@@ -489,15 +486,14 @@ class _Resumed:
     epoch: int
     history: list[dict]
 
-    def program_key(self) -> tuple:
-        """Jobs with equal keys stand at the same epoch and have the same shapes: one compiled
-        program with a run axis trains them together."""
+    def shapes(self) -> tuple:
+        """Jobs with equal keys have the same shapes and settings but their seed, weight and
+        data: one compiled program trains them, together or one after another."""
         config, data = self.job.config, self.job.data
         same = dataclasses.replace(
             config, seed=0, local_weight="per-run", data_dir=None, download=False, limit_train=None
         )
         return (
-            self.epoch,
             same,
             len(data.train),
             len(data.val),
@@ -563,7 +559,8 @@ def train_jobs(
             resumed.append(_resume(job, progress))
         groups: dict[Any, list[_Resumed]] = {}
         for i, r in enumerate(resumed):
-            groups.setdefault(r.program_key() if together else i, []).append(r)
+            # runs at the same epoch train together; others (one resumed further) apart
+            groups.setdefault((r.epoch, r.shapes()) if together else i, []).append(r)
         programs: dict[tuple, TrainEpoch] = {}  # runs of equal shapes share one, alone or together
         for group in groups.values():
             _train_group(group, programs, progress, on_epoch_trained)
@@ -595,7 +592,7 @@ def _train_group(
     live = _EpochBar(progress, steps, config.batch_size * len(group))
     on_step = live.on_step if progress.shows_bars else None
     calls = 1 if on_step is None else TICKS_PER_EPOCH
-    key = (group[0].program_key()[1:], runs, calls)
+    key = (group[0].shapes(), runs, calls)
     if key not in programs:
         step = train_step_fn(horizontal_flip=data.horizontal_flip, crop_padding=data.crop_padding)
         programs[key] = TrainEpoch(
