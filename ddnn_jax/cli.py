@@ -411,6 +411,65 @@ def _add_study(commands) -> None:
     _add_plan_flags(study, ())
 
 
+def _add_split(commands) -> None:
+    from ddnn_jax.edge import MECHANISMS, EdgeConfig
+    from ddnn_jax.serve import DEFAULT_MAX_BATCH
+    from ddnn_jax.wire import WIRES
+
+    serve = commands.add_parser(
+        "serve", help="serve a run's cloud half over HTTP (stops cleanly on SIGTERM)", formatter_class=_Help
+    )
+    _run_flag(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=_integer, default=0, help="port to listen on (0: a free one)")
+    serve.add_argument(
+        "--max-batch",
+        type=_integer,
+        default=DEFAULT_MAX_BATCH,
+        help="samples per request at most; sets the request size limit",
+    )
+    _add_runtime_flags(serve)
+    edge = commands.add_parser(
+        "edge",
+        help="run a run's edge half on its test split against 'ddnn serve' -> edge_report.json",
+        formatter_class=_Help,
+    )
+    _run_flag(edge)
+    edge.add_argument("--server", required=True, help="the address 'ddnn serve' printed")
+    edge.add_argument("--mechanism", choices=MECHANISMS, default=EdgeConfig.mechanism, help="decision rule")
+    edge.add_argument(
+        "--target",
+        type=_number,
+        default=EdgeConfig.target,
+        help="L0: the local rate the rule was calibrated for",
+    )
+    edge.add_argument("--wire", choices=WIRES, default=EdgeConfig.wire, help="how z travels")
+    edge.add_argument(
+        "--batch",
+        type=_integer,
+        default=EdgeConfig.batch,
+        help="samples the edge processes and offloads together",
+    )
+    edge.add_argument("--family", default=EdgeConfig.family, help="router family (--mechanism router)")
+    edge.add_argument(
+        "--timeout",
+        type=_number,
+        default=EdgeConfig.timeout_s,
+        help="seconds to wait for the cloud before answering locally",
+    )
+    edge.add_argument("--limit", type=_integer, default=None, help="the first N test samples only")
+    edge.add_argument(
+        "--out", type=Path, default=None, help="report path (default: RUN_DIR/edge/NAME/edge_report.json)"
+    )
+    edge.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead of one live run: entropy and the router at every target over every wire "
+        "-> RUN_DIR/edge/sweep.json (the report's accuracy-vs-bytes figure)",
+    )
+    _add_quiet(edge)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ddnn", description=__doc__, formatter_class=_Help)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -422,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_collect,
         _add_route,
         _add_evaluate_report,
+        _add_split,
         _add_interop,
         _add_bench,
     ):
@@ -529,6 +589,59 @@ def _report(args) -> None:
     print(f"report: {report(args.run)}")
 
 
+def _serve(args) -> None:
+    from ddnn_jax.serve import CloudHalf, cloud_app, serve_forever
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must lie in [0, 65535], got {args.port}")
+    cloud = CloudHalf.load(args.run, args.max_batch)
+    cloud.warm_up()
+    app = cloud_app(cloud)
+    serve_forever(
+        app,
+        args.host,
+        args.port,
+        lambda url: print(f"ddnn serve: cloud half of {args.run} listening on {url}", flush=True),
+    )
+    counters = app["counters"]
+    print(f"ddnn serve: stopped after {counters.requests} requests ({counters.samples} samples answered)")
+
+
+def _edge(args) -> None:
+    from ddnn_jax.edge import EdgeConfig, run_edge, sweep
+
+    config = EdgeConfig(
+        server=args.server,
+        mechanism=args.mechanism,
+        target=args.target,
+        wire=args.wire,
+        batch=args.batch,
+        family=args.family,
+        timeout_s=args.timeout,
+        limit=args.limit,
+    )
+    if args.sweep:
+        print(f"sweep: {sweep(args.run, config, out=args.out, progress=progress_from(args))}")
+        return
+    path, report = run_edge(args.run, config, out=args.out, progress=progress_from(args))
+    print(summary_line(report))
+    print(f"report: {path}")
+
+
+def summary_line(report: dict) -> str:
+    """One line of an edge report: accuracy, local rate, bytes, latency, fallbacks."""
+    b, lat = report["bytes"], report["latency_ms"]
+    per_offload = "-" if b["uplink_per_offload"] is None else f"{b['uplink_per_offload']:.0f}"
+    return (
+        f"accuracy {100 * report['accuracy']:.2f} % "
+        f"(in process {100 * report['in_process']['accuracy']:.2f} %), "
+        f"local {100 * report['local_rate']:.1f} %, uplink {b['uplink_per_sample']:.0f} B/sample "
+        f"{per_offload} B/offload, latency p50 {lat['per_sample']['p50']:.2f} ms p99 "
+        f"{lat['per_sample']['p99']:.2f} ms, {report['throughput_per_s']:.0f} samples/s, "
+        f"fallbacks {100 * report['fallback_rate']:.1f} %"
+    )
+
+
 def _import_torch(args) -> None:
     from ddnn_jax.interop.convert import import_torch
 
@@ -612,6 +725,8 @@ COMMANDS = {
     "check": _check,
     "run": _run,
     "study": _study,
+    "serve": _serve,
+    "edge": _edge,
     "import-torch": _import_torch,
     "export-torch": _export_torch,
     "bench": _bench,

@@ -35,6 +35,7 @@ from ddnn_jax.labels import (
 from ddnn_jax.policies import (
     HEURISTICS,
     calibrated_thresholds,
+    entropy_scores,
     heuristic_offload,
     oracle_offload,
     router_offload,
@@ -400,13 +401,19 @@ def _training_seconds(run: RunDir, record) -> float | None:
     return float(sum(row["seconds"] for row in rows))
 
 
-def _mechanism_curves(c_test: Correctness, local_logits, key) -> dict[str, list[Point]]:
-    """The budget-matched heuristics and the budgeted oracle at HEURISTIC_TARGETS."""
+def _mechanism_curves(c_test: Correctness, local_logits, val_local_logits, key) -> dict[str, list[Point]]:
+    """The budget-matched heuristics, the budgeted oracle and the entropy rule calibrated on
+    validation (what a deployed edge runs, ``ddnn edge``) at HEURISTIC_TARGETS."""
     curves = {
         name: _heuristic_curve(name, c_test, local_logits, HEURISTIC_TARGETS, key) for name in HEURISTICS
     }
     targets = jnp.asarray(HEURISTIC_TARGETS, jnp.float32)
     curves["oracle"] = _points(c_test, oracle_offload(c_test, targets), HEURISTIC_TARGETS)
+    thresholds = calibrated_thresholds(entropy_scores(val_local_logits), HEURISTIC_TARGETS)
+    entropy_offload = threshold_offload(entropy_scores(local_logits), thresholds)
+    curves[calibrated("entropy")] = _points(c_test, entropy_offload, HEURISTIC_TARGETS)
+    for point, threshold in zip(curves[calibrated("entropy")], thresholds, strict=True):
+        point["threshold"] = float(threshold)
     return curves
 
 
@@ -440,7 +447,7 @@ def _evaluate(run: RunDir, config: EvaluationConfig, thresholds: dict[str, list[
     edge_only = float(np.asarray(c_test.local_correct).mean())
     cloud_only = float(np.asarray(c_test.cloud_correct).mean())
 
-    curves = _mechanism_curves(c_test, local_logits, key)
+    curves = _mechanism_curves(c_test, local_logits, outputs["val"].local_logits, key)
     best = _points(c_test, unconstrained_oracle_offload(c_test)[None], [np.nan])[0]
     # the oracle chooses its own local rate here
     unconstrained: UnconstrainedPoint = {

@@ -250,3 +250,12 @@ class DDNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False):
         z, local_logits = self.edge(x, train)
         return local_logits, self.cloud_head(z, train), z
+
+
+def feature_shape(model: DDNN, image_shape: Sequence[int]) -> tuple[int, int, int]:
+    """(height, width, channels) of the edge features z that ``model`` makes of such images."""
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))
+    z = jax.eval_shape(
+        lambda v, x: model.apply(v, x, method=model.edge)[0], variables, jnp.zeros((1, *image_shape))
+    )
+    return tuple(int(d) for d in z.shape[1:])  # type: ignore[return-value]

@@ -44,6 +44,12 @@ def normalized_entropy(logits: jax.Array) -> jax.Array:
     return entropy / jnp.log(logits.shape[-1])
 
 
+def entropy_scores(logits) -> np.ndarray:
+    """Normalised entropy on the host in float64: the score the calibrated entropy rule
+    thresholds (offload when it is at least the threshold, like a router's logit)."""
+    return np.asarray(normalized_entropy(jnp.asarray(logits, jnp.float32)), np.float64)
+
+
 def top2_margin(logits: jax.Array) -> jax.Array:
     """p1 - p2: the gap between the two largest softmax probabilities."""
     top2 = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), 2)[0]

@@ -40,6 +40,7 @@ COLOURS = {
     "oracle": "black",
     "random": "tab:gray",
     "entropy": "tab:orange",
+    "entropy_calibrated": "tab:orange",
     "max_prob": "tab:olive",
     "margin": "tab:brown",
 }
@@ -66,7 +67,8 @@ FAMILY_COLOURS = {f.curve: colour for f, colour in zip(FAMILIES, _ROUTER_PALETTE
 def style(name: str) -> dict[str, Any]:
     """Line style of a curve: its mechanism's colour, dashed for a router's thesis decision."""
     if name in COLOURS:
-        return dict(color=COLOURS[name], linestyle="--" if name == "oracle" else "-")
+        dashed = name == "oracle" or name.endswith("_calibrated")
+        return dict(color=COLOURS[name], linestyle="--" if dashed else "-")
     family = name.removesuffix("_calibrated")
     return dict(
         color=FAMILY_COLOURS.get(family, "tab:blue"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -26,6 +27,7 @@ from ddnn_jax.progress import Progress
 from ddnn_jax.router import (
     GridResult,
     RouterConfig,
+    build_router,
     make_grid_predictor,
     make_grid_trainer,
     model_keys,
@@ -88,7 +90,7 @@ def _score_targets(c: Correctness, kind: str) -> np.ndarray:
     return np.stack([target, local, cloud], axis=-1)[None]
 
 
-def _split_images(run: RunDir, outputs: dict[str, SplitOutputs]) -> dict[str, np.ndarray]:
+def split_images(run: RunDir, outputs: dict[str, SplitOutputs]) -> dict[str, np.ndarray]:
     """The run's images per split, reloaded with the run's own split seed and limits."""
     config = read_run_record(run).train
     data = load_dataset(
@@ -212,7 +214,7 @@ def _route(
     made_from = outputs_fingerprint(outputs)
     if is_up_to_date(run.family(family_name), config, made_from):
         return run.family(family_name)
-    images = _split_images(run, outputs) if config.kind.needs_images else {}
+    images = split_images(run, outputs) if config.kind.needs_images else {}
 
     thresholds, labels = meta_labels(outputs, targets, config)
     inputs = {s: raw_inputs(config.kind, outputs[s], images.get(s)) for s in SPLITS}
@@ -241,6 +243,21 @@ def _route(
     )
     save = functools.partial(checkpointing.save_tree, tree=result.variables)
     return write_family(run, family_name, record, scores, save)
+
+
+def deployed_router(family: FamilyDir, index: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Router ``index`` of a family as a deployment runs it: raw inputs (``router.edge_inputs``)
+    standardised with the family's training statistics on the host, then the network jitted;
+    router logits [N] out."""
+    record = read_family(family)
+    config = RouterConfig.from_json(record.config)
+    stacked = checkpointing.restore_tree(family.variables)
+    variables = jax.tree.map(lambda leaf: jax.numpy.asarray(leaf[index]), stacked)
+    mean = np.asarray(record.input_mean, np.float32)
+    std = np.asarray(record.input_std, np.float32)
+    net = build_router(config)
+    apply = jax.jit(lambda v, x: net.apply(v, x, train=False))
+    return lambda raw: np.asarray(apply(variables, (np.asarray(raw, np.float32) - mean) / std))
 
 
 def _history(per_epoch: jax.Array) -> list[list[float]]:

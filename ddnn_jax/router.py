@@ -140,15 +140,25 @@ def raw_inputs(kind: InputKind, outputs: SplitOutputs, images: np.ndarray | None
       outputs: the split's collected outputs (with ``features`` for the feature kinds).
       images: the split's uint8 images (image kinds only).
     """
+    if kind.needs_features:
+        assert outputs.features is not None, "collect --features"
+    return edge_inputs(kind, outputs.local_logits, outputs.features, images)
+
+
+def edge_inputs(
+    kind: InputKind, local_logits: np.ndarray, features: np.ndarray | None, images: np.ndarray | None
+) -> np.ndarray:
+    """What a router of ``kind`` reads, from what the edge has: local logits [N, C], features z
+    and uint8 images (each only where the kind reads it); float32, before standardisation."""
     if kind.reads == "logits":
-        logits = jnp.asarray(outputs.local_logits, jnp.float32)
+        logits = jnp.asarray(local_logits, jnp.float32)
         if kind.confidence_extras:
             extra = jnp.stack([top2_margin(logits), normalized_entropy(logits)], axis=-1)
             logits = jnp.concatenate([logits, extra], axis=-1)
         return np.asarray(logits, np.float32)
     if kind.reads == "features":
-        assert outputs.features is not None, "collect --features"
-        return np.asarray(outputs.features, np.float32)
+        assert features is not None
+        return np.asarray(features, np.float32)
     assert images is not None
     return np.asarray(images, np.float32) / 255.0
 

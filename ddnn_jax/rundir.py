@@ -14,7 +14,9 @@ of files and directories, and the readers. No other module spells a path inside 
       weight_sweep/wW_seedS/   the local-weight study's short runs, each a run directory itself
       bench_inference.json     Fig. 6.5's timings of this run
       results.json             Results: every mechanism on the test split
-      report.md, figures/      the report and its figures, drawn from results.json alone
+      edge/NAME/edge_report.json   one run of the edge half against 'ddnn serve' (``ddnn edge``)
+      edge/sweep.json          accuracy against bytes on the wire, every target and wire
+      report.md, figures/      the report and its figures, drawn from results.json and edge/
 
 A study (``ddnn study``) is a directory of such runs, one per seed::
 
@@ -75,6 +77,9 @@ WEIGHT_SWEEP = "weight_sweep"
 BENCH_INFERENCE = "bench_inference.json"
 RESULTS = "results.json"
 REPORT = "report.md"
+EDGE = "edge"
+EDGE_REPORT = "edge_report.json"
+EDGE_SWEEP = "sweep.json"
 FIGURES = "figures"
 STUDY_CONFIG = "study_config.json"
 STUDY_RESULTS = "study.json"
@@ -191,6 +196,18 @@ class RunDir(_Directory):
     @property
     def results(self) -> Path:
         return self.root / RESULTS
+
+    @property
+    def edge_dir(self) -> Path:
+        """Reports of the edge half run against a server (``ddnn edge``)."""
+        return self.root / EDGE
+
+    def edge_report(self, name: str) -> Path:
+        return self.edge_dir / name / EDGE_REPORT
+
+    @property
+    def edge_sweep(self) -> Path:
+        return self.edge_dir / EDGE_SWEEP
 
     @property
     def report(self) -> Path:
@@ -870,6 +887,21 @@ def read_results(run: RunDir) -> Results:
             f"run 'ddnn evaluate --run {run}' again"
         )
     return value
+
+
+def read_edge_reports(run: RunDir) -> list[dict[str, Any]]:
+    """Every edge_report.json under RUN_DIR/edge/, by name."""
+    if not run.edge_dir.is_dir():
+        return []
+    paths = sorted(run.edge_dir.glob(f"*/{EDGE_REPORT}"))
+    return [read_json(path, f"delete {path.parent} and run 'ddnn edge' again") for path in paths]
+
+
+def read_edge_sweep(run: RunDir) -> dict[str, Any] | None:
+    """RUN_DIR/edge/sweep.json (``ddnn edge --sweep``), if the run has one."""
+    if not run.edge_sweep.is_file():
+        return None
+    return read_json(run.edge_sweep, f"delete it and run 'ddnn edge --run {run} --sweep' again")
 
 
 def read_inference_timings(run: RunDir) -> list[dict[str, Any]] | None:

@@ -61,6 +61,39 @@ SMALL_RUN = ["--dataset", "fashion_mnist", "--epochs", "1", "--limit-train", "51
 SMALL_RUN += ["--inputs", "logits", "--grid", "0.3,0.54", "--sweep-weights", "none"]
 
 
+# A complete small run (2 epochs, one logits router at L0 = 0.5), made once per session.
+PRISTINE_FLAGS = [
+    "--dataset",
+    "fashion_mnist",
+    "--epochs",
+    "2",
+    "--limit-train",
+    "512",
+    "--batch-size",
+    "128",
+]
+PRISTINE_PLAN = [
+    "--inputs",
+    "logits",
+    "--grid",
+    "0.5",
+    "--no-ablations",
+    "--sweep-weights",
+    "none",
+    "--quiet",
+]
+
+
+@pytest.fixture(scope="session")
+def pristine(tmp_path_factory, fashion_mnist_ready):
+    """A complete small run of PRISTINE_FLAGS and PRISTINE_PLAN; copy it before changing it."""
+    from ddnn_jax import cli
+
+    out = tmp_path_factory.mktemp("pristine") / "run"
+    assert cli.main(["run", *PRISTINE_FLAGS, *PRISTINE_PLAN, "--out", str(out)]) == 0
+    return out
+
+
 def write_tiny_outputs(run, seed: int = 0, epoch: int = 1) -> None:
     """Outputs whose cloud exit beats the local one."""
     from ddnn_jax.rundir import SplitOutputs, write_outputs

@@ -11,20 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import PRISTINE_FLAGS as FLAGS
+from conftest import PRISTINE_PLAN as PLAN
 from ddnn_jax import cli
 from ddnn_jax.check import DAMAGED, MISSING, OK, STALE, check
 
-FLAGS = ["--dataset", "fashion_mnist", "--epochs", "2", "--limit-train", "512", "--batch-size", "128"]
-PLAN = ["--inputs", "logits", "--grid", "0.5", "--no-ablations", "--sweep-weights", "none", "--quiet"]
 ROUTE = ["--grid", "0.5", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory, fashion_mnist_ready):
-    """One complete small run (2 epochs, one router), copied for every case."""
-    out = tmp_path_factory.mktemp("faults") / "run"
-    assert cli.main(["run", *FLAGS, *PLAN, "--out", str(out)]) == 0
-    return out
 
 
 def _damage(path: Path, how: str) -> None:

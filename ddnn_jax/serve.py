@@ -1,0 +1,276 @@
+"""The cloud half as a network service: edge features in, cloud logits out (``ddnn serve``).
+
+Built on aiohttp: one well-kept package that gives an asyncio HTTP/1.1 server with a request
+body limit (413) and graceful shutdown, plus a client; the service needs nothing an ASGI
+framework would add, and plain HTTP keeps the bytes on the wire easy to count and to inspect
+with curl. grpcio was the other candidate; it would add generated stubs and HTTP/2 framing
+between us and the byte counts the edge reports.
+
+Endpoints:
+
+* ``GET /health``: JSON describing what is served (run, checkpoint digest, feature shape,
+  classes, wires, batch limit) and the requests answered so far.
+* ``POST /v1/cloud``: a ``wire`` request body (``Content-Type: application/x-ddnn-features``)
+  answered with the cloud logits. A body that does not follow the format gets 400, a feature
+  shape or wire the cloud cannot use 422, a body over the limit 413, another content type 415;
+  each with one line of reason, and the server goes on serving.
+
+The cloud head runs through one jitted function on batches padded to the next power of two (at
+most ``max_batch``), every size compiled before the address is printed, so no request waits for
+XLA. Computation runs on one worker thread, so ``/health`` answers while a batch computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from aiohttp import web
+
+from ddnn_jax import wire
+from ddnn_jax.checkpointing import state_digest
+from ddnn_jax.collect import restore_best
+from ddnn_jax.errors import UsageError
+from ddnn_jax.models import feature_shape
+from ddnn_jax.rundir import RunDir, as_run, read_run_record
+from ddnn_jax.train import build_model
+
+HEALTH_PATH = "/health"
+CLOUD_PATH = "/v1/cloud"
+DEFAULT_MAX_BATCH = 256
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    """The padded batch sizes the cloud compiles: powers of two below ``max_batch``, and it."""
+    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
+    return [*sizes, max_batch]
+
+
+@dataclasses.dataclass
+class CloudHalf:
+    """The cloud head of a trained run, its own variables only, as features -> logits."""
+
+    describe: dict[str, Any]  # what /health reports about the model
+    feature_shape: tuple[int, int, int]
+    num_classes: int
+    max_batch: int
+    _apply: Callable
+    _variables: Any
+
+    @classmethod
+    def load(cls, run_dir: RunDir | Path, max_batch: int = DEFAULT_MAX_BATCH) -> CloudHalf:
+        """Restores the run's best checkpoint and keeps the cloud's variables of it."""
+        if max_batch < 1:
+            raise UsageError(f"--max-batch must be at least 1, got {max_batch}")
+        run = as_run(run_dir)
+        read_run_record(run)
+        record, state, epoch = restore_best(run)
+        model = build_model(record.train, record.num_classes)
+        variables = {"params": {"cloud": state.params["cloud"]}}
+        if "cloud" in state.batch_stats:
+            variables["batch_stats"] = {"cloud": state.batch_stats["cloud"]}
+        shape = feature_shape(model, record.image_shape)
+        describe = {
+            "run": str(run),
+            "dataset": record.dataset,
+            "epoch": epoch,
+            "checkpoint": state_digest(state),  # the edge checks it is the same model
+        }
+        apply = jax.jit(lambda v, z: model.apply(v, z, method=model.cloud_head))
+        return cls(describe, shape, record.num_classes, max_batch, apply, variables)
+
+    def warm_up(self) -> None:
+        """Compiles every padded batch size."""
+        for size in batch_sizes(self.max_batch):
+            jax.block_until_ready(
+                self._apply(self._variables, np.zeros((size, *self.feature_shape), np.float32))
+            )
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """Cloud logits [n, classes] of float32 features [n, h, w, c], n <= max_batch."""
+        n = len(features)
+        size = next(s for s in batch_sizes(self.max_batch) if s >= n)
+        padded = np.zeros((size, *self.feature_shape), np.float32)
+        padded[:n] = features
+        return np.asarray(self._apply(self._variables, padded))[:n]
+
+
+def max_request_bytes(cloud: CloudHalf) -> int:
+    """The largest valid request: ``max_batch`` samples in the widest wire."""
+    return wire.REQUEST_HEADER_BYTES + cloud.max_batch * wire.payload_bytes("fp32", cloud.feature_shape)
+
+
+@dataclasses.dataclass
+class _Counters:
+    requests: int = 0
+    samples: int = 0
+    refused: int = 0
+    failed: int = 0
+
+
+def _reason(status: type[web.HTTPException], text: str) -> web.HTTPException:
+    return status(text=text + "\n", content_type="text/plain")
+
+
+def make_app(cloud: Callable[[np.ndarray], np.ndarray], info: dict[str, Any]) -> web.Application:
+    """The service around ``cloud`` (a CloudHalf, or anything with its call and ``info``'s keys).
+
+    Args:
+      cloud: float32 features [n, h, w, c] -> logits [n, classes]; run on one worker thread.
+      info: ``feature_shape``, ``num_classes``, ``max_batch`` and whatever /health should add.
+    """
+    shape = tuple(info["feature_shape"])
+    limit = wire.REQUEST_HEADER_BYTES + info["max_batch"] * wire.payload_bytes("fp32", shape)
+    app = web.Application(client_max_size=limit)
+    counters = _Counters()
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud")
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", **info, "wires": list(wire.WIRES), **dataclasses.asdict(counters)}
+        )
+
+    async def infer(request: web.Request) -> web.Response:
+        counters.requests += 1
+        if request.content_type != wire.CONTENT_TYPE:
+            counters.refused += 1
+            raise _reason(web.HTTPUnsupportedMediaType, f"send Content-Type {wire.CONTENT_TYPE}")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            counters.refused += 1
+            raise _reason(
+                web.HTTPRequestEntityTooLarge,
+                f"request body over {limit} bytes ({info['max_batch']} fp32 samples): send smaller batches",
+            ) from None
+        try:
+            batch = wire.decode_features(body, shape)
+        except wire.WireRefused as err:
+            counters.refused += 1
+            raise _reason(web.HTTPUnprocessableEntity, str(err)) from None
+        except wire.WireError as err:
+            counters.refused += 1
+            raise _reason(web.HTTPBadRequest, str(err)) from None
+        n = len(batch.features)
+        if n > info["max_batch"]:
+            counters.refused += 1
+            raise _reason(
+                web.HTTPRequestEntityTooLarge,
+                f"{n} samples in one request, this server takes {info['max_batch']}",
+            )
+        try:
+            logits = await asyncio.get_running_loop().run_in_executor(worker, cloud, batch.features)
+        except Exception as err:  # the cloud failed on this batch; the next one may be fine
+            counters.failed += 1
+            raise _reason(
+                web.HTTPInternalServerError, f"the cloud failed: {type(err).__name__}: {err}"
+            ) from None
+        counters.samples += n
+        return web.Response(body=wire.encode_logits(logits), content_type=wire.LOGITS_CONTENT_TYPE)
+
+    async def stop_worker(app: web.Application) -> None:
+        worker.shutdown(wait=True)
+
+    app.router.add_get(HEALTH_PATH, health)
+    app.router.add_post(CLOUD_PATH, infer)
+    app.on_cleanup.append(stop_worker)
+    app["counters"] = counters
+    return app
+
+
+def cloud_app(cloud: CloudHalf) -> web.Application:
+    """The service of a loaded cloud half."""
+    info = {
+        **cloud.describe,
+        "feature_shape": list(cloud.feature_shape),
+        "num_classes": cloud.num_classes,
+        "max_batch": cloud.max_batch,
+    }
+    return make_app(cloud, info)
+
+
+async def _serve(app: web.Application, host: str, port: int, on_ready, stop: asyncio.Event) -> None:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, shutdown_timeout=10.0)
+        try:
+            await site.start()
+        except OSError as err:
+            raise UsageError(
+                f"cannot listen on {host}:{port} ({err.strerror}): choose another --port"
+            ) from None
+        address = runner.addresses[0]
+        on_ready(f"http://{_host(address[0])}:{address[1]}")
+        await stop.wait()
+    finally:
+        await runner.cleanup()  # stops listening, lets requests in flight finish, closes
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def serve_forever(app: web.Application, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down cleanly; ``on_ready(url)`` once listening."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await _serve(app, host, port, on_ready, stop)
+
+    asyncio.run(main())
+
+
+class BackgroundServer:
+    """The service on a thread of its own, for tests and notebooks::
+
+    with BackgroundServer(cloud_app(cloud)) as url:
+        ...
+    """
+
+    def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0):
+        self.app, self.host, self.port = app, host, port
+        self.url = ""
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="ddnn-serve", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            await _serve(self.app, self.host, self.port, self._listening, self._stop)
+
+        try:
+            asyncio.run(main())
+        except BaseException as err:
+            self._failed = err
+            self._ready.set()
+
+    def _listening(self, url: str) -> None:
+        self.url = url
+        self._ready.set()
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        self._ready.wait()
+        if self._failed is not None:
+            raise self._failed
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
