@@ -590,7 +590,7 @@ def _report(args) -> None:
 
 
 def _serve(args) -> None:
-    from ddnn_jax.serve import CloudHalf, cloud_app, serve_forever
+    from ddnn_jax.serve import COUNTERS, CloudHalf, cloud_app, serve_forever
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must lie in [0, 65535], got {args.port}")
@@ -603,7 +603,7 @@ def _serve(args) -> None:
         args.port,
         lambda url: print(f"ddnn serve: cloud half of {args.run} listening on {url}", flush=True),
     )
-    counters = app["counters"]
+    counters = app[COUNTERS]
     print(f"ddnn serve: stopped after {counters.requests} requests ({counters.samples} samples answered)")
 
 

@@ -116,8 +116,12 @@ class _Counters:
     failed: int = 0
 
 
-def _reason(status: type[web.HTTPException], text: str) -> web.HTTPException:
-    return status(text=text + "\n", content_type="text/plain")
+def _refuse(status: int, reason: str) -> web.Response:
+    """An error answer: the status and one line of reason."""
+    return web.Response(status=status, text=reason + "\n", content_type="text/plain")
+
+
+COUNTERS = web.AppKey("counters", _Counters)
 
 
 def make_app(cloud: Callable[[np.ndarray], np.ndarray], info: dict[str, Any]) -> web.Application:
@@ -142,37 +146,32 @@ def make_app(cloud: Callable[[np.ndarray], np.ndarray], info: dict[str, Any]) ->
         counters.requests += 1
         if request.content_type != wire.CONTENT_TYPE:
             counters.refused += 1
-            raise _reason(web.HTTPUnsupportedMediaType, f"send Content-Type {wire.CONTENT_TYPE}")
+            return _refuse(415, f"send Content-Type {wire.CONTENT_TYPE}")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             counters.refused += 1
-            raise _reason(
-                web.HTTPRequestEntityTooLarge,
+            return _refuse(
+                413,
                 f"request body over {limit} bytes ({info['max_batch']} fp32 samples): send smaller batches",
-            ) from None
+            )
         try:
             batch = wire.decode_features(body, shape)
         except wire.WireRefused as err:
             counters.refused += 1
-            raise _reason(web.HTTPUnprocessableEntity, str(err)) from None
+            return _refuse(422, str(err))
         except wire.WireError as err:
             counters.refused += 1
-            raise _reason(web.HTTPBadRequest, str(err)) from None
+            return _refuse(400, str(err))
         n = len(batch.features)
         if n > info["max_batch"]:
             counters.refused += 1
-            raise _reason(
-                web.HTTPRequestEntityTooLarge,
-                f"{n} samples in one request, this server takes {info['max_batch']}",
-            )
+            return _refuse(413, f"{n} samples in one request, this server takes {info['max_batch']}")
         try:
             logits = await asyncio.get_running_loop().run_in_executor(worker, cloud, batch.features)
         except Exception as err:  # the cloud failed on this batch; the next one may be fine
             counters.failed += 1
-            raise _reason(
-                web.HTTPInternalServerError, f"the cloud failed: {type(err).__name__}: {err}"
-            ) from None
+            return _refuse(500, f"the cloud failed: {type(err).__name__}: {err}")
         counters.samples += n
         return web.Response(body=wire.encode_logits(logits), content_type=wire.LOGITS_CONTENT_TYPE)
 
@@ -182,7 +181,7 @@ def make_app(cloud: Callable[[np.ndarray], np.ndarray], info: dict[str, Any]) ->
     app.router.add_get(HEALTH_PATH, health)
     app.router.add_post(CLOUD_PATH, infer)
     app.on_cleanup.append(stop_worker)
-    app["counters"] = counters
+    app[COUNTERS] = counters
     return app
 
 
@@ -198,10 +197,10 @@ def cloud_app(cloud: CloudHalf) -> web.Application:
 
 
 async def _serve(app: web.Application, host: str, port: int, on_ready, stop: asyncio.Event) -> None:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, shutdown_timeout=10.0)
+        site = web.TCPSite(runner, host, port)
         try:
             await site.start()
         except OSError as err:

@@ -54,6 +54,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     )
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (the OS's pick, closed again)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 SIZES = {"train": 600, "val": 150, "test": 400}
 
 # A whole ddnn run on a small real slice: one epoch on 512 images, logits routers at two targets.

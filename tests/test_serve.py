@@ -1,0 +1,164 @@
+"""The cloud service on 127.0.0.1: answers, and a one-line 4xx for every bad request after which
+it goes on serving. The HTTP layer is tested around a small cloud function passed in (the real
+cloud half is tested in test_edge.py)."""
+
+import http.client
+import json
+import socket
+import time
+import urllib.parse
+
+import numpy as np
+import pytest
+
+from ddnn_jax import wire
+from ddnn_jax.serve import BackgroundServer, batch_sizes, make_app
+
+SHAPE = (4, 4, 3)
+CLASSES = 5
+MAX_BATCH = 8
+
+
+def cloud(features: np.ndarray) -> np.ndarray:
+    """A deterministic stand-in head: channel means, tiled to CLASSES logits."""
+    means = features.mean(axis=(1, 2))
+    return np.concatenate([means, means], axis=-1)[:, :CLASSES].astype(np.float32)
+
+
+INFO = {"feature_shape": list(SHAPE), "num_classes": CLASSES, "max_batch": MAX_BATCH, "run": "test"}
+
+
+@pytest.fixture
+def server():
+    with BackgroundServer(make_app(cloud, INFO)) as url:
+        yield url
+
+
+def _post(url, body, content_type=wire.CONTENT_TYPE):
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.request("POST", "/v1/cloud", body=body, headers={"Content-Type": content_type})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def _features(n=2, shape=SHAPE):
+    return np.random.default_rng(n).normal(size=(n, *shape)).astype(np.float32)
+
+
+def _answers(url):
+    z = _features()
+    status, body = _post(url, wire.encode_features(z, "fp32"))
+    assert status == 200
+    np.testing.assert_array_equal(wire.decode_logits(body, 2, CLASSES), cloud(z))
+
+
+def test_health_says_what_is_served(server):
+    parts = urllib.parse.urlsplit(server)
+    assert parts.hostname == "127.0.0.1" and parts.port > 0
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    connection.request("GET", "/health")
+    health = json.loads(connection.getresponse().read())
+    assert health["status"] == "ok" and health["feature_shape"] == list(SHAPE)
+    assert health["wires"] == ["fp32", "fp16", "int8"] and health["max_batch"] == MAX_BATCH
+    assert health["requests"] == 0
+
+
+@pytest.mark.parametrize("wire_name", wire.WIRES)
+def test_every_wire_is_answered(server, wire_name):
+    z = _features(n=3)
+    status, body = _post(server, wire.encode_features(z, wire_name))
+    assert status == 200
+    expected = cloud(wire.decode_features(wire.encode_features(z, wire_name), SHAPE).features)
+    np.testing.assert_array_equal(wire.decode_logits(body, 3, CLASSES), expected)
+
+
+@pytest.mark.parametrize(
+    "body, content_type, status, reason",
+    [
+        (b"not features", wire.CONTENT_TYPE, 400, "truncated header"),
+        (wire.encode_features(_features(), "fp32")[:-7], wire.CONTENT_TYPE, 400, "truncated body"),
+        (wire.encode_features(_features(shape=(4, 4, 2)), "fp32"), wire.CONTENT_TYPE, 422, "feature shape"),
+        (wire.encode_features(_features(), "fp32"), "application/json", 415, "send Content-Type"),
+        (bytes(20 + (MAX_BATCH + 1) * 4 * 4 * 3 * 4), wire.CONTENT_TYPE, 413, "request body over"),
+        (wire.encode_features(_features(n=MAX_BATCH + 1), "fp16"), wire.CONTENT_TYPE, 413, "9 samples"),
+    ],
+)
+def test_a_bad_request_gets_one_line_and_the_next_is_served(server, body, content_type, status, reason):
+    got, text = _post(server, body, content_type)
+    assert got == status
+    line = text.decode()
+    assert reason in line and line.count("\n") == 1
+    _answers(server)
+
+
+def test_a_dropped_connection_mid_body_and_garbage_leave_the_server_serving(server):
+    parts = urllib.parse.urlsplit(server)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as raw:
+        raw.sendall(
+            b"POST /v1/cloud HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ddnn-features\r\n"
+            b"Content-Length: 5000\r\n\r\n" + bytes(100)
+        )  # then hang up, 4,900 bytes short
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as raw:
+        raw.sendall(b"\x00\x01garbage that is no HTTP\r\n\r\n")
+        assert raw.recv(100).split(b" ")[1] == b"400"
+    _answers(server)
+
+
+def test_a_failing_cloud_answers_500_and_the_next_batch_is_served():
+    calls = []
+
+    def flaky(features):
+        calls.append(len(features))
+        if len(calls) == 1:
+            raise RuntimeError("device lost")
+        return cloud(features)
+
+    with BackgroundServer(make_app(flaky, INFO)) as url:
+        status, text = _post(url, wire.encode_features(_features(), "fp32"))
+        assert status == 500 and text.decode() == "the cloud failed: RuntimeError: device lost\n"
+        _answers(url)
+
+
+def test_health_answers_while_a_batch_computes():
+    def slow(features):
+        time.sleep(1.0)
+        return cloud(features)
+
+    with BackgroundServer(make_app(slow, INFO)) as url:
+        parts = urllib.parse.urlsplit(url)
+        busy = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        busy.request(
+            "POST",
+            "/v1/cloud",
+            body=wire.encode_features(_features(), "fp32"),
+            headers={"Content-Type": wire.CONTENT_TYPE},
+        )
+        started = time.perf_counter()
+        probe = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        probe.request("GET", "/health")
+        assert probe.getresponse().status == 200
+        assert time.perf_counter() - started < 0.9
+        assert busy.getresponse().status == 200
+
+
+def test_batch_sizes_cover_every_request_size():
+    assert batch_sizes(1) == [1]
+    assert batch_sizes(8) == [1, 2, 4, 8]
+    assert batch_sizes(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+    for n in range(1, 101):
+        assert any(size >= n for size in batch_sizes(100))
+
+
+def test_a_taken_port_is_refused_in_one_line(server):
+    from ddnn_jax.errors import UsageError
+
+    port = urllib.parse.urlsplit(server).port
+    with (
+        pytest.raises(UsageError, match=f"cannot listen on 127.0.0.1:{port}"),
+        BackgroundServer(make_app(cloud, INFO), port=port),
+    ):
+        pass
