@@ -303,7 +303,8 @@ def _router_rule(run: RunDir, config: EdgeConfig, outputs: dict[str, SplitOutput
         )
     g = matches[0]
     threshold = float(record.decision_thresholds[g])
-    score = deployed_router(family, g if router.objective == "grid" else 0)
+    deployed = deployed_router(family, g if router.objective == "grid" else 0)
+    score = jax.jit(deployed.logits)
 
     def decide(index, local_logits, z, images):
         return np.asarray(score(edge_inputs(router.kind, local_logits, z, images)), np.float64) >= threshold

@@ -1,6 +1,7 @@
-"""The report stage: figures (PNG) and ``report.md`` drawn from ``results.json`` alone.
+"""The report stage: figures (PNG) and ``report.md`` drawn from ``results.json`` and, for the
+split over the network, the edge reports (``edge/``).
 
-Every plotted number is read from results.json, so each figure can be checked against it. A
+Every plotted number is read from those files, so each figure can be checked against them. A
 figure whose inputs were not produced (no such router family, no local-weight sweep) is listed in
 the report with the command that produces them instead of being drawn.
 """
@@ -27,6 +28,8 @@ from ddnn_jax.rundir import (  # noqa: E402
     atomic_file,
     locked,
     outputs_fingerprint,
+    read_edge_reports,
+    read_edge_sweep,
     read_outputs,
     read_results,
     write_text,
@@ -526,6 +529,7 @@ def _report(run: RunDir) -> Path:
         path = run.figure(fig_id)
         draw_figure(draw, path)
         lines += [f"![Fig. {fig_id}]({path.relative_to(run.root)})", "", table, ""]
+    lines += _split_section(run, results)
     lines += _summary_section(results)
     write_text(run.report, "\n".join(lines) + "\n")
     return run.report
@@ -543,6 +547,166 @@ def draw_figure(draw: Callable, path: Path) -> None:
     with atomic_file(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
+
+
+WIRE_STYLES = {"fp32": "-", "fp16": "--", "int8": ":"}
+SPLIT_MECHANISMS = {"entropy": COLOURS["entropy"], "router": FAMILY_COLOURS[LOGITS], "cloud_only": "black"}
+
+
+def _split_section(run: RunDir, results: Results) -> list[str]:
+    """The edge and cloud halves over the network (``ddnn serve`` and ``ddnn edge``): accuracy
+    against bytes on the wire, and the latency model with the measured figures."""
+    lines = ["## The split over the network: accuracy against bytes, and latency\n"]
+    sweep = read_edge_sweep(run)
+    if sweep is None:
+        lines.append(
+            f"No sweep yet: run `ddnn serve --run {run}` and then "
+            f"`ddnn edge --run {run} --server URL --sweep --batch 256`.\n"
+        )
+    else:
+        draw_figure(lambda ax: _bytes_axes(ax, sweep), run.figure("split_bytes"))
+        lines += [f"![accuracy against bytes]({run.figure('split_bytes').relative_to(run.root)})", ""]
+        lines += [_bytes_table(sweep), ""]
+    reports = read_edge_reports(run)
+    if not reports:
+        lines.append(f"No live edge run yet: `ddnn edge --run {run} --server URL --mechanism router`.\n")
+        return lines
+    lines += [_live_table(reports), ""]
+    measured = _measured_latency(reports)
+    if measured:
+        lm = results["latency_model"]
+        path = run.figure("split_latency")
+        draw_figure(lambda ax: _latency_axes(ax, lm, measured), path)
+        lines += [
+            f"![latency model]({path.relative_to(run.root)})",
+            "",
+            f"Fig. 6.5's latency model T(L0) = T_edge + (1 - L0) T_offload with the thesis's assumed "
+            f"T_edge = {lm['edge_ms']:g} ms and T_offload = {lm['cloud_ms']:g} ms, and with the medians "
+            "measured on loopback at batch 1 (edge: a local sample's latency; offload: the round trip "
+            "of one request, encoding and the cloud head included):",
+            "",
+            "| source | T_edge ms | T_offload ms | T(0.3) ms | T(0.54) ms | T(0.7) ms |",
+            "|---|---|---|---|---|---|",
+            _latency_row("assumed (thesis)", lm["edge_ms"], lm["cloud_ms"]),
+            *(_latency_row(f"measured, {w} ({device})", e, o) for w, (e, o, device) in measured.items()),
+            "",
+        ]
+    return lines
+
+
+def _bytes_axes(ax, sweep: dict) -> None:
+    for mechanism, colour in SPLIT_MECHANISMS.items():
+        for wire_name, linestyle in WIRE_STYLES.items():
+            points = sorted(
+                (p for p in sweep["points"] if p["mechanism"] == mechanism and p["wire"] == wire_name),
+                key=lambda p: p["bytes_per_sample"],
+            )
+            if points:
+                ax.plot(
+                    [p["bytes_per_sample"] / 1000 for p in points],
+                    [100 * p["accuracy"] for p in points],
+                    color=colour,
+                    linestyle=linestyle,
+                    marker="o" if mechanism != "cloud_only" else "s",
+                    markersize=3,
+                    label=f"{mechanism} {wire_name}",
+                )
+    ax.axhline(
+        100 * sweep["edge_only_accuracy"], color="tab:gray", linewidth=0.8, label="edge only (0 bytes)"
+    )
+    ax.set_xlabel("uplink kB per sample (one request per offload, headers included)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"accuracy against bytes sent ({sweep['samples']} test samples)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _bytes_table(sweep: dict) -> str:
+    request = sweep["request_bytes"]
+    rows = [
+        f"One offload costs {request['fp32']} B in fp32, {request['fp16']} B in fp16 and {request['int8']} B "
+        f"in int8 ({100 * request['int8'] / request['fp32']:.1f} % of fp32), HTTP headers included; the "
+        f"image itself is {sweep['image_bytes']} B.",
+        "",
+        "| mechanism | L0 | local % | fp32 acc % | fp16 acc % | int8 acc % | fp32 B/sample | int8 B/sample |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    at = {(p["mechanism"], p["target"], p["wire"]): p for p in sweep["points"]}
+    for mechanism, target, _ in sorted(k for k in at if k[2] == "fp32" and k[1] in (*HEADLINE_TARGETS, 0.5)):
+        p = {w: at[mechanism, target, w] for w in WIRE_STYLES}
+        rows.append(
+            f"| {mechanism} | {target} | {pct(p['fp32']['local_rate'])} | {pct(p['fp32']['accuracy'])} | "
+            f"{pct(p['fp16']['accuracy'])} | {pct(p['int8']['accuracy'])} | "
+            f"{p['fp32']['bytes_per_sample']:.0f} | {p['int8']['bytes_per_sample']:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def _live_table(reports: list[dict]) -> str:
+    rows = [
+        "Live runs of the edge against the server (`edge/*/edge_report.json`):",
+        "",
+        "| mechanism | L0 | wire | batch | samples | accuracy % (in process) | local % | B/sample | "
+        "B/offload | ms per sample p50 / p95 / p99 | ms per offload p50 | samples/s | fallbacks % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        c, b, lat = r["config"], r["bytes"], r["latency_ms"]
+        per_sample = lat["per_sample"]
+        offload_ms = "–" if lat["per_offload"] is None else f"{lat['per_offload']['p50']:.2f}"
+        per_offload = "–" if b["uplink_per_offload"] is None else f"{b['uplink_per_offload']:.0f}"
+        rows.append(
+            f"| {c['mechanism']} | {c['target']:g} | {c['wire']} | {c['batch']} | {r['samples']} | "
+            f"{pct(r['accuracy'])} ({pct(r['in_process']['accuracy'])}) | {pct(r['local_rate'])} | "
+            f"{b['uplink_per_sample']:.0f} | {per_offload} | "
+            f"{per_sample['p50']:.2f} / {per_sample['p95']:.2f} / {per_sample['p99']:.2f} | "
+            f"{offload_ms} | {r['throughput_per_s']:.0f} | "
+            f"{100 * r['fallback_rate']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def _measured_latency(reports: list[dict]) -> dict[str, tuple[float, float, str]]:
+    """Per wire, (edge ms, offload ms, device) from the live runs at batch 1 without fallbacks."""
+    measured = {}
+    for r in reports:
+        lat = r["latency_ms"]
+        if r["config"]["batch"] == 1 and not r["fallbacks"] and lat["per_local_sample"] and lat["round_trip"]:
+            measured[r["config"]["wire"]] = (
+                lat["per_local_sample"]["p50"],
+                lat["round_trip"]["p50"],
+                r["device"],
+            )
+    return measured
+
+
+def _latency_row(source: str, edge_ms: float, offload_ms: float) -> str:
+    cells = " | ".join(f"{edge_ms + (1 - t) * offload_ms:.3g}" for t in HEADLINE_TARGETS)
+    return f"| {source} | {edge_ms:.3g} | {offload_ms:.3g} | {cells} |"
+
+
+def _latency_axes(ax, lm: dict, measured: dict[str, tuple[float, float, str]]) -> None:
+    rates = [i / 20 for i in range(21)]
+    ax.plot(
+        [100 * t for t in rates],
+        [lm["edge_ms"] + (1 - t) * lm["cloud_ms"] for t in rates],
+        color="black",
+        label=f"assumed: {lm['edge_ms']:g} + (1 - L0) {lm['cloud_ms']:g} ms",
+    )
+    for wire_name, (edge_ms, offload_ms, _) in measured.items():
+        ax.plot(
+            [100 * t for t in rates],
+            [edge_ms + (1 - t) * offload_ms for t in rates],
+            linestyle=WIRE_STYLES.get(wire_name, "-"),
+            color="tab:blue",
+            label=f"measured on loopback, {wire_name}: {edge_ms:.2g} + (1 - L0) {offload_ms:.2g} ms",
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("local rate L0 (%)")
+    ax.set_ylabel("expected latency per sample (ms, log)")
+    ax.set_title("latency model (Fig. 6.5): assumed and measured")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
 
 
 def _summary_section(results: Results) -> list[str]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple, cast
 
 import jax
 import numpy as np
@@ -245,19 +245,32 @@ def _route(
     return write_family(run, family_name, record, scores, save)
 
 
-def deployed_router(family: FamilyDir, index: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Router ``index`` of a family as a deployment runs it: raw inputs (``router.edge_inputs``)
-    standardised with the family's training statistics on the host, then the network jitted;
-    router logits [N] out."""
+class DeployedRouter(NamedTuple):
+    """One router of a family as a deployment runs it: its configuration, weights and the
+    standardisation of its inputs (the family's training statistics)."""
+
+    config: RouterConfig
+    variables: Any
+    mean: np.ndarray
+    std: np.ndarray
+
+    def logits(self, raw_inputs: jax.Array) -> jax.Array:
+        """Router logits [N] of raw inputs (``router.edge_inputs``); traceable, so a deployment
+        can compute them in the same program as the edge network."""
+        standardized = (raw_inputs - self.mean) / self.std
+        return cast(jax.Array, build_router(self.config).apply(self.variables, standardized, train=False))
+
+
+def deployed_router(family: FamilyDir, index: int) -> DeployedRouter:
+    """Router ``index`` of a family (the target's, or 0 for a score family)."""
     record = read_family(family)
-    config = RouterConfig.from_json(record.config)
     stacked = checkpointing.restore_tree(family.variables)
-    variables = jax.tree.map(lambda leaf: jax.numpy.asarray(leaf[index]), stacked)
-    mean = np.asarray(record.input_mean, np.float32)
-    std = np.asarray(record.input_std, np.float32)
-    net = build_router(config)
-    apply = jax.jit(lambda v, x: net.apply(v, x, train=False))
-    return lambda raw: np.asarray(apply(variables, (np.asarray(raw, np.float32) - mean) / std))
+    return DeployedRouter(
+        config=RouterConfig.from_json(record.config),
+        variables=jax.tree.map(lambda leaf: jax.numpy.asarray(leaf[index]), stacked),
+        mean=np.asarray(record.input_mean, np.float32),
+        std=np.asarray(record.input_std, np.float32),
+    )
 
 
 def _history(per_epoch: jax.Array) -> list[list[float]]:

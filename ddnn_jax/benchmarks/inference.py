@@ -38,11 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddnn_jax import checkpointing
 from ddnn_jax.collect import restore_best
 from ddnn_jax.config import TrainConfig
 from ddnn_jax.data import normalize
 from ddnn_jax.policies import normalized_entropy
+from ddnn_jax.route import deployed_router
 from ddnn_jax.router import RouterConfig, build_router
 from ddnn_jax.rundir import RunDir, read_family, write_json
 from ddnn_jax.train import build_model, create_train_state
@@ -96,23 +96,13 @@ def _router(config: InferenceBenchConfig, num_classes: int):
     """The decision network: (apply(local_logits) -> score, where its weights came from)."""
     family = RunDir(config.run).family("logits") if config.run is not None else None
     if family is not None and family.is_complete():
-        record = read_family(family)
-        router_config = RouterConfig.from_json(record.config)
-        nearest = int(np.argmin(np.abs(np.asarray(router_config.targets) - config.target_local)))
-        stacked = checkpointing.restore_tree(family.variables)
-        variables = jax.tree.map(lambda leaf: jnp.asarray(leaf[nearest]), stacked)
-        mean = np.asarray(record.input_mean, np.float32)
-        std = np.asarray(record.input_std, np.float32)
-        source = f"{family.root} (L0 = {router_config.targets[nearest]})"
-    else:
-        router_config = RouterConfig()
-        variables = build_router(router_config).init(
-            jax.random.key(1), jnp.zeros((2, num_classes)), train=False
-        )
-        mean, std = np.zeros(num_classes, np.float32), np.ones(num_classes, np.float32)
-        source = "random"
+        targets = RouterConfig.from_json(read_family(family).config).targets
+        nearest = int(np.argmin(np.abs(np.asarray(targets) - config.target_local)))
+        return deployed_router(family, nearest).logits, f"{family.root} (L0 = {targets[nearest]})"
+    router_config = RouterConfig()
+    variables = build_router(router_config).init(jax.random.key(1), jnp.zeros((2, num_classes)), train=False)
     router = build_router(router_config)
-    return lambda local: router.apply(variables, (local - mean) / std, train=False), source
+    return lambda local: router.apply(variables, local, train=False), "random"
 
 
 def build_programs(config: InferenceBenchConfig) -> _Programs:
