@@ -457,7 +457,14 @@ def _add_split(commands) -> None:
         default=EdgeConfig.timeout_s,
         help="seconds to wait for the cloud before answering locally",
     )
-    edge.add_argument("--limit", type=_integer, default=None, help="the first N test samples only")
+    edge.add_argument(
+        "--images",
+        default=None,
+        metavar="DIR",
+        help="run on the images in DIR (or in its class folders 0 .. C-1, which label them) "
+        "instead of the run's test split",
+    )
+    edge.add_argument("--limit", type=_integer, default=None, help="the first N images only")
     edge.add_argument(
         "--out", type=Path, default=None, help="report path (default: RUN_DIR/edge/NAME/edge_report.json)"
     )
@@ -619,6 +626,7 @@ def _edge(args) -> None:
         family=args.family,
         timeout_s=args.timeout,
         limit=args.limit,
+        images=args.images,
     )
     if args.sweep:
         print(f"sweep: {sweep(args.run, config, out=args.out, progress=progress_from(args))}")
@@ -632,9 +640,12 @@ def summary_line(report: dict) -> str:
     """One line of an edge report: accuracy, local rate, bytes, latency, fallbacks."""
     b, lat = report["bytes"], report["latency_ms"]
     per_offload = "-" if b["uplink_per_offload"] is None else f"{b['uplink_per_offload']:.0f}"
+    accuracy = "accuracy unknown (unlabelled images)"
+    if report["accuracy"] is not None:
+        live, in_process = 100 * report["accuracy"], 100 * report["in_process"]["accuracy"]
+        accuracy = f"accuracy {live:.2f} % (in process {in_process:.2f} %)"
     return (
-        f"accuracy {100 * report['accuracy']:.2f} % "
-        f"(in process {100 * report['in_process']['accuracy']:.2f} %), "
+        f"{accuracy}, {report['samples']} images, "
         f"local {100 * report['local_rate']:.1f} %, uplink {b['uplink_per_sample']:.0f} B/sample "
         f"{per_offload} B/offload, latency p50 {lat['per_sample']['p50']:.2f} ms p99 "
         f"{lat['per_sample']['p99']:.2f} ms, {report['throughput_per_s']:.0f} samples/s, "

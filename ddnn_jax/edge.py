@@ -42,7 +42,7 @@ import numpy as np
 from ddnn_jax import wire
 from ddnn_jax.checkpointing import state_digest
 from ddnn_jax.collect import restore_best
-from ddnn_jax.data import normalize
+from ddnn_jax.data import normalize, read_image_folder
 from ddnn_jax.errors import UsageError
 from ddnn_jax.evaluate import STREAM_RANDOM_RULE
 from ddnn_jax.families import calibrated, curve_name
@@ -58,7 +58,10 @@ from ddnn_jax.progress import Progress
 from ddnn_jax.route import deployed_router, split_images
 from ddnn_jax.router import RouterConfig, edge_inputs
 from ddnn_jax.rundir import (
+    FamilyDir,
+    FamilyRecord,
     RunDir,
+    RunRecord,
     SplitOutputs,
     as_run,
     outputs_fingerprint,
@@ -70,7 +73,7 @@ from ddnn_jax.rundir import (
     write_json,
 )
 from ddnn_jax.serve import CLOUD_PATH, HEALTH_PATH
-from ddnn_jax.train import build_model
+from ddnn_jax.train import TrainState, build_model, make_predict_fn, predict_in_batches
 
 MECHANISMS = ("router", "entropy", "random", "oracle")
 FAILURES = ("unreachable", "timeout", "server_error", "refused")
@@ -87,7 +90,8 @@ class EdgeConfig:
     batch: int = 1  # samples the edge processes (and offloads) together
     family: str = "logits"  # the router family (mechanism 'router')
     timeout_s: float = 5.0  # a request not answered by then falls back to the local answer
-    limit: int | None = None  # the first N test samples only (default: all)
+    limit: int | None = None  # the first N images only (default: all)
+    images: str | None = None  # a folder of images instead of the test split (data.read_image_folder)
 
     def check(self) -> None:
         """Raises UsageError naming the first bad field."""
@@ -233,8 +237,7 @@ def _response_bytes(response: http.client.HTTPResponse, body: bytes) -> int:
 class EdgeHalf:
     """The edge network of a trained run, its own variables only: uint8 images -> (z, logits)."""
 
-    def __init__(self, run: RunDir):
-        record, state, self.epoch = restore_best(run)
+    def __init__(self, record: RunRecord, state: TrainState):
         self.checkpoint = state_digest(state)
         model = build_model(record.train, record.num_classes)
         self.feature_shape = feature_shape(model, record.image_shape)
@@ -261,34 +264,42 @@ class Rule(NamedTuple):
     threshold: float | None  # on the rule's score (router logit, normalised entropy)
 
 
-def build_rule(run: RunDir, config: EdgeConfig, outputs: dict[str, SplitOutputs], n: int) -> Rule:
-    """The rule of ``config.mechanism`` at ``config.target`` for the first ``n`` test samples."""
-    test = outputs["test"]
+def build_rule(inputs: _Inputs, config: EdgeConfig) -> Rule:
+    """The rule of ``config.mechanism`` at ``config.target`` for the evaluated images."""
+    reference, n = inputs.reference, len(inputs.images)
     if config.mechanism == "router":
-        return _router_rule(run, config, outputs, n)
+        return _router_rule(inputs, config)
     if config.mechanism == "entropy":
-        threshold = float(
-            calibrated_thresholds(entropy_scores(outputs["val"].local_logits), [config.target])[0]
-        )
+        val_scores = entropy_scores(inputs.outputs["val"].local_logits)
+        threshold = float(calibrated_thresholds(val_scores, [config.target])[0])
         decide = lambda index, logits, z, x: entropy_scores(logits) >= threshold
-        return Rule(decide, decide(None, test.local_logits[:n], None, None), "entropy_calibrated", threshold)
+        return Rule(
+            decide, decide(None, reference.local_logits, None, None), calibrated("entropy"), threshold
+        )
     if config.mechanism == "random":
-        key = jax.random.fold_in(jax.random.key(read_run_record(run).seed), STREAM_RANDOM_RULE)
+        key = jax.random.fold_in(jax.random.key(read_run_record(inputs.run).seed), STREAM_RANDOM_RULE)
         targets = jnp.asarray([config.target], jnp.float32)
-        plan = np.asarray(heuristic_offload("random", jnp.asarray(test.local_logits[:n]), targets, key))[0]
+        plan = np.asarray(heuristic_offload("random", jnp.zeros((n, 1)), targets, key))[0]
     else:
-        c = correctness(test.local_logits[:n], test.cloud_logits[:n], test.labels[:n])
+        if inputs.labels is None:
+            raise UsageError("the oracle needs labels: put the images in class folders 0 .. C-1")
+        c = correctness(reference.local_logits, reference.cloud_logits, inputs.labels)
         plan = np.asarray(oracle_offload(c, jnp.asarray([config.target], jnp.float32)))[0]
     return Rule(lambda index, logits, z, x: plan[index], plan, config.mechanism, None)
 
 
-def _router_rule(run: RunDir, config: EdgeConfig, outputs: dict[str, SplitOutputs], n: int) -> Rule:
-    family = run.family(config.family)
+def _family(run: RunDir, name: str) -> tuple[FamilyDir, FamilyRecord]:
+    family = run.family(name)
     if not family.is_complete():
         have = ", ".join(run.families()) or "none"
-        raise UsageError(f"{run} has no router family '{config.family}' (it has: {have}): give --family")
-    record = read_family(family)
-    if record.made_from != outputs_fingerprint(outputs):
+        raise UsageError(f"{run} has no router family '{name}' (it has: {have}): give --family")
+    return family, read_family(family)
+
+
+def _router_rule(inputs: _Inputs, config: EdgeConfig) -> Rule:
+    run, n = inputs.run, len(inputs.images)
+    family, record = _family(run, config.family)
+    if record.made_from != outputs_fingerprint(inputs.outputs):
         raise UsageError(
             f"router family {config.family} was trained on other outputs than {run}'s current ones: "
             f"retrain it ('ddnn check --run {run}' gives the command)"
@@ -309,8 +320,12 @@ def _router_rule(run: RunDir, config: EdgeConfig, outputs: dict[str, SplitOutput
     def decide(index, local_logits, z, images):
         return np.asarray(score(edge_inputs(router.kind, local_logits, z, images)), np.float64) >= threshold
 
-    scores = read_family_scores(family)["test"]
-    reference = np.asarray(scores[min(g, len(scores) - 1), :n], np.float64) >= threshold
+    if inputs.test_split:  # the scores results.json was computed from
+        scores = read_family_scores(family)["test"]
+        reference = np.asarray(scores[min(g, len(scores) - 1), :n], np.float64) >= threshold
+    else:
+        ref = inputs.reference
+        reference = decide(None, ref.local_logits, ref.features, inputs.images)
     return Rule(decide, reference, calibrated(curve_name(config.family)), threshold)
 
 
@@ -319,27 +334,53 @@ def _router_rule(run: RunDir, config: EdgeConfig, outputs: dict[str, SplitOutput
 
 
 class _Inputs(NamedTuple):
-    """What the edge works on: its network, the test images and labels, the collected outputs."""
+    """What the edge works on, and the in-process outputs its live answers are checked against."""
 
     run: RunDir
     edge: EdgeHalf
-    images: np.ndarray
-    labels: np.ndarray
-    outputs: dict[str, SplitOutputs]
+    images: np.ndarray  # [N, H, W, C] uint8
+    labels: np.ndarray | None  # [N], None for an unlabelled folder
+    outputs: dict[str, SplitOutputs]  # the run's collected outputs (validation calibrates)
+    reference: SplitOutputs  # the whole DDNN in process on these images (features for a folder)
+    test_split: bool  # the run's test split (else a folder of images)
 
 
-def _load(run_dir: RunDir | Path, limit: int | None) -> _Inputs:
+def _load(run_dir: RunDir | Path, config: EdgeConfig, progress: Progress) -> _Inputs:
     run = as_run(run_dir)
-    read_run_record(run)
+    record = read_run_record(run)
     outputs = read_outputs(run)
-    edge = EdgeHalf(run)
+    _, state, epoch = restore_best(run)
+    edge = EdgeHalf(record, state)
     if outputs["test"].checkpoint and outputs["test"].checkpoint != edge.checkpoint:
         raise UsageError(
             f"{run}'s outputs come from other weights than its best checkpoint: run 'ddnn collect'"
         )
-    images = split_images(run, outputs)["test"]
-    n = len(images) if limit is None else min(limit, len(images))
-    return _Inputs(run, edge, images[:n], outputs["test"].labels[:n], outputs)
+    if config.images is None:
+        images = split_images(run, outputs)["test"][: config.limit]
+        reference = _first(outputs["test"], len(images))
+        return _Inputs(run, edge, images, reference.labels, outputs, reference, True)
+    folder = read_image_folder(Path(config.images), record.image_shape, record.num_classes)
+    images, labels = (
+        folder.images[: config.limit],
+        None if folder.labels is None else folder.labels[: config.limit],
+    )
+    predict = make_predict_fn(build_model(record.train, record.num_classes), record.mean, record.std, True)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    with progress.bar(len(images), "in process", unit="img") as bar:
+        local, cloud, z = predict_in_batches(predict, variables, images, record.train.eval_batch_size, bar)
+    unknown = np.full(len(images), -1, np.int32)
+    reference = SplitOutputs(local, cloud, unknown if labels is None else labels, epoch, z, edge.checkpoint)
+    return _Inputs(run, edge, images, labels, outputs, reference, False)
+
+
+def _first(outputs: SplitOutputs, n: int) -> SplitOutputs:
+    return dataclasses.replace(
+        outputs,
+        local_logits=outputs.local_logits[:n],
+        cloud_logits=outputs.cloud_logits[:n],
+        labels=outputs.labels[:n],
+        features=None,
+    )
 
 
 def _check_server(health: dict[str, Any] | None, edge: EdgeHalf, progress: Progress, server: str) -> None:
@@ -402,7 +443,7 @@ class _Stream:
 def _stream(
     inputs: _Inputs, rule: Rule, config: EdgeConfig, client: CloudClient, progress: Progress
 ) -> _Stream:
-    edge, n = inputs.edge, len(inputs.labels)
+    edge, n = inputs.edge, len(inputs.images)
     stream = _Stream(n)
     with progress.bar(n, f"edge {config.mechanism} L0={config.target:g} {config.wire}", unit="img") as bar:
         for start in range(0, n, config.batch):
@@ -425,7 +466,7 @@ def _stream(
 
 def _warm_up(inputs: _Inputs, rule: Rule, batch: int) -> None:
     """Compiles the edge (and the router) for the batch sizes the stream will use."""
-    n = len(inputs.labels)
+    n = len(inputs.images)
     for size in {min(batch, n), n % batch or min(batch, n)}:
         rows = np.arange(size)
         z, local_logits = inputs.edge(inputs.images[rows])
@@ -433,27 +474,37 @@ def _warm_up(inputs: _Inputs, rule: Rule, batch: int) -> None:
 
 
 def _in_process(inputs: _Inputs, rule: Rule, config: EdgeConfig, stream: _Stream) -> dict[str, Any]:
-    """The same rule evaluated in process on the collected outputs, and how the live run differs."""
-    test, n = inputs.outputs["test"], len(inputs.labels)
-    local_pred, cloud_pred = test.local_logits[:n].argmax(-1), test.cloud_logits[:n].argmax(-1)
-    predictions = np.where(rule.reference, cloud_pred, local_pred)
-    accuracy = float((predictions == inputs.labels).mean())
-    live = float((stream.predictions == inputs.labels).mean())
+    """The same rule evaluated in process, and how the live run differs from it."""
+    reference = inputs.reference
+    predictions = np.where(
+        rule.reference, reference.cloud_logits.argmax(-1), reference.local_logits.argmax(-1)
+    )
+    accuracy, live = _accuracy(predictions, inputs.labels), _accuracy(stream.predictions, inputs.labels)
     return {
         "curve": rule.curve,
         "accuracy": accuracy,
         "local_rate": float(1.0 - rule.reference.mean()),
-        "results_json_accuracy": _results_point(inputs, rule.curve, config.target, n),
+        "results_json_accuracy": _results_point(inputs, rule.curve, config.target)
+        if inputs.test_split
+        else None,
         "decisions_differing": int((stream.offloaded != rule.reference).sum()),
         "predictions_differing": int((stream.predictions != predictions).sum()),
-        "accuracy_change": live - accuracy,
+        "accuracy_change": None if live is None or accuracy is None else live - accuracy,
     }
 
 
-def _results_point(inputs: _Inputs, curve: str, target: float, n: int) -> float | None:
+def _accuracy(predictions: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None else float((predictions == labels).mean())
+
+
+def _results_point(inputs: _Inputs, curve: str, target: float) -> float | None:
     """results.json's accuracy of ``curve`` at ``target``, when it scored these outputs, all of them."""
     run = inputs.run
-    if not run.results.is_file() or n != len(inputs.outputs["test"]):
+    if (
+        not inputs.test_split
+        or not run.results.is_file()
+        or len(inputs.images) != len(inputs.outputs["test"])
+    ):
         return None
     results = read_results(run)
     if results["made_from"] != outputs_fingerprint(inputs.outputs):
@@ -483,8 +534,8 @@ def run_edge(
       The report's path and its content.
     """
     config.check()
-    inputs = _load(run_dir, config.limit)
-    rule = build_rule(inputs.run, config, inputs.outputs, len(inputs.labels))
+    inputs = _load(run_dir, config, progress)
+    rule = build_rule(inputs, config)
     client = CloudClient(config.server, config.timeout_s)
     server = client.health()
     _check_server(server, inputs.edge, progress, config.server)
@@ -505,7 +556,7 @@ def run_edge(
 def _report(
     inputs: _Inputs, rule: Rule, config: EdgeConfig, server, stream: _Stream, seconds: float
 ) -> dict[str, Any]:
-    n, offloads = len(inputs.labels), int(stream.offloaded.sum())
+    n, offloads = len(inputs.images), int(stream.offloaded.sum())
     fallbacks = sum(stream.fallbacks.values())
     offloaded = stream.offloaded
     return {
@@ -515,7 +566,8 @@ def _report(
         "server": server,
         "device": jax.devices()[0].device_kind,
         "samples": n,
-        "accuracy": float((stream.predictions == inputs.labels).mean()),
+        "images": "test split" if inputs.test_split else str(config.images),
+        "accuracy": _accuracy(stream.predictions, inputs.labels),
         "local_rate": float(1.0 - offloaded.mean()),
         "offloaded": offloads,
         "threshold": rule.threshold,
@@ -588,7 +640,10 @@ def sweep(
       The path of sweep.json (default RUN_DIR/edge/sweep.json).
     """
     config.check()
-    inputs = _load(run_dir, config.limit)
+    inputs = _load(run_dir, config, progress)
+    if inputs.labels is None:
+        raise UsageError("the sweep scores accuracy: give labelled images (class folders 0 .. C-1)")
+    _, record = _family(inputs.run, config.family)
     client = CloudClient(config.server, config.timeout_s)
     health = client.health()
     if health is None:
@@ -596,16 +651,15 @@ def sweep(
             f"no answer from {config.server}{HEALTH_PATH}: start 'ddnn serve --run {inputs.run}'"
         )
     _check_server(health, inputs.edge, progress, config.server)
-    n = len(inputs.labels)
+    n = len(inputs.images)
     z, local_logits = _edge_outputs(inputs, config.batch, progress)
     local_right = local_logits.argmax(-1) == inputs.labels
-    targets = list(RouterConfig.from_json(read_family(inputs.run.family(config.family)).config).targets)
     rules = {
         (mechanism, target): build_rule(
-            inputs.run, dataclasses.replace(config, mechanism=mechanism, target=target), inputs.outputs, n
+            inputs, dataclasses.replace(config, mechanism=mechanism, target=target)
         )
         for mechanism in ("entropy", "router")
-        for target in targets
+        for target in RouterConfig.from_json(record.config).targets
     }
     rows = np.arange(n)
     decisions = {
@@ -637,6 +691,7 @@ def sweep(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": dataclasses.asdict(config),
         "server": health,
+        "images": "test split" if inputs.test_split else str(config.images),
         "samples": n,
         "edge_only_accuracy": float(local_right.mean()),
         "image_bytes": int(inputs.images[0].nbytes),
@@ -652,7 +707,7 @@ def sweep(
 
 def _edge_outputs(inputs: _Inputs, batch: int, progress: Progress) -> tuple[np.ndarray, np.ndarray]:
     """z and local logits of every evaluated sample, computed in batches."""
-    n = len(inputs.labels)
+    n = len(inputs.images)
     zs, logits = [], []
     with progress.bar(n, "edge", unit="img") as bar:
         for start in range(0, n, batch):

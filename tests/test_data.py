@@ -162,3 +162,53 @@ def test_a_prepared_directory_is_read_without_tensorflow(tmp_path, capsys, fashi
     for name in ("train", "val", "test"):
         split = getattr(here, name)
         assert digests[name] == hashlib.sha256(split.images.tobytes() + split.labels.tobytes()).hexdigest()
+
+
+def _write_png(path, pixels):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def test_an_image_folder_is_read_in_path_order_with_labels_from_class_folders(tmp_path):
+    from ddnn_jax.data import read_image_folder
+
+    rng = np.random.default_rng(0)
+    grey = {f"{c}/{i}.png": rng.integers(0, 256, (28, 28), np.uint8) for c in (0, 3) for i in (0, 1)}
+    for name, pixels in grey.items():
+        _write_png(tmp_path / "labelled" / name, pixels)
+    folder = read_image_folder(tmp_path / "labelled", (28, 28, 1), 10)
+    assert folder.names == tuple(sorted(grey)) and folder.labels.tolist() == [0, 0, 3, 3]
+    np.testing.assert_array_equal(folder.images[..., 0], np.stack([grey[n] for n in sorted(grey)]))
+    colour = rng.integers(0, 256, (32, 32, 3), np.uint8)
+    _write_png(tmp_path / "flat" / "a.png", colour)
+    rgb = read_image_folder(tmp_path / "flat", (32, 32, 3), 10)
+    assert rgb.labels is None and rgb.images.shape == (1, 32, 32, 3)
+    np.testing.assert_array_equal(rgb.images[0], colour)
+    assert read_image_folder(tmp_path / "flat", (32, 32, 1), 10).images.shape == (1, 32, 32, 1)  # to grey
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({}, "holds no image"),
+        ({"a.png": (28, 28), "0/b.png": (28, 28)}, "mixes layouts"),
+        ({"12/a.png": (28, 28)}, "folder '12' is not one of 0 .. 9"),
+        ({"a.png": (30, 28)}, "a.png is 28x30 pixels, the run's images are 28x28: resize it first"),
+        ({"a.png": None}, "a.png is not an image that decodes"),
+    ],
+)
+def test_a_bad_image_folder_is_refused_in_one_line(tmp_path, files, message):
+    from ddnn_jax.data import read_image_folder
+    from ddnn_jax.errors import UsageError
+
+    tmp_path.joinpath("images").mkdir()
+    for name, shape in files.items():
+        path = tmp_path / "images" / name
+        if shape is None:
+            path.write_bytes(b"not a png")
+        else:
+            _write_png(path, np.zeros(shape, np.uint8))
+    with pytest.raises(UsageError, match=message):
+        read_image_folder(tmp_path / "images", (28, 28, 1), 10)

@@ -95,6 +95,34 @@ def test_quantised_wires_cut_the_bytes_and_report_their_accuracy_change(pristine
     assert reports["fp32"]["in_process"]["accuracy_change"] == 0.0
 
 
+@pytest.mark.parametrize("labelled", [True, False])
+def test_a_folder_of_images_runs_like_the_test_split(pristine, server, tmp_path, labelled):
+    from PIL import Image
+
+    from ddnn_jax.route import split_images
+    from ddnn_jax.rundir import read_outputs
+
+    outputs = read_outputs(RunDir(pristine))
+    images, labels = split_images(RunDir(pristine), outputs)["test"][:120], outputs["test"].labels[:120]
+    for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+        path = tmp_path / "images" / (str(label) if labelled else "") / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[..., 0]).save(path)
+    config = _config(server, images=str(tmp_path / "images"), batch=8)
+    _, report = run_edge(pristine, config, out=tmp_path / "r.json")
+    assert report["samples"] == 120 and report["images"] == str(tmp_path / "images")
+    in_process = report["in_process"]
+    assert in_process["decisions_differing"] == 0 and in_process["predictions_differing"] == 0
+    assert in_process["results_json_accuracy"] is None
+    if labelled:  # sorted by class folder, then name: the same images in another order
+        on_split = run_edge(pristine, _config(server, limit=120), out=tmp_path / "s.json")[1]
+        assert report["accuracy"] == in_process["accuracy"] == on_split["accuracy"]
+    else:
+        assert report["accuracy"] is None and in_process["accuracy"] is None
+        with pytest.raises(UsageError, match="the oracle needs labels"):
+            run_edge(pristine, dataclasses.replace(config, mechanism="oracle"), out=tmp_path / "o.json")
+
+
 def test_a_server_down_leaves_every_sample_answered_locally(pristine, tmp_path, capsys):
     from conftest import free_port
 
