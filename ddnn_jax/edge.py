@@ -193,30 +193,46 @@ class CloudClient:
             return None
 
     def infer(self, body: bytes, n: int, classes: int) -> Answer:
-        """POSTs one encoded feature batch; the cloud logits [n, classes] or why there are none."""
-        connection = self._open()
-        connection.sent = 0
-        started = time.perf_counter()
-        try:
-            connection.request("POST", CLOUD_PATH, body=body, headers={"Content-Type": wire.CONTENT_TYPE})
-            response = connection.getresponse()
-            answer = response.read()
-        except TimeoutError:
-            return self._failed("timeout", f"no answer within {self.timeout_s:g} s", connection.sent, started)
-        except (OSError, http.client.HTTPException) as err:
-            return self._failed("unreachable", f"{type(err).__name__}: {err}", connection.sent, started)
+        """POSTs one encoded feature batch; the cloud logits [n, classes] or why there are none.
+
+        A kept-alive connection the server has closed meanwhile is reopened once (the request
+        never reached it); every other fault is the answer. ``timeout_s`` bounds each wait on
+        the socket."""
+        started, sent = time.perf_counter(), 0
+        for attempt in (0, 1):
+            reused = self._connection is not None
+            connection = self._open()
+            connection.sent = 0
+            try:
+                connection.request("POST", CLOUD_PATH, body=body, headers={"Content-Type": wire.CONTENT_TYPE})
+                response = connection.getresponse()
+                answer = response.read()
+                break
+            except TimeoutError:
+                reason = f"no answer within {self.timeout_s:g} s"
+                return self._failed("timeout", reason, sent + connection.sent, started)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as err:
+                sent += connection.sent
+                if not reused or attempt:
+                    return self._failed("unreachable", f"{type(err).__name__}: {err}", sent, started)
+                self.close()
+            except (OSError, http.client.HTTPException) as err:
+                return self._failed(
+                    "unreachable", f"{type(err).__name__}: {err}", sent + connection.sent, started
+                )
+        sent += connection.sent
         seconds = time.perf_counter() - started
         down = _response_bytes(response, answer)
         if response.status != 200:
             self.close()
             failure = "server_error" if response.status >= 500 else "refused"
             reason = f"HTTP {response.status}: {answer.decode('utf-8', 'replace').strip()}"
-            return Answer(None, failure, reason, connection.sent, down, seconds)
+            return Answer(None, failure, reason, sent, down, seconds)
         try:
             logits = wire.decode_logits(answer, n, classes)
         except wire.WireError as err:
-            return Answer(None, "server_error", str(err), connection.sent, down, seconds)
-        return Answer(logits, None, "", connection.sent, down, seconds)
+            return Answer(None, "server_error", str(err), sent, down, seconds)
+        return Answer(logits, None, "", sent, down, seconds)
 
     def _failed(self, failure: str, reason: str, sent: int, started: float) -> Answer:
         self.close()
@@ -561,6 +577,8 @@ def _report(
     offloaded = stream.offloaded
     return {
         "run": str(inputs.run),
+        "made_from": outputs_fingerprint(inputs.outputs),  # the outputs its rules were calibrated on
+        "checkpoint": inputs.edge.checkpoint,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": dataclasses.asdict(config),
         "server": server,
@@ -570,6 +588,7 @@ def _report(
         "accuracy": _accuracy(stream.predictions, inputs.labels),
         "local_rate": float(1.0 - offloaded.mean()),
         "offloaded": offloads,
+        "answered_by_cloud": int(stream.answered_by_cloud.sum()),
         "threshold": rule.threshold,
         "fallback_rate": fallbacks / n,
         "fallbacks": {
@@ -688,6 +707,8 @@ def sweep(
         client.close()
     result = {
         "run": str(inputs.run),
+        "made_from": outputs_fingerprint(inputs.outputs),  # the outputs its rules were calibrated on
+        "checkpoint": inputs.edge.checkpoint,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": dataclasses.asdict(config),
         "server": health,

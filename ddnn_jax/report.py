@@ -557,17 +557,25 @@ def _split_section(run: RunDir, results: Results) -> list[str]:
     """The edge and cloud halves over the network (``ddnn serve`` and ``ddnn edge``): accuracy
     against bytes on the wire, and the latency model with the measured figures."""
     lines = ["## The split over the network: accuracy against bytes, and latency\n"]
-    sweep = read_edge_sweep(run)
+    current = lambda edge_file: edge_file.get("made_from") == results["made_from"]
+    sweep, reports = read_edge_sweep(run), read_edge_reports(run)
+    stale = sum(not current(r) for r in reports) + (sweep is not None and not current(sweep))
+    if stale:
+        lines.append(
+            f"{stale} file(s) under `edge/` were made from other outputs than results.json scored "
+            "and are left out: rerun `ddnn edge` for them.\n"
+        )
+    sweep = sweep if sweep is not None and current(sweep) else None
+    reports = [r for r in reports if current(r)]
     if sweep is None:
         lines.append(
-            f"No sweep yet: run `ddnn serve --run {run}` and then "
+            f"No current sweep: run `ddnn serve --run {run}` and then "
             f"`ddnn edge --run {run} --server URL --sweep --batch 256`.\n"
         )
     else:
         draw_figure(lambda ax: _bytes_axes(ax, sweep), run.figure("split_bytes"))
         lines += [f"![accuracy against bytes]({run.figure('split_bytes').relative_to(run.root)})", ""]
         lines += [_bytes_table(sweep), ""]
-    reports = read_edge_reports(run)
     if not reports:
         lines.append(f"No live edge run yet: `ddnn edge --run {run} --server URL --mechanism router`.\n")
         return lines

@@ -1,10 +1,10 @@
 """The cloud half as a network service: edge features in, cloud logits out (``ddnn serve``).
 
 Built on aiohttp: one well-kept package that gives an asyncio HTTP/1.1 server with a request
-body limit (413) and graceful shutdown, plus a client; the service needs nothing an ASGI
-framework would add, and plain HTTP keeps the bytes on the wire easy to count and to inspect
-with curl. grpcio was the other candidate; it would add generated stubs and HTTP/2 framing
-between us and the byte counts the edge reports.
+body limit (413) and graceful shutdown; the service needs nothing an ASGI framework would add,
+and plain HTTP keeps the bytes on the wire easy to count and to inspect with curl. grpcio was
+the other candidate; it would add generated stubs and HTTP/2 framing between us and the byte
+counts the edge reports.
 
 Endpoints:
 
@@ -101,11 +101,6 @@ class CloudHalf:
         padded = np.zeros((size, *self.feature_shape), np.float32)
         padded[:n] = features
         return np.asarray(self._apply(self._variables, padded))[:n]
-
-
-def max_request_bytes(cloud: CloudHalf) -> int:
-    """The largest valid request: ``max_batch`` samples in the widest wire."""
-    return wire.REQUEST_HEADER_BYTES + cloud.max_batch * wire.payload_bytes("fp32", cloud.feature_shape)
 
 
 @dataclasses.dataclass

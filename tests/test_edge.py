@@ -4,6 +4,7 @@ server that is down, slow, failing or killed costs fallbacks, never a sample."""
 
 import dataclasses
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from ddnn_jax import cli, wire
 from ddnn_jax.edge import EdgeConfig, run_edge, sweep
 from ddnn_jax.errors import UsageError
+from ddnn_jax.report import report
 from ddnn_jax.rundir import RunDir, read_edge_sweep, read_results
 from ddnn_jax.serve import BackgroundServer, CloudHalf, cloud_app, make_app
 
@@ -190,15 +192,17 @@ def test_bad_flags_exit_2_with_one_line(pristine, server, capsys):
         assert message in err and err.count("\n") == 1
 
 
-def test_the_sweep_gives_accuracy_against_bytes_for_every_wire(pristine, server):
-    path = sweep(pristine, _config(server))
-    result = read_edge_sweep(RunDir(pristine))
-    assert path == RunDir(pristine).edge_sweep and result is not None
+def test_the_sweep_gives_accuracy_against_bytes_for_every_wire(pristine, server, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(pristine, run)
+    path = sweep(run, _config(server))
+    result = read_edge_sweep(RunDir(run))
+    assert path == RunDir(run).edge_sweep and result is not None
     points = {(p["mechanism"], p["target"], p["wire"]): p for p in result["points"]}
     assert set(points) == {
         (m, t, w) for m in ("entropy", "router") for t in (TARGET,) for w in wire.WIRES
     } | {("cloud_only", None, w) for w in wire.WIRES}
-    results = read_results(RunDir(pristine))
+    results = read_results(RunDir(run))
     for mechanism, curve in (("entropy", "entropy_calibrated"), ("router", "router_logits_calibrated")):
         fp32 = points[mechanism, TARGET, "fp32"]
         expected = next(p for p in results["curves"][curve] if p["target"] == TARGET)
@@ -208,6 +212,16 @@ def test_the_sweep_gives_accuracy_against_bytes_for_every_wire(pristine, server)
         )
     assert result["request_bytes"]["int8"] <= 0.3 * result["request_bytes"]["fp32"]
     assert points["cloud_only", None, "fp32"]["accuracy"] == results["cloud_only_accuracy"]
+
+    run_edge(run, _config(server, batch=1, limit=200))  # into RUN_DIR/edge/
+    text = report(run).read_text()
+    assert "One offload costs" in text and "Live runs of the edge" in text and "measured, fp32" in text
+    assert (run / "figures" / "fig_split_bytes.png").is_file()
+    assert (run / "figures" / "fig_split_latency.png").is_file()
+    result["made_from"] = "0" * 64  # as if made from other outputs
+    RunDir(run).edge_sweep.write_text(json.dumps(result))
+    text = report(run).read_text()
+    assert "1 file(s) under `edge/` were made from other outputs" in text and "No current sweep" in text
 
 
 def _start_server(run, *extra):
@@ -253,6 +267,5 @@ def test_killing_the_server_mid_run_leaves_the_edge_finishing_every_sample(prist
     unreachable = report["fallbacks"]["unreachable"]["samples"]
     assert 0 < unreachable < report["offloaded"]
     assert report["fallback_rate"] == unreachable / 3000
-    answered = report["offloaded"] - unreachable
-    assert answered >= 50
+    assert report["answered_by_cloud"] == report["offloaded"] - unreachable >= 50
     assert np.isclose(report["local_rate"], report["in_process"]["local_rate"])

@@ -162,3 +162,23 @@ def test_a_taken_port_is_refused_in_one_line(server):
         BackgroundServer(make_app(cloud, INFO), port=port),
     ):
         pass
+
+
+def test_the_edge_client_reopens_a_kept_alive_connection_the_server_closed():
+    from ddnn_jax.edge import CloudClient
+
+    body = wire.encode_features(_features(), "fp32")
+    with BackgroundServer(make_app(cloud, INFO)) as url:
+        client = CloudClient(url, timeout_s=5.0)
+        first = client.infer(body, 2, CLASSES)
+        assert first.failure is None and first.bytes_up > len(body)
+    down = client.infer(body, 2, CLASSES)  # nothing listens: a fault, not an exception
+    assert down.failure == "unreachable" and down.logits is None and down.bytes_down == 0
+    with BackgroundServer(make_app(cloud, INFO), port=urllib.parse.urlsplit(url).port):
+        assert client.infer(body, 2, CLASSES).failure is None
+        kept = client._connection
+        assert client.infer(body, 2, CLASSES).failure is None and client._connection is kept  # kept alive
+    with BackgroundServer(make_app(cloud, INFO), port=urllib.parse.urlsplit(url).port):
+        again = client.infer(body, 2, CLASSES)  # its kept-alive connection died with the last server
+    assert again.failure is None and again.bytes_up >= first.bytes_up
+    np.testing.assert_array_equal(again.logits, first.logits)
