@@ -584,7 +584,7 @@ def _split_section(run: RunDir, results: Results) -> list[str]:
     if measured:
         lm = results["latency_model"]
         path = run.figure("split_latency")
-        draw_figure(lambda ax: _latency_axes(ax, lm, measured), path)
+        draw_figure(lambda ax: _latency_axes(ax, lm, measured, reports), path)
         lines += [
             f"![latency model]({path.relative_to(run.root)})",
             "",
@@ -693,7 +693,7 @@ def _latency_row(source: str, edge_ms: float, offload_ms: float) -> str:
     return f"| {source} | {edge_ms:.3g} | {offload_ms:.3g} | {cells} |"
 
 
-def _latency_axes(ax, lm: dict, measured: dict[str, tuple[float, float, str]]) -> None:
+def _latency_axes(ax, lm: dict, measured: dict[str, tuple[float, float, str]], reports: list[dict]) -> None:
     rates = [i / 20 for i in range(21)]
     ax.plot(
         [100 * t for t in rates],
@@ -709,6 +709,15 @@ def _latency_axes(ax, lm: dict, measured: dict[str, tuple[float, float, str]]) -
             color="tab:blue",
             label=f"measured on loopback, {wire_name}: {edge_ms:.2g} + (1 - L0) {offload_ms:.2g} ms",
         )
+    live = [r for r in reports if r["config"]["batch"] == 1 and not r["fallbacks"]]
+    ax.scatter(
+        [100 * r["local_rate"] for r in live],
+        [r["latency_ms"]["per_sample"]["mean"] for r in live],
+        color="tab:red",
+        s=12,
+        zorder=3,
+        label="live runs at batch 1: mean latency per sample",
+    )
     ax.set_yscale("log")
     ax.set_xlabel("local rate L0 (%)")
     ax.set_ylabel("expected latency per sample (ms, log)")
