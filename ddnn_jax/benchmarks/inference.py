@@ -99,9 +99,8 @@ def _router(config: InferenceBenchConfig, num_classes: int):
         targets = RouterConfig.from_json(read_family(family).config).targets
         nearest = int(np.argmin(np.abs(np.asarray(targets) - config.target_local)))
         return deployed_router(family, nearest).logits, f"{family.root} (L0 = {targets[nearest]})"
-    router_config = RouterConfig()
-    variables = build_router(router_config).init(jax.random.key(1), jnp.zeros((2, num_classes)), train=False)
-    router = build_router(router_config)
+    router = build_router(RouterConfig())
+    variables = router.init(jax.random.key(1), jnp.zeros((2, num_classes)), train=False)
     return lambda local: router.apply(variables, local, train=False), "random"
 
 
