@@ -1,6 +1,6 @@
 """See ddnn_jax/benchmarks/inference.py (also: ddnn bench inference)."""
 
-from ddnn_jax.benchmarks.inference import main
+from ddnn_jax.stages.timing import main
 
 if __name__ == "__main__":
     main()

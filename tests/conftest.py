@@ -36,7 +36,7 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="session")
 def fashion_mnist_ready():
     """Prepares Fashion-MNIST in tfds's data directory once per machine (about 40 s offline)."""
-    from ddnn_jax.data import load_dataset
+    from ddnn_jax.data.datasets import load_dataset
 
     load_dataset("fashion_mnist", limit_train=256, download=True)
 
@@ -105,7 +105,7 @@ def pristine(tmp_path_factory, fashion_mnist_ready):
 
 def write_tiny_outputs(run, seed: int = 0, epoch: int = 1) -> None:
     """Outputs whose cloud exit beats the local one."""
-    from ddnn_jax.rundir import SplitOutputs, write_outputs
+    from ddnn_jax.rundir.records import SplitOutputs, write_outputs
 
     rng = np.random.default_rng(seed)
     outputs = {}
@@ -127,8 +127,8 @@ def tiny_run(tmp_path):
 
 def make_tiny_run(root: Path, seed: int = 0, **config) -> Path:
     """A synthetic run directory of ``TrainConfig(local_weight='0.3', seed=seed, **config)``."""
-    from ddnn_jax.config import TrainConfig
-    from ddnn_jax.rundir import RunDir, RunRecord, write_metrics, write_run_record
+    from ddnn_jax.core.config import TrainConfig
+    from ddnn_jax.rundir.records import RunDir, RunRecord, write_metrics, write_run_record
 
     run = RunDir(root)
     write_tiny_outputs(run, seed=seed)
@@ -150,7 +150,7 @@ def lock_held_elsewhere(run_dir, stage: str):
     """Another process holding RUN_DIR's lock as ``stage`` until the block ends (then killed,
     as a crash would); yields that process."""
     script = (
-        "import time; from ddnn_jax.rundir import RunDir, locked\n"
+        "import time; from ddnn_jax.rundir.records import RunDir, locked\n"
         f"with locked(RunDir({str(run_dir)!r}), {stage!r}):\n"
         "    print('held', flush=True); time.sleep(60)"
     )

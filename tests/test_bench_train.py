@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from ddnn_jax.benchmarks import train as bench
-from ddnn_jax.errors import UsageError
+from ddnn_jax.common.errors import UsageError
 
 torch = pytest.importorskip("torch")
 

@@ -38,7 +38,7 @@ def test_bad_training_arguments(tmp_path, args, fragment):
 def test_every_flag_has_a_sentence_and_its_default():
     import argparse
 
-    from ddnn_jax.cli import build_parser
+    from ddnn_jax.cli.commands import build_parser
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -59,7 +59,7 @@ def test_every_flag_has_a_sentence_and_its_default():
 
 @pytest.mark.parametrize("grid", ["", ",,", "0.3,,0.5"])
 def test_an_empty_grid_is_refused(tmp_path, capsys, grid):
-    from ddnn_jax.cli import main
+    from ddnn_jax.cli.commands import main
 
     assert main(["route", "--run", str(tmp_path), "--grid", grid]) == 2
     assert "expected comma-separated numbers" in capsys.readouterr().err
@@ -143,8 +143,8 @@ def test_train_collect_end_to_end_and_conflicting_rerun(two_epoch_run):
 KILLED_IN_EPOCH_2 = r"""
 import os, signal, sys
 from pathlib import Path
-from ddnn_jax.config import TrainConfig
-from ddnn_jax.train import run_training
+from ddnn_jax.core.config import TrainConfig
+from ddnn_jax.stages.train import run_training
 
 def kill(epoch):
     if epoch == 2:

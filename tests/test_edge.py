@@ -15,12 +15,13 @@ import urllib.request
 import numpy as np
 import pytest
 
-from ddnn_jax import cli, wire
-from ddnn_jax.edge import EdgeConfig, run_edge, sweep
-from ddnn_jax.errors import UsageError
-from ddnn_jax.report import report
-from ddnn_jax.rundir import RunDir, read_edge_sweep, read_results
-from ddnn_jax.serve import BackgroundServer, CloudHalf, cloud_app, make_app
+from ddnn_jax.cli import main as cli
+from ddnn_jax.cli import wire
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.deploy.cloud import BackgroundServer, CloudHalf, cloud_app, make_app
+from ddnn_jax.deploy.edge import EdgeConfig, run_edge, sweep
+from ddnn_jax.rundir.records import RunDir, read_edge_sweep, read_results
+from ddnn_jax.stages.report import report
 
 TARGET = 0.5  # the pristine run's router target
 pytestmark = pytest.mark.slow
@@ -101,8 +102,8 @@ def test_quantised_wires_cut_the_bytes_and_report_their_accuracy_change(pristine
 def test_a_folder_of_images_runs_like_the_test_split(pristine, server, tmp_path, labelled):
     from PIL import Image
 
-    from ddnn_jax.route import split_images
-    from ddnn_jax.rundir import read_outputs
+    from ddnn_jax.rundir.records import read_outputs
+    from ddnn_jax.stages.route import split_images
 
     outputs = read_outputs(RunDir(pristine))
     images, labels = split_images(RunDir(pristine), outputs)["test"][:120], outputs["test"].labels[:120]

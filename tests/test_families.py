@@ -3,8 +3,8 @@ report's studies compare."""
 
 import pytest
 
-from ddnn_jax.families import FAMILIES, INPUT_KINDS, curve_name, input_kind, study
-from ddnn_jax.pipeline import RunPlan, default_inputs, planned_families
+from ddnn_jax.core.families import FAMILIES, INPUT_KINDS, curve_name, input_kind, study
+from ddnn_jax.jobs.run import RunPlan, default_inputs, planned_families
 
 
 def test_registry_names_are_unique_and_their_inputs_are_registered():

@@ -14,7 +14,7 @@ import pytest
 from conftest import PRISTINE_FLAGS as FLAGS
 from conftest import PRISTINE_PLAN as PLAN
 from ddnn_jax import cli
-from ddnn_jax.check import DAMAGED, MISSING, OK, STALE, check
+from ddnn_jax.jobs.check import DAMAGED, MISSING, OK, STALE, check
 
 ROUTE = ["--grid", "0.5", "--quiet"]
 
@@ -110,8 +110,8 @@ def test_a_damaged_best_checkpoint_is_refused_by_collect(pristine, tmp_path, cap
 
 @pytest.mark.slow
 def test_outputs_record_the_weights_they_come_from(pristine, tmp_path):
-    from ddnn_jax.collect import best_checkpoint, outputs_complete
-    from ddnn_jax.rundir import RunDir, read_outputs, write_outputs
+    from ddnn_jax.rundir.records import RunDir, read_outputs, write_outputs
+    from ddnn_jax.stages.collect import best_checkpoint, outputs_complete
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(pristine, run.root)

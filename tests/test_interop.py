@@ -8,11 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ddnn_jax.cli import main  # noqa: E402
+from ddnn_jax.cli.commands import main  # noqa: E402
+from ddnn_jax.core.models import DDNN  # noqa: E402
+from ddnn_jax.core.training import joint_loss  # noqa: E402
 from ddnn_jax.interop import convert  # noqa: E402
 from ddnn_jax.interop.reference import ReferenceDDNN  # noqa: E402
-from ddnn_jax.models import DDNN  # noqa: E402
-from ddnn_jax.train import joint_loss  # noqa: E402
 
 SHAPES = [((32, 32, 3), 10), ((28, 28, 1), 10)]
 
@@ -156,7 +156,7 @@ def test_pytorch_default_initialisation_bounds_and_batch_norm_settings():
                     assert abs(values.std() - bound / np.sqrt(3)) < 0.05 * bound
     bn = model.cloud.bn1
     assert (bn.momentum, bn.eps) == (0.1, 1e-5)
-    from ddnn_jax.models import BN_EPSILON, BN_MOMENTUM
+    from ddnn_jax.core.models import BN_EPSILON, BN_MOMENTUM
 
     assert pytest.approx((bn.momentum, bn.eps)) == (1 - BN_MOMENTUM, BN_EPSILON)
 
@@ -188,7 +188,7 @@ def _import_args(paths, out, *extra):
 
 @pytest.mark.slow
 def test_import_collect_export_on_fashion_mnist(tmp_path, fashion_mnist_ready):
-    from ddnn_jax.data import load_dataset
+    from ddnn_jax.data.datasets import load_dataset
 
     model = _torch_model((28, 28, 1), 10, seed=3).eval()
     paths = _save_parts(model, tmp_path)

@@ -7,7 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddnn_jax.labels import (
+from ddnn_jax.core.decisions import (
+    HEURISTICS,
+    heuristic_offload,
+    local_counts,
+    normalized_entropy,
+    oracle_offload,
+    unconstrained_oracle_offload,
+)
+from ddnn_jax.core.labels import (
     Correctness,
     benefit_thresholds,
     check_targets,
@@ -15,14 +23,6 @@ from ddnn_jax.labels import (
     cost_labels,
     label_analysis,
     oracle_labels,
-)
-from ddnn_jax.policies import (
-    HEURISTICS,
-    heuristic_offload,
-    local_counts,
-    normalized_entropy,
-    oracle_offload,
-    unconstrained_oracle_offload,
 )
 
 TARGETS = np.array([0.0, 0.1, 1 / 3, 0.5, 0.54, 0.9, 1.0], np.float32)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddnn_jax.models import DDNN, max_pool_2x2
+from ddnn_jax.core.models import DDNN, max_pool_2x2
 
 
 def _init(shape, num_classes=10):
@@ -139,7 +139,7 @@ def test_max_pool_floors_odd_sizes_like_pytorch():
 
 @pytest.mark.parametrize("padding", ["SAME", [(1, 1), (1, 1)], "VALID", [(0, 2), (1, 0)]])
 def test_im2col_convolution_equals_xla_convolution(padding):
-    from ddnn_jax.models import im2col_conv
+    from ddnn_jax.core.models import im2col_conv
 
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], (2, 7, 6, 5))

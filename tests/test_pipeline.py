@@ -8,8 +8,8 @@ from matplotlib import image as mpimg
 
 from conftest import SIZES, SMALL_RUN, write_tiny_outputs
 from ddnn_jax import cli
-from ddnn_jax.evaluate import HEURISTIC_TARGETS
-from ddnn_jax.rundir import RunDir
+from ddnn_jax.rundir.records import RunDir
+from ddnn_jax.stages.evaluate import HEURISTIC_TARGETS
 
 
 def assert_is_a_drawn_figure(path):

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 from test_train import SHAPE, TINY, _batch, _tiny_data
 
-from ddnn_jax.progress import Progress
-from ddnn_jax.router import RouterConfig, make_grid_trainer, target_keys
-from ddnn_jax.train import TrainEpoch, create_train_state, replicate, run_constants, train, train_step_fn
+from ddnn_jax.common.progress import Progress
+from ddnn_jax.core.router_net import RouterConfig, make_grid_trainer, target_keys
+from ddnn_jax.core.training import TrainEpoch, create_train_state, replicate, run_constants, train_step_fn
+from ddnn_jax.stages.train import train
 
 
 def _epoch_losses(on_step, steps=8):
-    import ddnn_jax.train as train_module
-    from ddnn_jax.train import data_mesh
+    import ddnn_jax.stages.train as train_module
+    from ddnn_jax.core.training import data_mesh
 
     batch = _batch(0, 16 * steps)
     mesh = data_mesh(16)
@@ -34,7 +35,7 @@ def _epoch_losses(on_step, steps=8):
     [(8, 4, [2, 4, 6, 8]), pytest.param(7, 3, [2, 4, 6, 7], marks=pytest.mark.slow)],  # 7: a tail
 )
 def test_the_epoch_reports_its_steps_and_computes_the_same(monkeypatch, steps, ticks_per_epoch, expected):
-    import ddnn_jax.train as train_module
+    import ddnn_jax.stages.train as train_module
 
     monkeypatch.setattr(train_module, "TICKS_PER_EPOCH", ticks_per_epoch)
     seen = []

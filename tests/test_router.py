@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from ddnn_jax.router import (
+from ddnn_jax.core.router_net import (
     RouterConfig,
     RouterNet,
     make_grid_predictor,

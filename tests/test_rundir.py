@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import lock_held_elsewhere
-from ddnn_jax.config import TrainConfig
-from ddnn_jax.errors import UsageError
-from ddnn_jax.rundir import (
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.core.config import TrainConfig
+from ddnn_jax.rundir.records import (
     SPLITS,
     RunDir,
     RunRecord,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import SMALL_RUN, run_cli
-from ddnn_jax import runtime
+from ddnn_jax.common import runtime
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from ddnn_jax import wire
-from ddnn_jax.serve import BackgroundServer, batch_sizes, make_app
+from ddnn_jax.deploy import wire
+from ddnn_jax.deploy.cloud import BackgroundServer, batch_sizes, make_app
 
 SHAPE = (4, 4, 3)
 CLASSES = 5
@@ -154,7 +154,7 @@ def test_batch_sizes_cover_every_request_size():
 
 
 def test_a_taken_port_is_refused_in_one_line(server):
-    from ddnn_jax.errors import UsageError
+    from ddnn_jax.common.errors import UsageError
 
     port = urllib.parse.urlsplit(server).port
     with (
@@ -165,7 +165,7 @@ def test_a_taken_port_is_refused_in_one_line(server):
 
 
 def test_the_edge_client_reopens_a_kept_alive_connection_the_server_closed():
-    from ddnn_jax.edge import CloudClient
+    from ddnn_jax.deploy.edge import CloudClient
 
     body = wire.encode_features(_features(), "fp32")
     with BackgroundServer(make_app(cloud, INFO)) as url:

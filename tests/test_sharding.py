@@ -14,7 +14,7 @@ import pytest
 SCRIPT = r"""
 import json, sys
 import jax, numpy as np
-from ddnn_jax.config import TrainConfig
+from ddnn_jax.core.config import TrainConfig
 from ddnn_jax import train as T
 
 assert jax.device_count() == 4, jax.devices()
@@ -68,9 +68,9 @@ RUNS_SCRIPT = r"""
 import dataclasses, json, sys, tempfile
 from pathlib import Path
 import jax, numpy as np
-from ddnn_jax.config import TrainConfig
-from ddnn_jax.data import DataSplits, Split
-from ddnn_jax.rundir import RunDir
+from ddnn_jax.core.config import TrainConfig
+from ddnn_jax.data.datasets import DataSplits, Split
+from ddnn_jax.rundir.records import RunDir
 from ddnn_jax import train as T
 
 assert jax.device_count() == 4, jax.devices()

@@ -6,19 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddnn_jax import checkpointing
-from ddnn_jax.config import TrainConfig, resolve_local_weight
-from ddnn_jax.data import DataSplits, Split
-from ddnn_jax.rundir import RunDir, read_metrics
-from ddnn_jax.train import (
-    TrainingDiverged,
-    TrainJob,
-    create_train_state,
-    joint_loss,
-    make_train_step,
-    train,
-    train_jobs,
-)
+from ddnn_jax.core.config import TrainConfig, resolve_local_weight
+from ddnn_jax.core.training import create_train_state, joint_loss, make_train_step
+from ddnn_jax.data.datasets import DataSplits, Split
+from ddnn_jax.rundir import checkpoints
+from ddnn_jax.rundir.records import RunDir, read_metrics
+from ddnn_jax.stages.train import TrainingDiverged, TrainJob, train, train_jobs
 
 SHAPE = (16, 16, 1)
 TINY = TrainConfig(
@@ -115,9 +108,9 @@ def test_checkpoint_round_trip(tmp_path: Path):
         local_weight=0.5, mean=np.array([0.5]), std=np.array([0.3]), horizontal_flip=False, crop_padding=2
     )
     state, _ = step(state, _batch(), jax.random.key(0))
-    manager = checkpointing.manager(tmp_path, keep=2)
-    checkpointing.save(manager, 1, state, 0.5)
-    restored = checkpointing.restore(manager, 1, create_train_state(TINY, SHAPE, 3))
+    manager = checkpoints.manager(tmp_path, keep=2)
+    checkpoints.save(manager, 1, state, 0.5)
+    restored = checkpoints.restore(manager, 1, create_train_state(TINY, SHAPE, 3))
     manager.close()
     for name in ("params", "batch_stats", "opt_state", "plateau", "step"):
         jax.tree.map(np.testing.assert_array_equal, getattr(restored, name), getattr(state, name))
@@ -126,12 +119,12 @@ def test_checkpoint_round_trip(tmp_path: Path):
 def test_training_keeps_the_latest_and_the_best_checkpoints(tmp_path: Path):
     config = dataclasses.replace(TINY, epochs=5, keep_checkpoints=2)
     state = create_train_state(config, SHAPE, 3)
-    manager = checkpointing.manager(tmp_path, keep=2)
+    manager = checkpoints.manager(tmp_path, keep=2)
     for epoch, accuracy in zip(range(1, 6), [0.3, 0.9, 0.4, 0.5, 0.6], strict=False):
-        checkpointing.save(manager, epoch, state, accuracy)
+        checkpoints.save(manager, epoch, state, accuracy)
     assert manager.best_step() == 2
     manager.close()
-    assert sorted(checkpointing.manager(tmp_path).all_steps()) == [2, 4, 5]
+    assert sorted(checkpoints.manager(tmp_path).all_steps()) == [2, 4, 5]
 
 
 def test_train_writes_metrics_and_resumes_where_it_stopped(tmp_path: Path):
@@ -146,7 +139,7 @@ def test_train_writes_metrics_and_resumes_where_it_stopped(tmp_path: Path):
 
 
 def test_nan_loss_stops_training_with_the_step_number(tmp_path: Path, monkeypatch):
-    import ddnn_jax.train as train_module
+    import ddnn_jax.stages.train as train_module
 
     real = train_module.train_step_fn
 
@@ -209,7 +202,7 @@ def test_runs_trained_together_resume_after_a_kill(tmp_path: Path):
 
 @pytest.mark.slow
 def test_run_trainings_together_on_disk_equals_one_run_alone(tmp_path: Path, fashion_mnist_ready):
-    from ddnn_jax.train import run_training, run_trainings
+    from ddnn_jax.stages.train import run_training, run_trainings
 
     config = TrainConfig(dataset="fashion_mnist", epochs=1, limit_train=512)
     seeds = (0, 1)

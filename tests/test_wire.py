@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddnn_jax import wire
+from ddnn_jax.deploy import wire
 
 SHAPE = (14, 14, 32)  # Fashion-MNIST's z
 

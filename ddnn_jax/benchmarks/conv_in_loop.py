@@ -21,7 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from ddnn_jax.models import im2col_conv
+from ddnn_jax.core.models import im2col_conv
 
 REPEATS = 3
 LOOP = 3

@@ -17,12 +17,12 @@ import json
 import sys
 import time
 
-from ddnn_jax import runtime
+from ddnn_jax.common import runtime
 
 
 def main(argv: list[str] | None = None) -> None:
     from ddnn_jax import cli
-    from ddnn_jax.pipeline import StageClock, run
+    from ddnn_jax.jobs.run import StageClock, run
 
     started = time.perf_counter()
     args = cli.build_parser().parse_args(["run", *(sys.argv[1:] if argv is None else argv)])

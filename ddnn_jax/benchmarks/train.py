@@ -59,9 +59,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from ddnn_jax.config import TrainConfig
-from ddnn_jax.errors import UsageError
-from ddnn_jax.train import (
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.core.config import TrainConfig
+from ddnn_jax.core.training import (
     TICKS_PER_EPOCH,
     TrainEpoch,
     create_train_state,

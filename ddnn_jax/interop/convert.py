@@ -22,12 +22,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddnn_jax import checkpointing
-from ddnn_jax.collect import restore_best
-from ddnn_jax.config import TrainConfig
-from ddnn_jax.data import DataSplits, load_dataset
-from ddnn_jax.errors import UsageError
-from ddnn_jax.rundir import (
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.core.config import TrainConfig
+from ddnn_jax.core.training import (
+    accuracy,
+    build_model,
+    create_train_state,
+    make_predict_fn,
+    predict_in_batches,
+)
+from ddnn_jax.data.datasets import DataSplits, load_dataset
+from ddnn_jax.rundir import checkpoints
+from ddnn_jax.rundir.records import (
     IMPORTED,
     RunDir,
     RunRecord,
@@ -37,13 +43,7 @@ from ddnn_jax.rundir import (
     locked,
     write_json,
 )
-from ddnn_jax.train import (
-    accuracy,
-    build_model,
-    create_train_state,
-    make_predict_fn,
-    predict_in_batches,
-)
+from ddnn_jax.stages.collect import restore_best
 
 # Our top-level module -> the class name of its PyTorch counterpart (one state dict each).
 PARTS = {
@@ -349,8 +349,8 @@ def _write_imported_run(out: Path, record: RunRecord, state, selection: float) -
     with atomic_dir(out) as staging:
         built = RunDir(staging)
         write_json(built.config, record.to_json())
-        manager = checkpointing.manager(built.checkpoints)
-        checkpointing.save(manager, 0, state, selection)
+        manager = checkpoints.manager(built.checkpoints)
+        checkpoints.save(manager, 0, state, selection)
         manager.close()
 
 

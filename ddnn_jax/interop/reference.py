@@ -2,7 +2,7 @@
 
 Three modules, one state dict each, as the reference implementation saves them:
 ``LocalFeatureExtractor{conv1, bn}``, ``LocalClassifier{fc1, fc2}`` and
-``CloudCNN{conv1..convK, bn1..bnK, fc1..fcM}``. Layer order matches ``ddnn_jax.models``; PyTorch's
+``CloudCNN{conv1..convK, bn1..bnK, fc1..fcM}``. Layer order matches ``ddnn_jax.core.models``; PyTorch's
 default initialisation and batch-norm settings are what the Flax model reproduces.
 """
 

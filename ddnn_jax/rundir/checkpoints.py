@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ddnn_jax.errors import UsageError
+from ddnn_jax.common.errors import UsageError
 
 SELECTION_METRIC = "val_accuracy_mean"
 

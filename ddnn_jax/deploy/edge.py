@@ -39,25 +39,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddnn_jax import wire
-from ddnn_jax.checkpointing import state_digest
-from ddnn_jax.collect import restore_best
-from ddnn_jax.data import normalize, read_image_folder
-from ddnn_jax.errors import UsageError
-from ddnn_jax.evaluate import STREAM_RANDOM_RULE
-from ddnn_jax.families import calibrated, curve_name
-from ddnn_jax.labels import correctness
-from ddnn_jax.models import feature_shape
-from ddnn_jax.policies import (
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.common.progress import Progress
+from ddnn_jax.core.decisions import (
     calibrated_thresholds,
     entropy_scores,
     heuristic_offload,
     oracle_offload,
 )
-from ddnn_jax.progress import Progress
-from ddnn_jax.route import deployed_router, split_images
-from ddnn_jax.router import RouterConfig, edge_inputs
-from ddnn_jax.rundir import (
+from ddnn_jax.core.families import calibrated, curve_name
+from ddnn_jax.core.labels import correctness
+from ddnn_jax.core.models import feature_shape
+from ddnn_jax.core.router_net import RouterConfig, edge_inputs
+from ddnn_jax.core.training import TrainState, build_model, make_predict_fn, predict_in_batches
+from ddnn_jax.data.datasets import normalize, read_image_folder
+from ddnn_jax.deploy import wire
+from ddnn_jax.deploy.cloud import CLOUD_PATH, HEALTH_PATH
+from ddnn_jax.rundir.checkpoints import state_digest
+from ddnn_jax.rundir.records import (
     FamilyDir,
     FamilyRecord,
     RunDir,
@@ -72,8 +71,9 @@ from ddnn_jax.rundir import (
     read_run_record,
     write_json,
 )
-from ddnn_jax.serve import CLOUD_PATH, HEALTH_PATH
-from ddnn_jax.train import TrainState, build_model, make_predict_fn, predict_in_batches
+from ddnn_jax.stages.collect import restore_best
+from ddnn_jax.stages.evaluate import STREAM_RANDOM_RULE
+from ddnn_jax.stages.route import deployed_router, split_images
 
 MECHANISMS = ("router", "entropy", "random", "oracle")
 FAILURES = ("unreachable", "timeout", "server_error", "refused")

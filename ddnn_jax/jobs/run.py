@@ -15,17 +15,25 @@ from typing import Any
 
 import jax
 
-from ddnn_jax.benchmarks.inference import InferenceBenchConfig, time_inference
-from ddnn_jax.collect import collect, outputs_complete
-from ddnn_jax.config import TrainConfig
-from ddnn_jax.evaluate import evaluate
-from ddnn_jax.families import FAMILIES, INPUT_KINDS, Family
-from ddnn_jax.progress import Progress
-from ddnn_jax.report import report
-from ddnn_jax.route import route
-from ddnn_jax.router import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
-from ddnn_jax.rundir import RunDir, as_run, check_for_training, locked, read_family, read_outputs, write_json
-from ddnn_jax.train import run_training, run_trainings, together_by_default
+from ddnn_jax.common.progress import Progress
+from ddnn_jax.core.config import TrainConfig
+from ddnn_jax.core.families import FAMILIES, INPUT_KINDS, Family
+from ddnn_jax.core.router_net import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
+from ddnn_jax.rundir.records import (
+    RunDir,
+    as_run,
+    check_for_training,
+    locked,
+    read_family,
+    read_outputs,
+    write_json,
+)
+from ddnn_jax.stages.collect import collect, outputs_complete
+from ddnn_jax.stages.evaluate import evaluate
+from ddnn_jax.stages.report import report
+from ddnn_jax.stages.route import route
+from ddnn_jax.stages.timing import InferenceBenchConfig, time_inference
+from ddnn_jax.stages.train import run_training, run_trainings, together_by_default
 
 REFERENCE_TARGET = 0.54  # the single budget of the depth and dropout studies
 

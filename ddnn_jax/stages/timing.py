@@ -38,14 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddnn_jax.collect import restore_best
-from ddnn_jax.config import TrainConfig
-from ddnn_jax.data import normalize
-from ddnn_jax.policies import normalized_entropy
-from ddnn_jax.route import deployed_router
-from ddnn_jax.router import RouterConfig, build_router
-from ddnn_jax.rundir import RunDir, read_family, write_json
-from ddnn_jax.train import build_model, create_train_state
+from ddnn_jax.core.config import TrainConfig
+from ddnn_jax.core.decisions import normalized_entropy
+from ddnn_jax.core.router_net import RouterConfig, build_router
+from ddnn_jax.core.training import build_model, create_train_state
+from ddnn_jax.data.datasets import normalize
+from ddnn_jax.rundir.records import RunDir, read_family, write_json
+from ddnn_jax.stages.collect import restore_best
+from ddnn_jax.stages.route import deployed_router
 
 MECHANISMS = ("edge_only", "edge_entropy", "edge_router", "ddnn_random", "ddnn_entropy", "ddnn_router")
 BUCKET = 128  # offloaded rows are padded to a multiple of this: a handful of cloud programs

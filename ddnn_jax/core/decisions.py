@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddnn_jax.labels import Correctness
+from ddnn_jax.core.labels import Correctness
 
 # Names of the budget-matched rules, in the order reports list them.
 HEURISTICS = ("random", "entropy", "max_prob", "margin")

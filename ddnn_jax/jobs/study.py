@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from ddnn_jax.config import TrainConfig
-from ddnn_jax.errors import UsageError
-from ddnn_jax.families import calibrated, curve_name
-from ddnn_jax.pipeline import RunPlan, default_inputs, run, together
-from ddnn_jax.progress import Progress
-from ddnn_jax.report import HEADLINE_TARGETS, draw_figure, pct, significant, style
-from ddnn_jax.rundir import (
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.common.progress import Progress
+from ddnn_jax.core.config import TrainConfig
+from ddnn_jax.core.families import calibrated, curve_name
+from ddnn_jax.jobs.run import RunPlan, default_inputs, run, together
+from ddnn_jax.rundir.records import (
     Results,
     RunDir,
     StudyDir,
@@ -36,7 +35,8 @@ from ddnn_jax.rundir import (
     write_json,
     write_text,
 )
-from ddnn_jax.train import run_trainings
+from ddnn_jax.stages.report import HEADLINE_TARGETS, draw_figure, pct, significant, style
+from ddnn_jax.stages.train import run_trainings
 
 CONFIDENCE = 0.95
 # What may differ between the runs of one study: the seed, and where each host keeps its data.

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddnn_jax.errors import UsageError
+from ddnn_jax.common.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)

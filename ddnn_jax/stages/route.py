@@ -18,13 +18,11 @@ from typing import Any, NamedTuple, cast
 import jax
 import numpy as np
 
-from ddnn_jax import checkpointing
-from ddnn_jax.data import channel_statistics, load_dataset
-from ddnn_jax.errors import UsageError
-from ddnn_jax.labels import Correctness, benefit_thresholds, check_targets, correctness, labels_of_kind
-from ddnn_jax.policies import calibrated_thresholds
-from ddnn_jax.progress import Progress
-from ddnn_jax.router import (
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.common.progress import Progress
+from ddnn_jax.core.decisions import calibrated_thresholds
+from ddnn_jax.core.labels import Correctness, benefit_thresholds, check_targets, correctness, labels_of_kind
+from ddnn_jax.core.router_net import (
     GridResult,
     RouterConfig,
     build_router,
@@ -33,7 +31,9 @@ from ddnn_jax.router import (
     model_keys,
     raw_inputs,
 )
-from ddnn_jax.rundir import (
+from ddnn_jax.data.datasets import channel_statistics, load_dataset
+from ddnn_jax.rundir import checkpoints
+from ddnn_jax.rundir.records import (
     SPLITS,
     FamilyDir,
     FamilyRecord,
@@ -241,7 +241,7 @@ def _route(
         seconds={"compile": compile_seconds, "train": train_seconds},
         backend=jax.default_backend(),
     )
-    save = functools.partial(checkpointing.save_tree, tree=result.variables)
+    save = functools.partial(checkpoints.save_tree, tree=result.variables)
     return write_family(run, family_name, record, scores, save)
 
 
@@ -264,7 +264,7 @@ class DeployedRouter(NamedTuple):
 def deployed_router(family: FamilyDir, index: int) -> DeployedRouter:
     """Router ``index`` of a family (the target's, or 0 for a score family)."""
     record = read_family(family)
-    stacked = checkpointing.restore_tree(family.variables)
+    stacked = checkpoints.restore_tree(family.variables)
     return DeployedRouter(
         config=RouterConfig.from_json(record.config),
         variables=jax.tree.map(lambda leaf: jax.numpy.asarray(leaf[index]), stacked),

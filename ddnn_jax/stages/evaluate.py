@@ -21,18 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from ddnn_jax.errors import UsageError
-from ddnn_jax.families import calibrated, curve_name
-from ddnn_jax.labels import (
-    DEFAULT_BORDER_TAU,
-    Correctness,
-    benefit_thresholds,
-    correctness,
-    label_analysis,
-    labels_of_kind,
-    oracle_labels,
-)
-from ddnn_jax.policies import (
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.core.decisions import (
     HEURISTICS,
     calibrated_thresholds,
     entropy_scores,
@@ -42,7 +32,17 @@ from ddnn_jax.policies import (
     threshold_offload,
     unconstrained_oracle_offload,
 )
-from ddnn_jax.rundir import (
+from ddnn_jax.core.families import calibrated, curve_name
+from ddnn_jax.core.labels import (
+    DEFAULT_BORDER_TAU,
+    Correctness,
+    benefit_thresholds,
+    correctness,
+    label_analysis,
+    labels_of_kind,
+    oracle_labels,
+)
+from ddnn_jax.rundir.records import (
     Comparison,
     FamilyRecord,
     Point,

@@ -17,9 +17,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ddnn_jax.errors import UsageError  # noqa: E402
-from ddnn_jax.families import FAMILIES, calibrated, curve_name, study  # noqa: E402
-from ddnn_jax.rundir import (  # noqa: E402
+from ddnn_jax.common.errors import UsageError  # noqa: E402
+from ddnn_jax.core.families import FAMILIES, calibrated, curve_name, study  # noqa: E402
+from ddnn_jax.rundir.records import (  # noqa: E402
     Comparison,
     Point,
     Results,

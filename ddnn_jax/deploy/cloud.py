@@ -35,13 +35,13 @@ import jax
 import numpy as np
 from aiohttp import web
 
-from ddnn_jax import wire
-from ddnn_jax.checkpointing import state_digest
-from ddnn_jax.collect import restore_best
-from ddnn_jax.errors import UsageError
-from ddnn_jax.models import feature_shape
-from ddnn_jax.rundir import RunDir, as_run, read_run_record
-from ddnn_jax.train import build_model
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.core.models import feature_shape
+from ddnn_jax.core.training import build_model
+from ddnn_jax.deploy import wire
+from ddnn_jax.rundir.checkpoints import state_digest
+from ddnn_jax.rundir.records import RunDir, as_run, read_run_record
+from ddnn_jax.stages.collect import restore_best
 
 HEALTH_PATH = "/health"
 CLOUD_PATH = "/v1/cloud"

@@ -54,9 +54,9 @@ from typing import IO, Any, NotRequired, TypedDict
 import jax
 import numpy as np
 
-from ddnn_jax import runtime
-from ddnn_jax.config import TrainConfig, package_versions, resolve_local_weight
-from ddnn_jax.errors import UsageError
+from ddnn_jax.common import runtime
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.core.config import TrainConfig, package_versions, resolve_local_weight
 
 SPLITS = ("train", "val", "test")
 IMPORTED = "imported"  # local_weight_mode of a run imported from PyTorch: w is not known

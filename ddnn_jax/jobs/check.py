@@ -10,12 +10,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ddnn_jax import checkpointing
-from ddnn_jax.collect import same_checkpoint
-from ddnn_jax.errors import UsageError
-from ddnn_jax.pipeline import RunPlan, planned_families
-from ddnn_jax.router import DEPTH_PRESETS, RouterConfig
-from ddnn_jax.rundir import (
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
+from ddnn_jax.jobs.run import RunPlan, planned_families
+from ddnn_jax.rundir import checkpoints
+from ddnn_jax.rundir.records import (
     FamilyDir,
     RunDir,
     as_run,
@@ -29,6 +28,7 @@ from ddnn_jax.rundir import (
     read_results,
     read_run_record,
 )
+from ddnn_jax.stages.collect import same_checkpoint
 
 OK, MISSING, DAMAGED, STALE = "ok", "missing", "damaged", "stale"
 
@@ -118,11 +118,11 @@ def _training(run: RunDir) -> tuple[list[Finding], tuple[int, str] | None]:
     best = None
     if run.checkpoints.is_dir():
         try:
-            manager = checkpointing.manager(run.checkpoints)
+            manager = checkpoints.manager(run.checkpoints)
         except UsageError as err:
             return [*findings, Finding("checkpoints/", DAMAGED, str(err), f"{resume} in a new --out")], None
         epoch = manager.best_step()
-        best = None if epoch is None else (epoch, checkpointing.recorded_digest(manager, epoch))
+        best = None if epoch is None else (epoch, checkpoints.recorded_digest(manager, epoch))
         manager.close()
     if best is None:
         findings.append(Finding("checkpoints/", MISSING, "no checkpoint", resume))

@@ -11,21 +11,21 @@ import os
 import sys
 from pathlib import Path
 
-from ddnn_jax import runtime
-from ddnn_jax.collect import collect
-from ddnn_jax.config import TrainConfig, parse_local_weight
-from ddnn_jax.errors import TrainingDiverged, UsageError
-from ddnn_jax.evaluate import EvaluationConfig, evaluate
-from ddnn_jax.families import LABEL_KINDS, OBJECTIVES, SCORE_KINDS, input_kind
-from ddnn_jax.labels import check_targets
-from ddnn_jax.models import CONV_CHOICES, PRECISIONS
-from ddnn_jax.pipeline import RunPlan, run
-from ddnn_jax.progress import Progress
-from ddnn_jax.report import report
-from ddnn_jax.route import route
-from ddnn_jax.router import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
-from ddnn_jax.rundir import RunDir, read_json
-from ddnn_jax.train import run_training
+from ddnn_jax.common import runtime
+from ddnn_jax.common.errors import TrainingDiverged, UsageError
+from ddnn_jax.common.progress import Progress
+from ddnn_jax.core.config import TrainConfig, parse_local_weight
+from ddnn_jax.core.families import LABEL_KINDS, OBJECTIVES, SCORE_KINDS, input_kind
+from ddnn_jax.core.labels import check_targets
+from ddnn_jax.core.models import CONV_CHOICES, PRECISIONS
+from ddnn_jax.core.router_net import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
+from ddnn_jax.jobs.run import RunPlan, run
+from ddnn_jax.rundir.records import RunDir, read_json
+from ddnn_jax.stages.collect import collect
+from ddnn_jax.stages.evaluate import EvaluationConfig, evaluate
+from ddnn_jax.stages.report import report
+from ddnn_jax.stages.route import route
+from ddnn_jax.stages.train import run_training
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -412,9 +412,9 @@ def _add_study(commands) -> None:
 
 
 def _add_split(commands) -> None:
-    from ddnn_jax.edge import MECHANISMS, EdgeConfig
-    from ddnn_jax.serve import DEFAULT_MAX_BATCH
-    from ddnn_jax.wire import WIRES
+    from ddnn_jax.deploy.cloud import DEFAULT_MAX_BATCH
+    from ddnn_jax.deploy.edge import MECHANISMS, EdgeConfig
+    from ddnn_jax.deploy.wire import WIRES
 
     serve = commands.add_parser(
         "serve", help="serve a run's cloud half over HTTP (stops cleanly on SIGTERM)", formatter_class=_Help
@@ -524,7 +524,7 @@ def _train(args) -> None:
 
 
 def _prepare(args) -> None:
-    from ddnn_jax.data import load_dataset, prepare_dataset
+    from ddnn_jax.data.datasets import load_dataset, prepare_dataset
 
     prepared = prepare_dataset(
         args.dataset, data_dir=args.data_dir, download=args.download, verbose=args.verbose
@@ -583,7 +583,7 @@ def _evaluate(args) -> None:
 
 def _check(args) -> int:
     """Exit 0 only when every artefact is ok, 1 when some need repair."""
-    from ddnn_jax.check import OK, check, summary
+    from ddnn_jax.jobs.check import OK, check, summary
 
     findings = check(args.run)
     for finding in findings:
@@ -597,7 +597,7 @@ def _report(args) -> None:
 
 
 def _serve(args) -> None:
-    from ddnn_jax.serve import COUNTERS, CloudHalf, cloud_app, serve_forever
+    from ddnn_jax.deploy.cloud import COUNTERS, CloudHalf, cloud_app, serve_forever
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must lie in [0, 65535], got {args.port}")
@@ -615,7 +615,7 @@ def _serve(args) -> None:
 
 
 def _edge(args) -> None:
-    from ddnn_jax.edge import EdgeConfig, run_edge, sweep
+    from ddnn_jax.deploy.edge import EdgeConfig, run_edge, sweep
 
     config = EdgeConfig(
         server=args.server,
@@ -713,7 +713,7 @@ def _run(args) -> None:
 
 
 def _study(args) -> None:
-    from ddnn_jax.study import aggregate, run_study
+    from ddnn_jax.jobs.study import aggregate, run_study
 
     if args.aggregate is not None:
         if args.seeds is not None or args.out is not None:

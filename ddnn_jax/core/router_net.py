@@ -28,11 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddnn_jax import optim
-from ddnn_jax.families import INPUT_KINDS, LABEL_KINDS, OBJECTIVES, SCORE_KINDS, InputKind, input_kind
-from ddnn_jax.models import batch_norm, conv3x3, dense
-from ddnn_jax.policies import normalized_entropy, top2_margin
-from ddnn_jax.rundir import SplitOutputs
+from ddnn_jax.core import optim
+from ddnn_jax.core.decisions import normalized_entropy, top2_margin
+from ddnn_jax.core.families import INPUT_KINDS, LABEL_KINDS, OBJECTIVES, SCORE_KINDS, InputKind, input_kind
+from ddnn_jax.core.models import batch_norm, conv3x3, dense
+from ddnn_jax.rundir.records import SplitOutputs
 
 DEFAULT_TARGETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.54, 0.6, 0.7, 0.8, 0.9)
 # Hidden widths of the thesis's depth ablation, by number of Dense layers (the output included).

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ddnn_jax import checkpointing
-from ddnn_jax.data import load_dataset
-from ddnn_jax.errors import UsageError
-from ddnn_jax.progress import Progress
-from ddnn_jax.rundir import (
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.common.progress import Progress
+from ddnn_jax.core.training import (
+    TrainState,
+    build_model,
+    create_train_state,
+    make_predict_fn,
+    predict_in_batches,
+)
+from ddnn_jax.data.datasets import load_dataset
+from ddnn_jax.rundir import checkpoints
+from ddnn_jax.rundir.records import (
     SPLITS,
     RunDir,
     RunRecord,
@@ -24,7 +31,6 @@ from ddnn_jax.rundir import (
     read_run_record,
     write_outputs,
 )
-from ddnn_jax.train import TrainState, build_model, create_train_state, make_predict_fn, predict_in_batches
 
 
 def collect(
@@ -56,7 +62,7 @@ def _collect(run: RunDir, with_features: bool, progress: Progress) -> dict[str, 
         build_model(config, data.num_classes), record.mean, record.std, with_features=with_features
     )
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    digest = checkpointing.state_digest(state)
+    digest = checkpoints.state_digest(state)
     outputs = {}
     total = sum(len(getattr(data, name)) for name in SPLITS)
     with progress.bar(total, "collect", unit="img", unit_scale=True) as bar:
@@ -77,8 +83,8 @@ def _collect(run: RunDir, with_features: bool, progress: Progress) -> dict[str, 
 def restore_best(run: RunDir) -> tuple[RunRecord, TrainState, int]:
     """(config record, TrainState of the best epoch on validation, that epoch) of a run."""
     record = read_run_record(run)
-    manager = checkpointing.manager(run.checkpoints, keep=record.train.keep_checkpoints)
-    unscored = checkpointing.unscored_steps(manager)
+    manager = checkpoints.manager(run.checkpoints, keep=record.train.keep_checkpoints)
+    unscored = checkpoints.unscored_steps(manager)
     if unscored:
         manager.close()
         raise UsageError(
@@ -99,8 +105,8 @@ def restore_best(run: RunDir) -> tuple[RunRecord, TrainState, int]:
         )
     template = create_train_state(record.train, record.image_shape, record.num_classes)
     try:
-        state = checkpointing.restore(manager, best_epoch, template)
-    except checkpointing.DamagedCheckpoint as err:
+        state = checkpoints.restore(manager, best_epoch, template)
+    except checkpoints.DamagedCheckpoint as err:
         raise UsageError(
             f"{run}: {err}, and it is the best one: restore {run.checkpoints / str(best_epoch)} from a "
             "copy, or train the run again in a new --out"
@@ -113,9 +119,9 @@ def restore_best(run: RunDir) -> tuple[RunRecord, TrainState, int]:
 def best_checkpoint(run: RunDir) -> tuple[int, str] | None:
     """(epoch, recorded digest) of the run's best checkpoint on validation, if it has one."""
     record = read_run_record(run)
-    manager = checkpointing.manager(run.checkpoints, keep=record.train.keep_checkpoints)
+    manager = checkpoints.manager(run.checkpoints, keep=record.train.keep_checkpoints)
     best = manager.best_step()
-    source = None if best is None else (best, checkpointing.recorded_digest(manager, best))
+    source = None if best is None else (best, checkpoints.recorded_digest(manager, best))
     manager.close()
     return source
 

@@ -1,0 +1,5 @@
+import sys
+
+from ddnn_jax.cli.commands import main
+
+sys.exit(main())
