@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Fashion-MNIST (prepared once, offline) and a CLI runner."""
+"""Shared fixtures: the real Fashion-MNIST (prepared once per session, offline, in a temporary tfds
+directory) and a CLI runner."""
 
 from __future__ import annotations
 
@@ -17,28 +18,37 @@ import pytest
 # compilation cache before jax is first imported.
 
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+TFDS_ENV = "TFDS_DATA_DIR"  # tfds reads it when first imported
+# Set by the session that made them (pytest-xdist's workers inherit them from the controller).
+SESSION_DIRS = {CACHE_ENV: "ddnn-jax-xla-cache-", TFDS_ENV: "ddnn-jax-tfds-"}
 
 
 def pytest_configure(config):
-    """One persistent XLA compilation cache for the session, shared with the CLI subprocesses,
-    which would otherwise compile the same training programs again in every interpreter. It is
-    set before any test module imports jax; a cache the user chose is left alone."""
-    if CACHE_ENV not in os.environ:
-        config.ddnn_cache = os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="ddnn-jax-xla-cache-")
+    """Before any test module imports jax or tfds: one persistent XLA compilation cache for the
+    session, shared with the CLI subprocesses (which would otherwise compile the same programs
+    again in every interpreter), and a temporary tfds data directory, so that no test prepares a
+    dataset in the user's ~/tensorflow_datasets."""
+    config.ddnn_made = [name for name in SESSION_DIRS if name not in os.environ]
+    for name in config.ddnn_made:
+        os.environ[name] = tempfile.mkdtemp(prefix=SESSION_DIRS[name])
 
 
 def pytest_unconfigure(config):
-    if getattr(config, "ddnn_cache", None):
-        shutil.rmtree(config.ddnn_cache, ignore_errors=True)
-        del os.environ[CACHE_ENV]
+    for name in getattr(config, "ddnn_made", []):
+        shutil.rmtree(os.environ.pop(name), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def fashion_mnist_ready():
-    """Prepares Fashion-MNIST in tfds's data directory once per machine (about 40 s offline)."""
-    from ddnn_jax.data.datasets import load_dataset
+    """Prepares Fashion-MNIST once per session in the session's tfds directory (about 20 s
+    offline); parallel workers wait for the first one."""
+    import fcntl
 
-    load_dataset("fashion_mnist", limit_train=256, download=True)
+    from ddnn_jax.data import load_dataset
+
+    with open(Path(os.environ[TFDS_ENV]) / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        load_dataset("fashion_mnist", limit_train=256, download=True)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
@@ -105,7 +115,7 @@ def pristine(tmp_path_factory, fashion_mnist_ready):
 
 def write_tiny_outputs(run, seed: int = 0, epoch: int = 1) -> None:
     """Outputs whose cloud exit beats the local one."""
-    from ddnn_jax.rundir.records import SplitOutputs, write_outputs
+    from ddnn_jax.rundir import SplitOutputs, write_outputs
 
     rng = np.random.default_rng(seed)
     outputs = {}
@@ -128,7 +138,7 @@ def tiny_run(tmp_path):
 def make_tiny_run(root: Path, seed: int = 0, **config) -> Path:
     """A synthetic run directory of ``TrainConfig(local_weight='0.3', seed=seed, **config)``."""
     from ddnn_jax.core.config import TrainConfig
-    from ddnn_jax.rundir.records import RunDir, RunRecord, write_metrics, write_run_record
+    from ddnn_jax.rundir import RunDir, RunRecord, write_metrics, write_run_record
 
     run = RunDir(root)
     write_tiny_outputs(run, seed=seed)
@@ -150,7 +160,7 @@ def lock_held_elsewhere(run_dir, stage: str):
     """Another process holding RUN_DIR's lock as ``stage`` until the block ends (then killed,
     as a crash would); yields that process."""
     script = (
-        "import time; from ddnn_jax.rundir.records import RunDir, locked\n"
+        "import time; from ddnn_jax.rundir import RunDir, locked\n"
         f"with locked(RunDir({str(run_dir)!r}), {stage!r}):\n"
         "    print('held', flush=True); time.sleep(60)"
     )

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import run_cli
 from ddnn_jax.benchmarks import train as bench
+from ddnn_jax.benchmarks.train_contenders import resolve_torch_device
 from ddnn_jax.common.errors import UsageError
 
 torch = pytest.importorskip("torch")
@@ -112,13 +113,13 @@ def test_cuda_without_cuda_is_one_line_and_exit_2():
 )
 def test_torch_device_resolution(monkeypatch, requested, cuda, backend, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    assert bench.resolve_torch_device(requested, backend) == expected
+    assert resolve_torch_device(requested, backend) == expected
 
 
 def test_cuda_requested_without_cuda_is_a_usage_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UsageError, match="--torch-device cuda: .* sees no CUDA device"):
-        bench.resolve_torch_device("cuda", "gpu")
+        resolve_torch_device("cuda", "gpu")
 
 
 def test_sweep_is_the_issue_grid():

@@ -11,9 +11,11 @@ import scipy.stats
 from ddnn_jax import cli
 from ddnn_jax.core.decisions import calibrated_thresholds, local_counts, threshold_offload
 from ddnn_jax.core.labels import correctness
-from ddnn_jax.core.router_net import RouterConfig, make_grid_trainer, mean_accuracy_over_budgets, model_keys
-from ddnn_jax.rundir.records import RunDir
-from ddnn_jax.stages.evaluate import Decisions, EvaluationConfig, _comparisons
+from ddnn_jax.core.router_net import RouterConfig
+from ddnn_jax.core.router_training import make_grid_trainer, mean_accuracy_over_budgets, model_keys
+from ddnn_jax.rundir import RunDir
+from ddnn_jax.stages.analyses import Decisions
+from ddnn_jax.stages.evaluate import EvaluationConfig, _comparisons
 
 TARGETS = (0.0, 0.1, 0.3, 0.54, 0.7, 1.0)
 

@@ -38,9 +38,9 @@ def test_bad_training_arguments(tmp_path, args, fragment):
 def test_every_flag_has_a_sentence_and_its_default():
     import argparse
 
-    from ddnn_jax.cli.commands import build_parser
+    from ddnn_jax import cli
 
-    parser = build_parser()
+    parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, command in commands.choices.items():
         for action in command._actions:
@@ -59,9 +59,9 @@ def test_every_flag_has_a_sentence_and_its_default():
 
 @pytest.mark.parametrize("grid", ["", ",,", "0.3,,0.5"])
 def test_an_empty_grid_is_refused(tmp_path, capsys, grid):
-    from ddnn_jax.cli.commands import main
+    from ddnn_jax import cli
 
-    assert main(["route", "--run", str(tmp_path), "--grid", grid]) == 2
+    assert cli.main(["route", "--run", str(tmp_path), "--grid", grid]) == 2
     assert "expected comma-separated numbers" in capsys.readouterr().err
 
 

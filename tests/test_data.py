@@ -5,19 +5,19 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ddnn_jax.common.errors import UsageError
-from ddnn_jax.data import datasets as data_module
-from ddnn_jax.data.datasets import (
+from ddnn_jax.data import (
     Split,
     augment,
     channel_statistics,
     load_dataset,
     normalize,
+    prepare,
     split_train_validation,
 )
 
 
 def test_pipeline_on_mock_data(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "_check_network", lambda *_: None)  # mock data needs none
+    monkeypatch.setattr(prepare, "_check_network", lambda *_: None)  # mock data needs none
     with tfds.testing.mock_data(num_examples=60, policy=tfds.testing.MockPolicy.USE_CODE):
         data = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0, download=True)
         again = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0, download=True)
@@ -115,7 +115,7 @@ def test_unprepared_dataset_without_download_says_what_to_do(tmp_path):
 WITHOUT_TENSORFLOW = r"""
 import hashlib, importlib.util, json, sys
 assert importlib.util.find_spec("tensorflow") is None
-from ddnn_jax.data.datasets import load_dataset
+from ddnn_jax.data import load_dataset
 data = load_dataset("fashion_mnist", data_dir=sys.argv[1])
 assert "tensorflow" not in sys.modules
 print(json.dumps({name: hashlib.sha256(getattr(data, name).images.tobytes()
@@ -133,7 +133,7 @@ def test_a_prepared_directory_is_read_without_tensorflow(tmp_path, capsys, fashi
     import sys
     from pathlib import Path
 
-    from ddnn_jax.cli.commands import main
+    from ddnn_jax.cli import main
 
     data_dir = tmp_path / "tfds"
     assert main(["prepare", "--dataset", "fashion_mnist", "--data-dir", str(data_dir)]) == 0
@@ -172,7 +172,7 @@ def _write_png(path, pixels):
 
 
 def test_an_image_folder_is_read_in_path_order_with_labels_from_class_folders(tmp_path):
-    from ddnn_jax.data.datasets import read_image_folder
+    from ddnn_jax.data import read_image_folder
 
     rng = np.random.default_rng(0)
     grey = {f"{c}/{i}.png": rng.integers(0, 256, (28, 28), np.uint8) for c in (0, 3) for i in (0, 1)}
@@ -201,7 +201,7 @@ def test_an_image_folder_is_read_in_path_order_with_labels_from_class_folders(tm
 )
 def test_a_bad_image_folder_is_refused_in_one_line(tmp_path, files, message):
     from ddnn_jax.common.errors import UsageError
-    from ddnn_jax.data.datasets import read_image_folder
+    from ddnn_jax.data import read_image_folder
 
     tmp_path.joinpath("images").mkdir()
     for name, shape in files.items():

@@ -8,9 +8,9 @@ import pytest
 
 from conftest import lock_held_elsewhere
 from ddnn_jax import cli
-from ddnn_jax.data import datasets as data
+from ddnn_jax.data import prepare as data
 from ddnn_jax.jobs.check import DAMAGED, MISSING, OK, STALE, check
-from ddnn_jax.rundir.records import RunDir
+from ddnn_jax.rundir import RunDir
 
 
 def _one_line_error(capsys, argv, fragment):

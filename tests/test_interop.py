@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ddnn_jax.cli.commands import main  # noqa: E402
+from ddnn_jax.cli import main  # noqa: E402
 from ddnn_jax.core.models import DDNN  # noqa: E402
 from ddnn_jax.core.training import joint_loss  # noqa: E402
 from ddnn_jax.interop import convert  # noqa: E402
@@ -188,7 +188,7 @@ def _import_args(paths, out, *extra):
 
 @pytest.mark.slow
 def test_import_collect_export_on_fashion_mnist(tmp_path, fashion_mnist_ready):
-    from ddnn_jax.data.datasets import load_dataset
+    from ddnn_jax.data import load_dataset
 
     model = _torch_model((28, 28, 1), 10, seed=3).eval()
     paths = _save_parts(model, tmp_path)

@@ -1,4 +1,5 @@
-"""Costs, labels and the budgeted decision rules against brute-force Python on small arrays."""
+"""Costs, labels, the budgeted decision rules and the curves made of them against brute-force
+Python on small arrays."""
 
 import itertools
 
@@ -7,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ddnn_jax.core.comparisons import oracle_disagreement
+from ddnn_jax.core.curves import area_under_curve, operating_points
 from ddnn_jax.core.decisions import (
-    HEURISTICS,
-    heuristic_offload,
     local_counts,
     normalized_entropy,
     oracle_offload,
@@ -24,6 +25,7 @@ from ddnn_jax.core.labels import (
     label_analysis,
     oracle_labels,
 )
+from ddnn_jax.core.mechanisms import RULES, rule_offload
 
 TARGETS = np.array([0.0, 0.1, 1 / 3, 0.5, 0.54, 0.9, 1.0], np.float32)
 
@@ -120,10 +122,10 @@ def test_oracle_priority_and_ties():
     assert list(np.flatnonzero(free)) == [0]
 
 
-@pytest.mark.parametrize("name", HEURISTICS)
+@pytest.mark.parametrize("name", list(RULES))
 def test_budget_matched_rules_keep_exactly_the_count(name):
     local, _, _ = _outputs(n=101)
-    offload = np.asarray(heuristic_offload(name, jnp.asarray(local), jnp.asarray(TARGETS), jax.random.key(3)))
+    offload = np.asarray(rule_offload(name, jnp.asarray(local), jnp.asarray(TARGETS), jax.random.key(3)))
     expected = [int(np.floor(t * 101 + 0.5)) for t in TARGETS]
     assert [int((~row).sum()) for row in offload] == expected
     # Budgets nest: a sample kept local at a small budget stays local at every larger one.
@@ -132,9 +134,7 @@ def test_budget_matched_rules_keep_exactly_the_count(name):
 
 def test_entropy_keeps_the_least_uncertain():
     local, _, _ = _outputs(n=80)
-    offload = np.asarray(
-        heuristic_offload("entropy", jnp.asarray(local), jnp.array([0.4]), jax.random.key(0))
-    )[0]
+    offload = np.asarray(rule_offload("entropy", jnp.asarray(local), jnp.array([0.4]), jax.random.key(0)))[0]
     entropy = np.asarray(normalized_entropy(jnp.asarray(local)))
     assert entropy[~offload].max() <= entropy[offload].min()
     assert np.all((entropy >= 0) & (entropy <= 1 + 1e-6))
@@ -143,7 +143,7 @@ def test_entropy_keeps_the_least_uncertain():
 def test_random_rule_is_seeded():
     local, _, _ = _outputs(n=200)
     run = lambda k: np.asarray(
-        heuristic_offload("random", jnp.asarray(local), jnp.array([0.5]), jax.random.key(k))
+        rule_offload("random", jnp.asarray(local), jnp.array([0.5]), jax.random.key(k))
     )
     assert np.array_equal(run(1), run(1)) and not np.array_equal(run(1), run(2))
 
@@ -152,3 +152,31 @@ def test_random_rule_is_seeded():
 def test_targets_outside_the_unit_interval_are_rejected(bad):
     with pytest.raises(ValueError, match="outside|empty"):
         check_targets(bad)
+
+
+def test_operating_points_and_area_match_brute_force():
+    local, cloud, labels = _outputs(n=40, seed=2)
+    c = correctness(local, cloud, labels)
+    offload = np.random.default_rng(0).random((3, 40)) < np.array([[0.2], [0.5], [0.9]])
+    local_rate, accuracy = operating_points(c, offload)
+    lc, cc = np.asarray(c.local_correct), np.asarray(c.cloud_correct)
+    for g in range(3):
+        assert local_rate[g] == pytest.approx(sum(not o for o in offload[g]) / 40)
+        assert accuracy[g] == pytest.approx(sum(cc[i] if offload[g, i] else lc[i] for i in range(40)) / 40)
+    # a single point at (0.5, 1.0) between cloud-only 0.8 and edge-only 0.6: two trapezoids
+    assert area_under_curve([0.5], [1.0], edge_only=0.6, cloud_only=0.8) == pytest.approx(0.45 + 0.4)
+    assert area_under_curve([0.7, 0.2], [0.7, 0.7], 0.7, 0.7) == pytest.approx(0.7)  # any order
+
+
+def test_oracle_disagreement_groups_partition_the_samples():
+    local, cloud, labels = _outputs(n=50, seed=3)
+    c = correctness(local, cloud, labels)
+    rng = np.random.default_rng(1)
+    offload, oracle = rng.random(50) < 0.5, rng.random(50) < 0.5
+    groups = oracle_disagreement(c, offload, oracle, tau=0.05)
+    assert sum(groups.shares.values()) == pytest.approx(1.0)
+    assert groups.noise_rate == groups.shares["noise"] == np.mean(offload != oracle)
+    lc, cc = np.asarray(c.local_correct), np.asarray(c.cloud_correct)
+    noise = [i for i in range(50) if offload[i] != oracle[i]]
+    wrong = [not (cc[i] if offload[i] else lc[i]) for i in noise]
+    assert groups.misclassification["noise"] == pytest.approx(np.mean(wrong))

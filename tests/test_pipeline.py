@@ -8,8 +8,8 @@ from matplotlib import image as mpimg
 
 from conftest import SIZES, SMALL_RUN, write_tiny_outputs
 from ddnn_jax import cli
-from ddnn_jax.rundir.records import RunDir
-from ddnn_jax.stages.evaluate import HEURISTIC_TARGETS
+from ddnn_jax.core.mechanisms import RULE_TARGETS
+from ddnn_jax.rundir import RunDir
 
 
 def assert_is_a_drawn_figure(path):
@@ -59,7 +59,7 @@ def test_route_evaluate_report(tiny_run):
         assert name in curves
     n = SIZES["test"]
     for name in ("random", "entropy", "max_prob", "margin", "oracle"):
-        assert [p["target"] for p in curves[name]] == list(HEURISTIC_TARGETS)
+        assert [p["target"] for p in curves[name]] == list(RULE_TARGETS)
         for p in curves[name]:
             assert abs(p["local_rate"] - p["target"]) <= 1 / n
             assert p["accuracy"] <= _oracle_at(curves, p["target"]) + 1e-9

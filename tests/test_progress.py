@@ -9,7 +9,8 @@ import pytest
 from test_train import SHAPE, TINY, _batch, _tiny_data
 
 from ddnn_jax.common.progress import Progress
-from ddnn_jax.core.router_net import RouterConfig, make_grid_trainer, target_keys
+from ddnn_jax.core.router_net import RouterConfig
+from ddnn_jax.core.router_training import make_grid_trainer, target_keys
 from ddnn_jax.core.training import TrainEpoch, create_train_state, replicate, run_constants, train_step_fn
 from ddnn_jax.stages.train import train
 

@@ -7,13 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from ddnn_jax.core.router_net import (
-    RouterConfig,
-    RouterNet,
-    make_grid_predictor,
-    make_grid_trainer,
-    target_keys,
-)
+from ddnn_jax.core.router_net import RouterConfig, RouterNet
+from ddnn_jax.core.router_training import make_grid_predictor, make_grid_trainer, target_keys
 
 TINY = RouterConfig(hidden=(16, 8), batch_size=64, max_epochs=3, early_stopping_patience=100)
 

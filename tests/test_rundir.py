@@ -1,14 +1,18 @@
 """The run directory: atomic files and directories, strict records, readable errors."""
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import ddnn_jax
 from conftest import lock_held_elsewhere
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.config import TrainConfig
-from ddnn_jax.rundir.records import (
+from ddnn_jax.rundir import (
     SPLITS,
     RunDir,
     RunRecord,
@@ -46,6 +50,19 @@ def test_run_record_round_trips_through_config_json(tmp_path):
     assert again.train.cloud_conv_channels == (8, 8, 8, 8) and again.local_weight == 0.25
     on_disk = json.loads(run.config.read_text())
     assert on_disk["seed"] == 3 and on_disk["normalization"] == {"mean": [0.3], "std": [0.35]}
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_config_json_names_the_commit_of_the_code(tmp_path):
+    checkout = Path(ddnn_jax.__file__).resolve().parent.parent
+    head = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    run = RunDir(tmp_path)
+    write_run_record(run, _record())
+    on_disk = json.loads(run.config.read_text())
+    assert on_disk["source"]["commit"] == head and isinstance(on_disk["source"]["dirty"], bool)
+    assert read_run_record(run).source == on_disk["source"]
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b"{}", b"[]", b'{"seed": 1', b"null"])

@@ -5,13 +5,15 @@ cloud half is tested in test_edge.py)."""
 import http.client
 import json
 import socket
-import time
+import threading
 import urllib.parse
 
 import numpy as np
 import pytest
+from http_fakes import SilentServer, post_bytes
 
 from ddnn_jax.deploy import wire
+from ddnn_jax.deploy.client import CloudClient
 from ddnn_jax.deploy.cloud import BackgroundServer, batch_sizes, make_app
 
 SHAPE = (4, 4, 3)
@@ -124,11 +126,14 @@ def test_a_failing_cloud_answers_500_and_the_next_batch_is_served():
 
 
 def test_health_answers_while_a_batch_computes():
-    def slow(features):
-        time.sleep(1.0)
+    computing, release = threading.Event(), threading.Event()
+
+    def held(features):  # computes until the test lets it go
+        computing.set()
+        release.wait()
         return cloud(features)
 
-    with BackgroundServer(make_app(slow, INFO)) as url:
+    with BackgroundServer(make_app(held, INFO)) as url:
         parts = urllib.parse.urlsplit(url)
         busy = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
         busy.request(
@@ -137,11 +142,16 @@ def test_health_answers_while_a_batch_computes():
             body=wire.encode_features(_features(), "fp32"),
             headers={"Content-Type": wire.CONTENT_TYPE},
         )
-        started = time.perf_counter()
-        probe = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-        probe.request("GET", "/health")
-        assert probe.getresponse().status == 200
-        assert time.perf_counter() - started < 0.9
+        try:
+            assert computing.wait(10), "the batch never reached the cloud"
+            probe = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+            probe.request("GET", "/health")
+            response = probe.getresponse()
+            health = json.loads(response.read())
+            # answered while the batch could not have finished: it is counted, not yet answered
+            assert response.status == 200 and (health["requests"], health["samples"]) == (1, 0)
+        finally:
+            release.set()
         assert busy.getresponse().status == 200
 
 
@@ -165,8 +175,6 @@ def test_a_taken_port_is_refused_in_one_line(server):
 
 
 def test_the_edge_client_reopens_a_kept_alive_connection_the_server_closed():
-    from ddnn_jax.deploy.edge import CloudClient
-
     body = wire.encode_features(_features(), "fp32")
     with BackgroundServer(make_app(cloud, INFO)) as url:
         client = CloudClient(url, timeout_s=5.0)
@@ -182,3 +190,18 @@ def test_the_edge_client_reopens_a_kept_alive_connection_the_server_closed():
         again = client.infer(body, 2, CLASSES)  # its kept-alive connection died with the last server
     assert again.failure is None and again.bytes_up >= first.bytes_up
     np.testing.assert_array_equal(again.logits, first.logits)
+
+
+def test_a_server_that_never_answers_is_a_timeout_that_counts_what_was_sent():
+    body = wire.encode_features(_features(), "fp32")
+    with SilentServer() as silent:
+        client = CloudClient(silent.url, timeout_s=0.2)
+        assert client.health() is None  # no answer: no health, and no exception
+        answer = client.infer(body, 2, CLASSES)
+        client.close()
+    assert answer.failure == "timeout" and answer.reason == "no answer within 0.2 s"
+    assert answer.logits is None and answer.bytes_down == 0
+    health, post = sorted(silent.received)  # b"GET ..." sorts before b"POST ..."
+    assert health.startswith(b"GET /health HTTP/1.1\r\n")
+    # every byte the client counted reached the server, and is the request as written by hand
+    assert answer.bytes_up == len(post) == post_bytes(silent.url, len(body)) and post.endswith(body)

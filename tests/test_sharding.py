@@ -69,8 +69,8 @@ import dataclasses, json, sys, tempfile
 from pathlib import Path
 import jax, numpy as np
 from ddnn_jax.core.config import TrainConfig
-from ddnn_jax.data.datasets import DataSplits, Split
-from ddnn_jax.rundir.records import RunDir
+from ddnn_jax.data import DataSplits, Split
+from ddnn_jax.rundir import RunDir
 from ddnn_jax import train as T
 
 assert jax.device_count() == 4, jax.devices()

@@ -10,8 +10,9 @@ from conftest import make_tiny_run
 from ddnn_jax import cli
 from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.jobs.run import RunPlan
-from ddnn_jax.jobs.study import mean_interval, rank_correlation, study_identity
-from ddnn_jax.rundir.records import StudyDir
+from ddnn_jax.jobs.study import study_identity
+from ddnn_jax.jobs.study_stats import mean_interval, rank_correlation
+from ddnn_jax.rundir import StudyDir
 
 
 def _usage_error(capsys, argv, fragment):

@@ -8,9 +8,8 @@ import pytest
 
 from ddnn_jax.core.config import TrainConfig, resolve_local_weight
 from ddnn_jax.core.training import create_train_state, joint_loss, make_train_step
-from ddnn_jax.data.datasets import DataSplits, Split
-from ddnn_jax.rundir import checkpoints
-from ddnn_jax.rundir.records import RunDir, read_metrics
+from ddnn_jax.data import DataSplits, Split
+from ddnn_jax.rundir import RunDir, checkpoints, read_metrics
 from ddnn_jax.stages.train import TrainingDiverged, TrainJob, train, train_jobs
 
 SHAPE = (16, 16, 1)

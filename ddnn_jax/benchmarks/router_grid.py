@@ -21,7 +21,8 @@ import time
 import jax
 import numpy as np
 
-from ddnn_jax.core.router_net import RouterConfig, make_grid_trainer, target_keys
+from ddnn_jax.core.router_net import RouterConfig
+from ddnn_jax.core.router_training import make_grid_trainer, target_keys
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,8 @@ seconds, each weight-sweep run, inference timing, evaluate, report), then a tota
 consecutive, so they add up to the measured wall time. The total also counts the XLA programs
 this process compiled and those it read from the persistent compilation cache: a second run of
 the same shapes into a new directory should compile none.
+
+The command line parses the flags and configures the runtime; ``time_run`` takes the configs.
 """
 
 from __future__ import annotations
@@ -16,25 +18,34 @@ import contextlib
 import json
 import sys
 import time
+from pathlib import Path
 
 from ddnn_jax.common import runtime
+from ddnn_jax.common.progress import Progress
+from ddnn_jax.core.config import TrainConfig
+from ddnn_jax.jobs.run import RunPlan, StageClock, run
 
 
-def main(argv: list[str] | None = None) -> None:
-    from ddnn_jax import cli
-    from ddnn_jax.jobs.run import StageClock, run
+def time_run(
+    config: TrainConfig, out: Path, plan: RunPlan = RunPlan(), progress: Progress = Progress()
+) -> None:
+    """Runs ``jobs.run.run(config, out, plan)`` and prints its stages' times as JSON lines.
 
+    Args:
+      config: the DDNN's training config.
+      out: the run directory (an existing run there is resumed).
+      plan: the routers and side studies of the run.
+      progress: where the run's own progress goes; it is printed on stderr, since stdout carries
+        the JSON lines only.
+    """
     started = time.perf_counter()
-    args = cli.build_parser().parse_args(["run", *(sys.argv[1:] if argv is None else argv)])
-    cli.configure_runtime(args)
     counter = runtime.CompileCounter()
     clock = StageClock()
-    config, plan, progress = cli.train_config_from(args), cli.run_plan_from(args), cli.progress_from(args)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON lines only
-        run(config, args.out, plan, progress=progress, clock=clock)
+        run(config, out, plan, progress=progress, clock=clock)
     wall = time.perf_counter() - started
     counter.close()
-    common = {"run": str(args.out), **runtime.describe()}
+    common = {"run": str(out), **runtime.describe()}
     for lap in clock.laps:
         print(json.dumps({"measure": "run_stage", **lap, **common}))
     total = {
@@ -45,7 +56,3 @@ def main(argv: list[str] | None = None) -> None:
         "programs_from_cache": counter.from_cache,
     }
     print(json.dumps({**total, **common}))
-
-
-if __name__ == "__main__":
-    main()

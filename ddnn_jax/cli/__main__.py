@@ -1,5 +1,5 @@
 import sys
 
-from ddnn_jax.cli.commands import main
+from ddnn_jax.cli import main
 
 sys.exit(main())

@@ -41,6 +41,7 @@ class Runtime:
 
 
 _current = Runtime(compilation_cache=None, deterministic=False)
+_configured = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,7 @@ def configure(
       processes: join a multi-process program (None: this process alone). Fields left None
         come from the cluster's environment (SLURM, Open MPI, TPU pods), as JAX reads it.
     """
-    global _current
+    global _current, _configured
     if cache is None:
         jax.config.update("jax_enable_compilation_cache", False)
         directory = None
@@ -91,7 +92,14 @@ def configure(
     if processes is not None:
         jax.distributed.initialize(processes.coordinator, processes.count, processes.index)
     _current = Runtime(compilation_cache=directory, deterministic=deterministic)
+    _configured = True
     return _current
+
+
+def configure_once() -> Runtime:
+    """The runtime as ``configure`` sets it by default, unless this process configured it
+    already (the CLI does, from its flags): what the Python API calls on first use."""
+    return _current if _configured else configure()
 
 
 def _cache_dir() -> str | None:

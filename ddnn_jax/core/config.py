@@ -11,7 +11,7 @@ import jax
 
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.models import CONV_CHOICES, PRECISIONS
-from ddnn_jax.data.datasets import check_dataset_name
+from ddnn_jax.data import check_dataset_name
 
 LOCAL_WEIGHT_MODES = ("per-run", "per-batch")
 

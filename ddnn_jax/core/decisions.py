@@ -2,9 +2,8 @@
 
 Budget-matched rules rank the samples once by a keep-local priority and keep exactly
 ``round(L0 * N)`` of them local for each target L0 (the grid is an array axis, no loop over it);
-ties keep the lower sample index local first, so the result is deterministic. The same function
-serves the confidence heuristics, the random baseline and the oracle, which differ only in their
-ranking.
+ties keep the lower sample index local first, so the result is deterministic. The registered
+rules (:mod:`ddnn_jax.core.mechanisms`) and the oracle differ only in their ranking.
 """
 
 from __future__ import annotations
@@ -14,9 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddnn_jax.core.labels import Correctness
-
-# Names of the budget-matched rules, in the order reports list them.
-HEURISTICS = ("random", "entropy", "max_prob", "margin")
 
 
 def local_counts(targets, n: int) -> jax.Array:
@@ -44,12 +40,6 @@ def normalized_entropy(logits: jax.Array) -> jax.Array:
     return entropy / jnp.log(logits.shape[-1])
 
 
-def entropy_scores(logits) -> np.ndarray:
-    """Normalised entropy on the host in float64: the score the calibrated entropy rule
-    thresholds (offload when it is at least the threshold, like a router's logit)."""
-    return np.asarray(normalized_entropy(jnp.asarray(logits, jnp.float32)), np.float64)
-
-
 def top2_margin(logits: jax.Array) -> jax.Array:
     """p1 - p2: the gap between the two largest softmax probabilities."""
     top2 = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), 2)[0]
@@ -58,26 +48,6 @@ def top2_margin(logits: jax.Array) -> jax.Array:
 
 def max_probability(logits: jax.Array) -> jax.Array:
     return jax.nn.softmax(logits, axis=-1).max(-1)
-
-
-def heuristic_priority(name: str, local_logits: jax.Array, key: jax.Array) -> jax.Array:
-    """Keep-local priority of a budget-matched heuristic (higher: kept local first)."""
-    if name == "entropy":
-        return -normalized_entropy(local_logits)
-    if name == "max_prob":
-        return max_probability(local_logits)
-    if name == "margin":
-        return top2_margin(local_logits)
-    if name == "random":
-        # A uniformly random ranking: every sample is local with probability L0, the count exact.
-        return jax.random.uniform(key, local_logits.shape[:1])
-    raise ValueError(f"unknown heuristic '{name}': choose from {', '.join(HEURISTICS)}")
-
-
-def heuristic_offload(name: str, local_logits: jax.Array, targets: jax.Array, key: jax.Array) -> jax.Array:
-    """[G, N] offload mask of a heuristic at matched budgets."""
-    order = order_by_priority(heuristic_priority(name, local_logits, key))
-    return keep_top(order, local_counts(targets, local_logits.shape[0]))
 
 
 def oracle_order(c: Correctness) -> jax.Array:

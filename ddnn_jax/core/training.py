@@ -23,7 +23,7 @@ from ddnn_jax.core import optim
 from ddnn_jax.core.config import STREAM_INIT, STREAM_SHUFFLE, STREAM_STEP, TrainConfig
 from ddnn_jax.core.models import DDNN
 from ddnn_jax.core.retrace import trace_once
-from ddnn_jax.data.datasets import augment, normalize
+from ddnn_jax.data import augment, normalize
 
 DATA_AXIS = "data"
 RUN_AXIS = "run"  # the leading axis of runs trained together

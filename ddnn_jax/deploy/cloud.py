@@ -39,12 +39,9 @@ from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.models import feature_shape
 from ddnn_jax.core.training import build_model
 from ddnn_jax.deploy import wire
+from ddnn_jax.rundir import RunDir, as_run, read_run_record, restore_best
 from ddnn_jax.rundir.checkpoints import state_digest
-from ddnn_jax.rundir.records import RunDir, as_run, read_run_record
-from ddnn_jax.stages.collect import restore_best
 
-HEALTH_PATH = "/health"
-CLOUD_PATH = "/v1/cloud"
 DEFAULT_MAX_BATCH = 256
 
 
@@ -173,8 +170,8 @@ def make_app(cloud: Callable[[np.ndarray], np.ndarray], info: dict[str, Any]) ->
     async def stop_worker(app: web.Application) -> None:
         worker.shutdown(wait=True)
 
-    app.router.add_get(HEALTH_PATH, health)
-    app.router.add_post(CLOUD_PATH, infer)
+    app.router.add_get(wire.HEALTH_PATH, health)
+    app.router.add_post(wire.CLOUD_PATH, infer)
     app.on_cleanup.append(stop_worker)
     app[COUNTERS] = counters
     return app

@@ -20,7 +20,8 @@ A response body is b"DDNL" | version u8 | reserved u8 | classes u16 | n u32, the
 logits [n, classes].
 
 Every decoder checks the header and the exact length against it, and raises ``WireError`` with a
-one-line reason: the server answers malformed requests with it.
+one-line reason: the server answers malformed requests with it. Both ends also take the service's
+URL paths from here (``HEALTH_PATH``, ``CLOUD_PATH``), so the client never imports the server.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from typing import NamedTuple
 import numpy as np
 
 VERSION = 1
+HEALTH_PATH = "/health"  # GET: JSON describing what the cloud serves
+CLOUD_PATH = "/v1/cloud"  # POST: a request body in, a response body out
 CONTENT_TYPE = "application/x-ddnn-features"
 LOGITS_CONTENT_TYPE = "application/x-ddnn-logits"
 WIRES = ("fp32", "fp16", "int8")
@@ -108,7 +111,9 @@ def decode_features(body: bytes, expected_shape: tuple[int, int, int]) -> Featur
         raise WireError(f"truncated header: {len(body)} bytes, a request starts with {_REQUEST.size}")
     magic, version, code, _, n, h, w, c, _ = _REQUEST.unpack_from(body)
     if magic != b"DDNZ":
-        raise WireError("not a ddnn feature request (bad magic): send ddnn_jax.wire.encode_features bodies")
+        raise WireError(
+            "not a ddnn feature request (bad magic): send ddnn_jax.deploy.wire.encode_features bodies"
+        )
     if version != VERSION:
         raise WireRefused(f"wire format version {version} is not served here (this server speaks {VERSION})")
     if code >= len(WIRES):

@@ -31,19 +31,19 @@ from ddnn_jax.core.training import (
     make_predict_fn,
     predict_in_batches,
 )
-from ddnn_jax.data.datasets import DataSplits, load_dataset
-from ddnn_jax.rundir import checkpoints
-from ddnn_jax.rundir.records import (
+from ddnn_jax.data import DataSplits, load_dataset
+from ddnn_jax.rundir import (
     IMPORTED,
     RunDir,
     RunRecord,
     atomic_dir,
     atomic_file,
     check_for_training,
+    checkpoints,
     locked,
+    restore_best,
     write_json,
 )
-from ddnn_jax.stages.collect import restore_best
 
 # Our top-level module -> the class name of its PyTorch counterpart (one state dict each).
 PARTS = {

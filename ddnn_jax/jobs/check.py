@@ -13,11 +13,11 @@ from typing import Any
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
 from ddnn_jax.jobs.run import RunPlan, planned_families
-from ddnn_jax.rundir import checkpoints
-from ddnn_jax.rundir.records import (
+from ddnn_jax.rundir import (
     FamilyDir,
     RunDir,
     as_run,
+    checkpoints,
     family_fingerprint,
     outputs_fingerprint,
     read_family,
@@ -27,8 +27,8 @@ from ddnn_jax.rundir.records import (
     read_outputs,
     read_results,
     read_run_record,
+    same_checkpoint,
 )
-from ddnn_jax.stages.collect import same_checkpoint
 
 OK, MISSING, DAMAGED, STALE = "ok", "missing", "damaged", "stale"
 

@@ -18,24 +18,24 @@ import jax
 from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.core.families import FAMILIES, INPUT_KINDS, Family
+from ddnn_jax.core.mechanisms import HEADLINE_TARGETS, REFERENCE_TARGET
 from ddnn_jax.core.router_net import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
-from ddnn_jax.rundir.records import (
+from ddnn_jax.rundir import (
     RunDir,
     as_run,
     check_for_training,
     locked,
+    outputs_complete,
     read_family,
     read_outputs,
     write_json,
 )
-from ddnn_jax.stages.collect import collect, outputs_complete
+from ddnn_jax.stages.collect import collect
 from ddnn_jax.stages.evaluate import evaluate
 from ddnn_jax.stages.report import report
 from ddnn_jax.stages.route import route
 from ddnn_jax.stages.timing import InferenceBenchConfig, time_inference
 from ddnn_jax.stages.train import run_training, run_trainings, together_by_default
-
-REFERENCE_TARGET = 0.54  # the single budget of the depth and dropout studies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ class RunPlan:
     targets: tuple[float, ...] = DEFAULT_TARGETS  # grid of the logits routers
     inputs: tuple[str, ...] | None = None  # None: default_inputs() for this backend
     # High-dimensional inputs cost far more per epoch: a short grid and fewer epochs for them.
-    heavy_targets: tuple[float, ...] = (0.3, 0.54, 0.7)
+    heavy_targets: tuple[float, ...] = HEADLINE_TARGETS
     heavy_max_epochs: int = 15
     ablations: bool = True  # oracle labels (5.2), depth (6.3) and dropout (6.4) at L0 = 0.54
     sweep_weights: tuple[float, ...] = (0.2, 0.5, 0.8)  # Fig. 6.17; empty to skip

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, cast
 
 import jax
 import numpy as np
@@ -22,30 +21,24 @@ from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.decisions import calibrated_thresholds
 from ddnn_jax.core.labels import Correctness, benefit_thresholds, check_targets, correctness, labels_of_kind
-from ddnn_jax.core.router_net import (
-    GridResult,
-    RouterConfig,
-    build_router,
-    make_grid_predictor,
-    make_grid_trainer,
-    model_keys,
-    raw_inputs,
-)
-from ddnn_jax.data.datasets import channel_statistics, load_dataset
-from ddnn_jax.rundir import checkpoints
-from ddnn_jax.rundir.records import (
+from ddnn_jax.core.router_net import RouterConfig, raw_inputs
+from ddnn_jax.core.router_training import GridResult, make_grid_predictor, make_grid_trainer, model_keys
+from ddnn_jax.data import channel_statistics
+from ddnn_jax.rundir import (
     SPLITS,
     FamilyDir,
     FamilyRecord,
     RunDir,
     SplitOutputs,
     as_run,
+    checkpoints,
     locked,
     outputs_fingerprint,
     read_family,
     read_family_scores,
     read_outputs,
     read_run_record,
+    split_images,
     write_family,
 )
 
@@ -88,24 +81,6 @@ def _score_targets(c: Correctness, kind: str) -> np.ndarray:
     local, cloud = np.asarray(c.local_correct, np.float32), np.asarray(c.cloud_correct, np.float32)
     target = np.asarray(c.benefit, np.float32) if kind == "benefit" else cloud - local
     return np.stack([target, local, cloud], axis=-1)[None]
-
-
-def split_images(run: RunDir, outputs: dict[str, SplitOutputs]) -> dict[str, np.ndarray]:
-    """The run's images per split, reloaded with the run's own split seed and limits."""
-    config = read_run_record(run).train
-    data = load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        split_seed=config.seed,
-        limit_train=config.limit_train,
-    )
-    images = {}
-    for name in SPLITS:
-        split = getattr(data, name)
-        if not np.array_equal(split.labels, outputs[name].labels):
-            raise UsageError(f"the {name} images of {run} no longer match its outputs: rerun 'ddnn collect'")
-        images[name] = split.images
-    return images
 
 
 def _config_json(config: RouterConfig) -> dict:
@@ -243,34 +218,6 @@ def _route(
     )
     save = functools.partial(checkpoints.save_tree, tree=result.variables)
     return write_family(run, family_name, record, scores, save)
-
-
-class DeployedRouter(NamedTuple):
-    """One router of a family as a deployment runs it: its configuration, weights and the
-    standardisation of its inputs (the family's training statistics)."""
-
-    config: RouterConfig
-    variables: Any
-    mean: np.ndarray
-    std: np.ndarray
-
-    def logits(self, raw_inputs: jax.Array) -> jax.Array:
-        """Router logits [N] of raw inputs (``router.edge_inputs``); traceable, so a deployment
-        can compute them in the same program as the edge network."""
-        standardized = (raw_inputs - self.mean) / self.std
-        return cast(jax.Array, build_router(self.config).apply(self.variables, standardized, train=False))
-
-
-def deployed_router(family: FamilyDir, index: int) -> DeployedRouter:
-    """Router ``index`` of a family (the target's, or 0 for a score family)."""
-    record = read_family(family)
-    stacked = checkpoints.restore_tree(family.variables)
-    return DeployedRouter(
-        config=RouterConfig.from_json(record.config),
-        variables=jax.tree.map(lambda leaf: jax.numpy.asarray(leaf[index]), stacked),
-        mean=np.asarray(record.input_mean, np.float32),
-        std=np.asarray(record.input_std, np.float32),
-    )
 
 
 def _history(per_epoch: jax.Array) -> list[list[float]]:

@@ -40,12 +40,11 @@ import numpy as np
 
 from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.core.decisions import normalized_entropy
+from ddnn_jax.core.mechanisms import REFERENCE_TARGET
 from ddnn_jax.core.router_net import RouterConfig, build_router
 from ddnn_jax.core.training import build_model, create_train_state
-from ddnn_jax.data.datasets import normalize
-from ddnn_jax.rundir.records import RunDir, read_family, write_json
-from ddnn_jax.stages.collect import restore_best
-from ddnn_jax.stages.route import deployed_router
+from ddnn_jax.data import normalize
+from ddnn_jax.rundir import RunDir, deployed_router, read_family, restore_best, write_json
 
 MECHANISMS = ("edge_only", "edge_entropy", "edge_router", "ddnn_random", "ddnn_entropy", "ddnn_router")
 BUCKET = 128  # offloaded rows are padded to a multiple of this: a handful of cloud programs
@@ -61,7 +60,7 @@ class InferenceBenchConfig:
     runs: int = 5  # timed runs per contender (mean and std need 2)
     samples: int = 200  # images timed one by one at batch 1
     batch_size: int = 1024  # the throughput regime's batch
-    target_local: float = 0.54  # the share kept local by every threshold
+    target_local: float = REFERENCE_TARGET  # the share kept local by every threshold
     program_calls: int = 1000  # calls per round when timing the edge programs alone
 
 

@@ -37,16 +37,17 @@ from ddnn_jax.core.training import (
     train_mesh,
     train_step_fn,
 )
-from ddnn_jax.data.datasets import DataSplits, load_dataset
-from ddnn_jax.rundir import checkpoints
-from ddnn_jax.rundir.records import (
+from ddnn_jax.data import DataSplits
+from ddnn_jax.rundir import (
     RunDir,
     RunRecord,
     as_run,
     check_for_training,
+    checkpoints,
     locked,
     read_metrics,
     read_run_record,
+    run_data,
     write_metrics,
     write_run_record,
 )
@@ -386,13 +387,7 @@ def _job(config: TrainConfig, run: RunDir, progress: Progress) -> TrainJob:
     if resuming:
         _check_resumable(run, config)
     progress.note(f"loading {config.dataset}")
-    data = load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        split_seed=config.seed,
-        limit_train=config.limit_train,
-        download=config.download,
-    )
+    data = run_data(config)
     if len(data.train) < config.batch_size:
         raise UsageError(
             f"--batch-size {config.batch_size} is larger than the training split "

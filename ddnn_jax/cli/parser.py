@@ -1,0 +1,297 @@
+"""The ``ddnn`` parser: one ``_add_X`` per subcommand (its flags, help and defaults), and
+``build_parser``, which puts them together in the order ``ddnn --help`` lists them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ddnn_jax.cli.bench import BENCHMARKS
+from ddnn_jax.cli.flags import (
+    DEFAULT_DEPTH,
+    DEFAULTS,
+    Help,
+    Parser,
+    add_data_flags,
+    add_plan_flags,
+    add_quiet,
+    add_router_flags,
+    add_run_dir,
+    add_run_flags,
+    add_runtime_flags,
+    add_training_flags,
+    integer,
+    number,
+    numbers,
+    seeds,
+)
+from ddnn_jax.core.families import LABEL_KINDS, OBJECTIVES, SCORE_KINDS
+from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
+from ddnn_jax.stages.evaluate import EvaluationConfig
+
+DESCRIPTION = "``ddnn``: one thin command per stage. Bad input exits 2 with one line on stderr."
+
+
+def _add_train(commands) -> None:
+    train = commands.add_parser("train", help="jointly train the edge and cloud exits", formatter_class=Help)
+    add_training_flags(train)
+
+
+def _add_prepare(commands) -> None:
+    prepare = commands.add_parser(
+        "prepare",
+        formatter_class=Help,
+        help="prepare a dataset (needs TensorFlow) so that hosts without it can read it",
+    )
+    add_data_flags(prepare)
+    prepare.add_argument(
+        "--verbose", action="store_true", help="let TensorFlow's native log lines through (debugging)"
+    )
+
+
+def _add_collect(commands) -> None:
+    collect = commands.add_parser(
+        "collect", help="write per-sample outputs of the best weights", formatter_class=Help
+    )
+    add_run_dir(collect)
+    collect.add_argument("--features", action="store_true", help="also store the edge features z")
+    add_quiet(collect)
+
+
+def _add_route(commands) -> None:
+    route = commands.add_parser(
+        "route", help="train router families on a run's outputs", formatter_class=Help
+    )
+    add_run_dir(route)
+    add_router_flags(route)
+    route.add_argument(
+        "--objective",
+        default=RouterConfig.objective,
+        choices=OBJECTIVES,
+        help="grid: one router per target (the thesis); score: one router whose score is "
+        "thresholded for every target on validation",
+    )
+    route.add_argument(
+        "--labels",
+        default=None,
+        choices=LABEL_KINDS + SCORE_KINDS,
+        help="grid: cost (B >= B*(L0), default) or oracle (correctness first); score: benefit "
+        "(regress B, default) or gain (regress cloud_correct - local_correct)",
+    )
+    route.add_argument(
+        "--depth",
+        type=integer,
+        default=DEFAULT_DEPTH,
+        choices=sorted(DEPTH_PRESETS),
+        help="Dense layers of the router",
+    )
+    route.add_argument(
+        "--dropout", type=number, default=RouterConfig.dropout_rate, help="dropout after each hidden layer"
+    )
+    route.add_argument(
+        "--max-epochs",
+        type=integer,
+        default=RouterConfig.max_epochs,
+        help="epochs at most per target (early stopping may end sooner)",
+    )
+    route.add_argument(
+        "--name", default=None, help="directory under routers/ (one input only; default: from the inputs)"
+    )
+    add_quiet(route)
+
+
+def _add_evaluate_report(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="score every mechanism -> results.json", formatter_class=Help
+    )
+    add_run_dir(evaluate)
+    evaluate.add_argument(
+        "--tau",
+        type=number,
+        default=EvaluationConfig.border_tau,
+        help="|B| below which a sample counts as borderline",
+    )
+    evaluate.add_argument(
+        "--thresholds",
+        type=Path,
+        default=None,
+        help="JSON file {family: [threshold per target]}: decide with these (a deployed router's) "
+        "instead of the thresholds calibrated on validation",
+    )
+    report = commands.add_parser(
+        "report", help="figures and report.md from results.json", formatter_class=Help
+    )
+    add_run_dir(report)
+    check = commands.add_parser(
+        "check",
+        help="verify every artefact of a run against what it was made from; exit 0 only if all is ok",
+        formatter_class=Help,
+    )
+    add_run_dir(check)
+
+
+def _add_interop(commands) -> None:
+    importer = commands.add_parser(
+        "import-torch", formatter_class=Help, help="make a run directory from PyTorch reference weights"
+    )
+    importer.add_argument(
+        "--feature-extractor", required=True, type=Path, help="LocalFeatureExtractor state dict (.pth)"
+    )
+    importer.add_argument(
+        "--local-classifier", required=True, type=Path, help="LocalClassifier state dict (.pth)"
+    )
+    importer.add_argument("--cloud", required=True, type=Path, help="CloudCNN state dict (.pth)")
+    importer.add_argument("--out", required=True, type=Path, help="new run directory")
+    importer.add_argument(
+        "--mean",
+        type=numbers,
+        default=None,
+        help="per-channel mean subtracted from x/255 in training, comma-separated "
+        "(default: the dataset's training statistics)",
+    )
+    importer.add_argument(
+        "--std",
+        type=numbers,
+        default=None,
+        help="per-channel std dividing it (default: the training statistics)",
+    )
+    importer.add_argument("--seed", type=integer, default=DEFAULTS.seed, help="seeds the train/val split")
+    importer.add_argument(
+        "--limit-train",
+        type=integer,
+        default=None,
+        help="collect only the first N training images (the routers' training set)",
+    )
+    add_data_flags(importer)
+    exporter = commands.add_parser(
+        "export-torch", formatter_class=Help, help="write a run's best weights as PyTorch state dicts"
+    )
+    add_run_dir(exporter)
+    exporter.add_argument("--out", required=True, type=Path, help="new or empty directory for the .pth files")
+    exporter.add_argument("--force", action="store_true", help="write into a non-empty --out")
+
+
+def _add_bench(commands) -> None:
+    bench = commands.add_parser(
+        "bench", help="benchmarks, one JSON line per measurement", formatter_class=Help
+    )
+    bench.add_argument(
+        "benchmark",
+        choices=sorted(BENCHMARKS),
+        help="train (vs PyTorch), run (each stage of ddnn run), inference (Fig. 6.5), router (grid), conv",
+    )
+    bench.add_argument(
+        "options", nargs=argparse.REMAINDER, help="the benchmark's own flags (ddnn bench NAME --help)"
+    )
+
+
+def _add_run(commands) -> None:
+    run = commands.add_parser("run", help="train, collect, route, evaluate and report", formatter_class=Help)
+    add_run_flags(run)
+
+
+def _add_study(commands) -> None:
+    study = commands.add_parser(
+        "study",
+        formatter_class=Help,
+        help="one full run per seed and their aggregate with intervals (or --aggregate runs made elsewhere)",
+    )
+    study.add_argument("--seeds", type=seeds, default=None, help="comma-separated seeds, one run each")
+    study.add_argument(
+        "--aggregate",
+        type=Path,
+        default=None,
+        metavar="STUDY_DIR",
+        help="only aggregate the runs already under this study directory (made elsewhere)",
+    )
+    add_training_flags(study, study=True)
+    # Fig. 6.17 comes from the seeds' own full runs, so no short sweep runs by default.
+    add_plan_flags(study, ())
+
+
+def _add_split(commands) -> None:
+    from ddnn_jax.core.mechanisms import edge_mechanisms
+    from ddnn_jax.deploy.cloud import DEFAULT_MAX_BATCH
+    from ddnn_jax.deploy.edge import EdgeConfig
+    from ddnn_jax.deploy.wire import WIRES
+
+    serve = commands.add_parser(
+        "serve", help="serve a run's cloud half over HTTP (stops cleanly on SIGTERM)", formatter_class=Help
+    )
+    add_run_dir(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=integer, default=0, help="port to listen on (0: a free one)")
+    serve.add_argument(
+        "--max-batch",
+        type=integer,
+        default=DEFAULT_MAX_BATCH,
+        help="samples per request at most; sets the request size limit",
+    )
+    add_runtime_flags(serve)
+    edge = commands.add_parser(
+        "edge",
+        help="run a run's edge half on its test split against 'ddnn serve' -> edge_report.json",
+        formatter_class=Help,
+    )
+    add_run_dir(edge)
+    edge.add_argument("--server", required=True, help="the address 'ddnn serve' printed")
+    edge.add_argument(
+        "--mechanism", choices=edge_mechanisms(), default=EdgeConfig.mechanism, help="decision rule"
+    )
+    edge.add_argument(
+        "--target",
+        type=number,
+        default=EdgeConfig.target,
+        help="L0: the local rate the rule was calibrated for",
+    )
+    edge.add_argument("--wire", choices=WIRES, default=EdgeConfig.wire, help="how z travels")
+    edge.add_argument(
+        "--batch",
+        type=integer,
+        default=EdgeConfig.batch,
+        help="samples the edge processes and offloads together",
+    )
+    edge.add_argument("--family", default=EdgeConfig.family, help="router family (--mechanism router)")
+    edge.add_argument(
+        "--timeout",
+        type=number,
+        default=EdgeConfig.timeout_s,
+        help="seconds to wait for the cloud before answering locally",
+    )
+    edge.add_argument(
+        "--images",
+        default=EdgeConfig.images,
+        metavar="DIR",
+        help="run on the images in DIR (or in its class folders 0 .. C-1, which label them) "
+        "instead of the run's test split",
+    )
+    edge.add_argument("--limit", type=integer, default=EdgeConfig.limit, help="the first N images only")
+    edge.add_argument(
+        "--out", type=Path, default=None, help="report path (default: RUN_DIR/edge/NAME/edge_report.json)"
+    )
+    edge.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead of one live run: entropy and the router at every target over every wire "
+        "-> RUN_DIR/edge/sweep.json (the report's accuracy-vs-bytes figure)",
+    )
+    add_quiet(edge)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="ddnn", description=DESCRIPTION, formatter_class=Help)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in (
+        _add_run,
+        _add_study,
+        _add_prepare,
+        _add_train,
+        _add_collect,
+        _add_route,
+        _add_evaluate_report,
+        _add_split,
+        _add_interop,
+        _add_bench,
+    ):
+        add(commands)
+    return parser

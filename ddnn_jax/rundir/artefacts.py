@@ -1,0 +1,128 @@
+"""The trained artefacts of a run as live objects: the best checkpoint's TrainState, the
+deployed routers of a family, and the run's images reloaded per data split."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, cast
+
+import jax
+import numpy as np
+
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.core.config import TrainConfig
+from ddnn_jax.core.outputs import SplitOutputs
+from ddnn_jax.core.router_net import RouterConfig, build_router
+from ddnn_jax.core.training import TrainState, create_train_state
+from ddnn_jax.data import DataSplits, load_dataset
+from ddnn_jax.rundir import checkpoints
+from ddnn_jax.rundir.layout import SPLITS, FamilyDir, RunDir
+from ddnn_jax.rundir.records import RunRecord, outputs_source, read_family, read_run_record
+
+
+def restore_best(run: RunDir) -> tuple[RunRecord, TrainState, int]:
+    """(config record, TrainState of the best epoch on validation, that epoch) of a run."""
+    record = read_run_record(run)
+    manager = checkpoints.manager(run.checkpoints, keep=record.train.keep_checkpoints)
+    unscored = checkpoints.unscored_steps(manager)
+    if unscored:
+        manager.close()
+        raise UsageError(
+            f"{run.checkpoints / str(unscored[0])} has lost its metrics, so the best epoch is unknown: "
+            "restore it from a copy, move that epoch out of checkpoints/, or train again in a new --out"
+        )
+    best_epoch = manager.best_step()
+    if best_epoch is None:
+        saved = list(manager.all_steps())
+        manager.close()
+        if saved:
+            raise UsageError(
+                f"{run.checkpoints} holds epochs {saved} but none says how good it was (their "
+                f"metrics files are damaged): delete {run} and train again"
+            )
+        raise UsageError(
+            f"{run} has no checkpoint yet: finish training with 'ddnn train --out {run}' and the run's flags"
+        )
+    template = create_train_state(record.train, record.image_shape, record.num_classes)
+    try:
+        state = checkpoints.restore(manager, best_epoch, template)
+    except checkpoints.DamagedCheckpoint as err:
+        raise UsageError(
+            f"{run}: {err}, and it is the best one: restore {run.checkpoints / str(best_epoch)} from a "
+            "copy, or train the run again in a new --out"
+        ) from None
+    finally:
+        manager.close()
+    return record, state, best_epoch
+
+
+def best_checkpoint(run: RunDir) -> tuple[int, str] | None:
+    """(epoch, recorded digest) of the run's best checkpoint on validation, if it has one."""
+    record = read_run_record(run)
+    manager = checkpoints.manager(run.checkpoints, keep=record.train.keep_checkpoints)
+    best = manager.best_step()
+    source = None if best is None else (best, checkpoints.recorded_digest(manager, best))
+    manager.close()
+    return source
+
+
+def outputs_complete(run: RunDir, *, with_features: bool) -> bool:
+    """Whether every split's outputs exist, come from the current best checkpoint (its epoch,
+    and its weights where both record a digest), and hold features if asked."""
+    made_from, best = outputs_source(run, with_features=with_features), best_checkpoint(run)
+    return made_from is not None and best is not None and same_checkpoint(made_from, best)
+
+
+def same_checkpoint(a: tuple[int, str], b: tuple[int, str]) -> bool:
+    """Same epoch, and same weights unless either side predates digests."""
+    return a[0] == b[0] and (not a[1] or not b[1] or a[1] == b[1])
+
+
+class DeployedRouter(NamedTuple):
+    """One router of a family as a deployment runs it: its configuration, weights and the
+    standardisation of its inputs (the family's training statistics)."""
+
+    config: RouterConfig
+    variables: Any
+    mean: np.ndarray
+    std: np.ndarray
+
+    def logits(self, raw_inputs: jax.Array) -> jax.Array:
+        """Router logits [N] of raw inputs (``router.edge_inputs``); traceable, so a deployment
+        can compute them in the same program as the edge network."""
+        standardized = (raw_inputs - self.mean) / self.std
+        return cast(jax.Array, build_router(self.config).apply(self.variables, standardized, train=False))
+
+
+def deployed_router(family: FamilyDir, index: int) -> DeployedRouter:
+    """Router ``index`` of a family (the target's, or 0 for a score family)."""
+    record = read_family(family)
+    stacked = checkpoints.restore_tree(family.variables)
+    return DeployedRouter(
+        config=RouterConfig.from_json(record.config),
+        variables=jax.tree.map(lambda leaf: jax.numpy.asarray(leaf[index]), stacked),
+        mean=np.asarray(record.input_mean, np.float32),
+        std=np.asarray(record.input_std, np.float32),
+    )
+
+
+def run_data(config: TrainConfig) -> DataSplits:
+    """The data a run of ``config`` trains on: its dataset, split by its seed, limited as it asks."""
+    return load_dataset(
+        config.dataset,
+        data_dir=config.data_dir,
+        split_seed=config.seed,
+        limit_train=config.limit_train,
+        download=config.download,
+    )
+
+
+def split_images(run: RunDir, outputs: dict[str, SplitOutputs]) -> dict[str, np.ndarray]:
+    """The run's images per split, reloaded with the run's own split seed and limits."""
+    data = run_data(read_run_record(run).train)
+    images = {}
+    for name in SPLITS:
+        split = getattr(data, name)
+        if not np.array_equal(split.labels, outputs[name].labels):
+            raise UsageError(f"the {name} images of {run} no longer match its outputs: rerun 'ddnn collect'")
+        images[name] = split.images
+    return images

@@ -1,0 +1,198 @@
+"""Writing and reading files of the run directory safely: atomic files and directories, the
+run directory's lock, strict JSON, .npz archives, and a probe for a writable directory."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import jax
+import numpy as np
+
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.rundir.layout import LOCK, RunDir
+
+# What np.load raises for a truncated, garbled or incomplete .npz.
+NPZ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, *, directory: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700; what we publish gets the user's usual permissions."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO]:
+    """Opens a temporary file beside ``path`` and renames it into place if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        _publish_mode(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yields an empty staging directory beside ``path``; if the block succeeds it replaces
+    ``path`` in one step: an existing directory is exchanged with the staging one atomically
+    (Linux renameat2), so a reader or a crash sees the old or the new one, never neither and
+    never a mix; the old one is deleted after."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        _publish_mode(staging, directory=True)
+        if path.exists():
+            _exchange(staging, path)  # staging now holds the old directory
+        else:
+            staging.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swaps two paths atomically (renameat2 RENAME_EXCHANGE); on systems without it, renames
+    b aside first (a crash between the two renames leaves b under a hidden '.old' name)."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+            return
+        if ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
+    aside = b.with_name(f".{b.name}.{uuid.uuid4().hex[:8]}.old")
+    b.rename(aside)
+    try:
+        a.rename(b)
+    except OSError:
+        aside.rename(b)  # put the old one back
+        raise
+    aside.rename(a)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+_held_locks: dict[Path, int] = {}  # run directories this process holds, with nesting depth
+
+
+@contextlib.contextmanager
+def locked(run: RunDir, stage: str) -> Iterator[None]:
+    """Holds the run directory's exclusive lock while a writing stage runs (re-entrant within
+    one process, so ``ddnn run`` holds it across its stages). The lock is an flock on
+    RUN_DIR/.lock, which the kernel releases when the holder dies, so a kill leaves nothing
+    held; the file names its holder for the message of whoever finds it taken. A directory
+    made for the lock alone is removed again if the stage fails."""
+    key = run.root.resolve()
+    if jax.process_index() > 0:
+        # one program in several processes: process 0 holds the lock for all of them
+        yield
+        return
+    if key in _held_locks:
+        _held_locks[key] += 1
+        try:
+            yield
+        finally:
+            _held_locks[key] -= 1
+        return
+    created = not run.root.exists()
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+        # O_NOFOLLOW: a .lock planted as a symlink must not make us truncate its target
+        fd = os.open(run.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        handle = os.fdopen(fd, "a+", encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"cannot lock {run} ({err.strerror}): choose a directory you can write to") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UsageError(f"{run} is in use by {holder}: wait for it to end, or stop it, and retry") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} (ddnn {stage})\n")
+    handle.flush()
+    _held_locks[key] = 1
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        del _held_locks[key]
+        with contextlib.suppress(OSError):  # never hide the stage's own error
+            if created and not finished and [p.name for p in run.root.iterdir()] == [LOCK]:
+                run.lock.unlink()
+                run.root.rmdir()
+        with contextlib.suppress(OSError):
+            handle.truncate(0)
+        handle.close()  # closing the descriptor releases the flock
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Strict JSON (NaN is refused), sorted keys, under a temporary name."""
+    write_text(path, json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_json(path: Path, remedy: str) -> Any:
+    """The JSON value in ``path``, or a UsageError naming the file and ``remedy``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path} is missing: {remedy}") from None
+    except OSError as err:
+        raise UsageError(f"{path} cannot be read ({err.strerror}): {remedy}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path} is not valid JSON ({type(err).__name__}): {remedy}") from None
+
+
+def save_npz(path: Path, arrays: dict[str, Any]) -> Path:
+    """np.savez under a temporary name, then a rename: readers never see half a file."""
+    with atomic_file(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def _check_writable(directory: Path) -> None:
+    """Probes with a real file: permission bits say nothing for root or read-only mounts."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise UsageError(
+            f"cannot write to {directory} ({err.strerror}): choose an --out path you can write to"
+        ) from None

@@ -1,0 +1,191 @@
+"""The run directory's layout: every file and folder name in a run or a study, and the classes
+that turn them into paths (``RunDir``, ``FamilyDir``, ``StudyDir``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+OUTPUTS = "outputs"
+LOCK = ".lock"  # the run directory's exclusive lock (flock) and its holder
+ROUTERS = "routers"
+FAMILY_RECORD = "router.json"
+FAMILY_SCORES = "scores.npz"
+FAMILY_VARIABLES = "variables"
+RUN_PLAN = "run_plan.json"
+WEIGHT_SWEEP = "weight_sweep"
+BENCH_INFERENCE = "bench_inference.json"
+RESULTS = "results.json"
+REPORT = "report.md"
+EDGE = "edge"
+EDGE_REPORT = "edge_report.json"
+EDGE_SWEEP = "sweep.json"
+FIGURES = "figures"
+STUDY_CONFIG = "study_config.json"
+STUDY_RESULTS = "study.json"
+STUDY_REPORT = "study.md"
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyDir:
+    """``RUN_DIR/routers/NAME/``: one trained router family."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def record(self) -> Path:
+        return self.root / FAMILY_RECORD
+
+    @property
+    def scores(self) -> Path:
+        return self.root / FAMILY_SCORES
+
+    @property
+    def variables(self) -> Path:
+        return self.root / FAMILY_VARIABLES
+
+    def is_complete(self) -> bool:
+        return self.record.is_file() and self.scores.is_file() and self.variables.is_dir()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Directory:
+    """A directory of known layout; ``root`` may be given as a string."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    @property
+    def figures(self) -> Path:
+        return self.root / FIGURES
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir(_Directory):
+    """The paths of one run directory."""
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.root / OUTPUTS
+
+    def outputs(self, split: str) -> Path:
+        return self.outputs_dir / f"{split}.npz"
+
+    @property
+    def routers(self) -> Path:
+        return self.root / ROUTERS
+
+    def family(self, name: str) -> FamilyDir:
+        return FamilyDir(self.routers / name)
+
+    def families(self) -> dict[str, FamilyDir]:
+        """Every complete router family, by name (directories being built are hidden)."""
+        if not self.routers.is_dir():
+            return {}
+        found = (FamilyDir(d) for d in sorted(self.routers.iterdir()) if not d.name.startswith("."))
+        return {f.name: f for f in found if f.is_complete()}
+
+    @property
+    def run_plan(self) -> Path:
+        return self.root / RUN_PLAN
+
+    @property
+    def weight_sweep(self) -> Path:
+        return self.root / WEIGHT_SWEEP
+
+    def sweep_run(self, local_weight: float, seed: int) -> RunDir:
+        return RunDir(self.weight_sweep / f"w{local_weight}_seed{seed}")
+
+    def sweep_runs(self) -> list[RunDir]:
+        root = self.weight_sweep
+        return [RunDir(d) for d in sorted(root.iterdir()) if d.is_dir()] if root.is_dir() else []
+
+    @property
+    def bench_inference(self) -> Path:
+        return self.root / BENCH_INFERENCE
+
+    @property
+    def results(self) -> Path:
+        return self.root / RESULTS
+
+    @property
+    def edge_dir(self) -> Path:
+        """Reports of the edge half run against a server (``ddnn edge``)."""
+        return self.root / EDGE
+
+    def edge_report(self, name: str) -> Path:
+        return self.edge_dir / name / EDGE_REPORT
+
+    @property
+    def edge_sweep(self) -> Path:
+        return self.edge_dir / EDGE_SWEEP
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT
+
+    def figure(self, fig_id: str) -> Path:
+        return self.figures / f"fig_{fig_id.replace('.', '_')}.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyDir(_Directory):
+    """The paths of one multi-seed study."""
+
+    @property
+    def config(self) -> Path:
+        return self.root / STUDY_CONFIG
+
+    def seed_run(self, seed: int) -> RunDir:
+        return RunDir(self.root / f"seed_{seed}")
+
+    def runs(self) -> list[RunDir]:
+        """Every run directory directly under the study (a folder with a config.json)."""
+        if not self.root.is_dir():
+            return []
+        return [RunDir(d) for d in sorted(self.root.iterdir()) if (d / CONFIG).is_file()]
+
+    @property
+    def results(self) -> Path:
+        return self.root / STUDY_RESULTS
+
+    @property
+    def report(self) -> Path:
+        return self.root / STUDY_REPORT
+
+    def figure(self, name: str) -> Path:
+        return self.figures / f"study_{name}.png"
+
+
+def as_run(run: RunDir | Path | str) -> RunDir:
+    return run if isinstance(run, RunDir) else RunDir(Path(run))
