@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -58,3 +60,29 @@ def test_a_decision_rule_added_through_the_public_api_is_evaluated_and_reported(
         assert curve[target]["accuracy"] == pytest.approx(right.mean(), abs=1e-12)
         assert curve[target]["local_rate"] == pytest.approx(local.mean(), abs=1e-12)
     assert "| top_logit |" in report
+
+
+def test_a_router_loss_added_through_the_public_api_is_the_one_trained(tiny_run):
+    import optax
+
+    import ddnn_jax as ddnn
+    from ddnn_jax.core import router_losses
+
+    # a loss that ignores the labels and asks every router to offload everything
+    always = lambda logits, labels: optax.sigmoid_binary_cross_entropy(logits, jnp.ones_like(logits)).mean()
+    ddnn.register_loss(ddnn.RouterLoss("always", "grid", always))
+    try:
+        config = ddnn.RouterConfig(
+            targets=(0.3, 0.5), max_epochs=30, hidden=(16,), learning_rate=0.05, loss="always"
+        )
+        family = ddnn.route(tiny_run, config)
+        with pytest.raises(ValueError, match="does not fit the score objective"):
+            ddnn.RouterConfig(objective="score", labels="benefit", loss="always").check()
+    finally:
+        del router_losses.LOSSES["always"]
+    assert family.name == "logits-always"
+    default = ddnn.route(tiny_run, dataclasses.replace(config, loss=None))
+    assert default.name == "logits"
+    offloaded = lambda f: (ddnn.read_family_scores(f)["test"] >= 0).mean(-1)  # the thesis decision
+    # at L0 = 0.5 half the labels say 'local': the default loss learns to keep some local
+    assert offloaded(family).min() == 1.0 and offloaded(default)[1] < 0.9, offloaded(default)

@@ -74,6 +74,7 @@ def router_config_from(args, inputs: str) -> RouterConfig:
     config = RouterConfig(
         inputs=inputs,
         objective=args.objective,
+        loss=args.loss,
         labels=args.labels or (RouterConfig.labels if args.objective == "grid" else "benefit"),
         targets=args.grid or RouterConfig.targets,
         hidden=DEPTH_PRESETS[args.depth],

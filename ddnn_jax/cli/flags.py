@@ -12,6 +12,7 @@ from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.core.models import CONV_CHOICES, PRECISIONS
 from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
+from ddnn_jax.data import DATASETS
 from ddnn_jax.jobs.run import RunPlan
 
 DEFAULTS = TrainConfig()
@@ -127,9 +128,7 @@ def add_runtime_flags(command: argparse.ArgumentParser) -> None:
 
 
 def add_data_flags(command: argparse.ArgumentParser) -> None:
-    command.add_argument(
-        "--dataset", default=DEFAULTS.dataset, help="fashion_mnist, mnist, cifar10, cifar100 or svhn_cropped"
-    )
+    command.add_argument("--dataset", default=DEFAULTS.dataset, help="one of " + ", ".join(DATASETS))
     command.add_argument(
         "--data-dir",
         default=DEFAULTS.data_dir,

@@ -26,6 +26,7 @@ from ddnn_jax.cli.flags import (
     seeds,
 )
 from ddnn_jax.core.families import LABEL_KINDS, OBJECTIVES, SCORE_KINDS
+from ddnn_jax.core.router_losses import LOSSES
 from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
 from ddnn_jax.stages.evaluate import EvaluationConfig
 
@@ -70,6 +71,12 @@ def _add_route(commands) -> None:
         choices=OBJECTIVES,
         help="grid: one router per target (the thesis); score: one router whose score is "
         "thresholded for every target on validation",
+    )
+    route.add_argument(
+        "--loss",
+        default=RouterConfig.loss,
+        choices=tuple(LOSSES),
+        help="what the routers minimise (default: bce for grid, squared for score)",
     )
     route.add_argument(
         "--labels",

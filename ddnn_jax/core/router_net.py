@@ -19,6 +19,7 @@ from ddnn_jax.core.families import INPUT_KINDS, LABEL_KINDS, OBJECTIVES, SCORE_K
 from ddnn_jax.core.mechanisms import REFERENCE_TARGET
 from ddnn_jax.core.models import batch_norm, conv3x3, dense
 from ddnn_jax.core.outputs import SplitOutputs
+from ddnn_jax.core.router_losses import router_loss
 
 DEFAULT_TARGETS = (0.1, 0.2, 0.3, 0.4, 0.5, REFERENCE_TARGET, 0.6, 0.7, 0.8, 0.9)
 # Hidden widths of the thesis's depth ablation, by number of Dense layers (the output included).
@@ -48,6 +49,7 @@ class RouterConfig:
     seed: int = 0
     conv: str = "auto"  # convolution implementation of the CNN kinds (models.CONV_CHOICES)
     objective: str = "grid"  # families.OBJECTIVES
+    loss: str | None = None  # a key of router_losses.LOSSES that fits the objective; None: its default
 
     @property
     def kind(self) -> InputKind:
@@ -69,6 +71,7 @@ class RouterConfig:
                 f"labels '{self.labels}' do not fit the {self.objective} objective: "
                 f"choose {' or '.join(kinds)}"
             )
+        router_loss(self.loss, self.objective)
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"router dropout {self.dropout_rate} is outside [0, 1)")
         for name in ("batch_size", "max_epochs", "early_stopping_patience", "eval_batch_size"):

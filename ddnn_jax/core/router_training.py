@@ -18,6 +18,7 @@ import optax
 
 from ddnn_jax.core import optim
 from ddnn_jax.core.families import LABEL_KINDS, SCORE_KINDS
+from ddnn_jax.core.router_losses import router_loss
 from ddnn_jax.core.router_net import RouterConfig, RouterNet, build_router
 
 STREAM_ROUTER = 100  # fold_in stream of the run seed reserved for routers
@@ -81,17 +82,13 @@ class Objective(NamedTuple):
 
 
 def objective(config: RouterConfig) -> Objective:
-    """'grid': y [N] 0/1 labels; BCE, decision accuracy. 'score': y [N, 3] columns (regression
-    target, local_correct, cloud_correct); squared error, mean accuracy over budgets."""
+    """'grid': y [N] 0/1 labels, selected on decision accuracy. 'score': y [N, 3] columns
+    (regression target, local_correct, cloud_correct), selected on mean accuracy over budgets.
+    The loss is the config's (``router_losses``)."""
+    loss = router_loss(config.loss, config.objective).fn
     if config.objective == "grid":
-        return Objective(
-            loss=lambda z, y: optax.sigmoid_binary_cross_entropy(z, y.astype(z.dtype)).mean(),
-            quality=lambda z, y: ((z >= 0) == (y == 1)).mean(),
-        )
-    return Objective(
-        loss=lambda z, y: jnp.mean((z - y[:, 0]) ** 2),
-        quality=lambda z, y: mean_accuracy_over_budgets(z, y[:, 1], y[:, 2]),
-    )
+        return Objective(loss=loss, quality=lambda z, y: ((z >= 0) == (y == 1)).mean())
+    return Objective(loss=loss, quality=lambda z, y: mean_accuracy_over_budgets(z, y[:, 1], y[:, 2]))
 
 
 def predict_chunked(model: RouterNet, variables, inputs: jax.Array, chunk: int) -> jax.Array:

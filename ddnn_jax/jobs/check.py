@@ -53,6 +53,7 @@ def route_command(run: RunDir, name: str, config: RouterConfig) -> str:
     flags = [
         f"--inputs {config.inputs}",
         f"--objective {config.objective}",
+        *([f"--loss {config.loss}"] if config.loss is not None else []),
         f"--labels {config.labels}",
         "--grid " + ",".join(f"{t:g}" for t in config.targets),
         *([f"--depth {depth}"] if depth is not None else []),

@@ -21,6 +21,7 @@ from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.decisions import calibrated_thresholds
 from ddnn_jax.core.labels import Correctness, benefit_thresholds, check_targets, correctness, labels_of_kind
+from ddnn_jax.core.router_losses import DEFAULT_LOSS
 from ddnn_jax.core.router_net import RouterConfig, raw_inputs
 from ddnn_jax.core.router_training import GridResult, make_grid_predictor, make_grid_trainer, model_keys
 from ddnn_jax.data import channel_statistics
@@ -45,10 +46,12 @@ from ddnn_jax.rundir import (
 
 def default_name(config: RouterConfig) -> str:
     """'logits', 'logits+', 'features-cnn', ... with '-oracle' for oracle labels, '-score' for
-    the score objective ('-score-gain' when it regresses the gain)."""
+    the score objective ('-score-gain' when it regresses the gain), and '-LOSS' for a loss other
+    than the objective's default."""
+    loss = "" if config.loss in (None, DEFAULT_LOSS[config.objective]) else f"-{config.loss}"
     if config.objective == "score":
-        return config.inputs + "-score" + ("-gain" if config.labels == "gain" else "")
-    return config.inputs + ("-oracle" if config.labels == "oracle" else "")
+        return config.inputs + "-score" + ("-gain" if config.labels == "gain" else "") + loss
+    return config.inputs + ("-oracle" if config.labels == "oracle" else "") + loss
 
 
 def check_family_name(name: str) -> str:
