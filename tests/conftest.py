@@ -19,8 +19,9 @@ import pytest
 
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 TFDS_ENV = "TFDS_DATA_DIR"  # tfds reads it when first imported
+SHARED_ENV = "DDNN_TEST_SHARED"  # trained runs that every pytest-xdist worker reads
 # Set by the session that made them (pytest-xdist's workers inherit them from the controller).
-SESSION_DIRS = {CACHE_ENV: "ddnn-jax-xla-cache-", TFDS_ENV: "ddnn-jax-tfds-"}
+SESSION_DIRS = {CACHE_ENV: "ddnn-jax-xla-cache-", TFDS_ENV: "ddnn-jax-tfds-", SHARED_ENV: "ddnn-jax-shared-"}
 
 
 def pytest_configure(config):
@@ -38,16 +39,23 @@ def pytest_unconfigure(config):
         shutil.rmtree(os.environ.pop(name), ignore_errors=True)
 
 
+@contextlib.contextmanager
+def one_worker_at_a_time(name: str):
+    """Holds the session-wide lock ``name``: what one worker builds under it, the others find."""
+    import fcntl
+
+    with open(Path(os.environ[SHARED_ENV]) / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_ready():
     """Prepares Fashion-MNIST once per session in the session's tfds directory (about 20 s
     offline); parallel workers wait for the first one."""
-    import fcntl
-
     from ddnn_jax.data import load_dataset
 
-    with open(Path(os.environ[TFDS_ENV]) / ".prepare.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with one_worker_at_a_time("fashion_mnist"):
         load_dataset("fashion_mnist", limit_train=256, download=True)
 
 
@@ -99,17 +107,22 @@ PRISTINE_PLAN = [
     "--no-ablations",
     "--sweep-weights",
     "none",
+    "--no-inference-timing",
     "--quiet",
 ]
 
 
 @pytest.fixture(scope="session")
-def pristine(tmp_path_factory, fashion_mnist_ready):
-    """A complete small run of PRISTINE_FLAGS and PRISTINE_PLAN; copy it before changing it."""
+def pristine(fashion_mnist_ready):
+    """A complete small run of PRISTINE_FLAGS and PRISTINE_PLAN, made once per session for every
+    worker; copy it before changing it."""
     from ddnn_jax import cli
 
-    out = tmp_path_factory.mktemp("pristine") / "run"
-    assert cli.main(["run", *PRISTINE_FLAGS, *PRISTINE_PLAN, "--out", str(out)]) == 0
+    out = Path(os.environ[SHARED_ENV]) / "pristine"
+    with one_worker_at_a_time("pristine"):
+        if not (out / "report.md").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            assert cli.main(["run", *PRISTINE_FLAGS, *PRISTINE_PLAN, "--out", str(out)]) == 0
     return out
 
 

@@ -135,7 +135,8 @@ def test_a_prepared_directory_is_read_without_tensorflow(tmp_path, capsys, fashi
 
     from ddnn_jax.cli import main
 
-    data_dir = tmp_path / "tfds"
+    # the session's tfds directory, which fashion_mnist_ready prepared through the same code
+    data_dir = Path(os.environ["TFDS_DATA_DIR"])
     assert main(["prepare", "--dataset", "fashion_mnist", "--data-dir", str(data_dir)]) == 0
     assert "(train 54000, val 6000, test 10000)" in capsys.readouterr().out
     prepared = data_dir / "fashion_mnist" / "3.0.1"

@@ -254,8 +254,8 @@ def test_the_sweep_gives_accuracy_against_bytes_for_every_wire(pristine, server,
     run_edge(run, _config(server, batch=1, limit=200))  # into RUN_DIR/edge/
     text = report(run).read_text()
     assert "One offload costs" in text and "Live runs of the edge" in text and "measured, fp32" in text
-    assert (run / "figures" / "fig_split_bytes.png").is_file()
-    assert (run / "figures" / "fig_split_latency.png").is_file()
+    assert (run / "figures" / "fig_deployment_bytes.png").is_file()
+    assert (run / "figures" / "fig_deployment_latency.png").is_file()
     result["made_from"] = "0" * 64  # as if made from other outputs
     RunDir(run).edge_sweep.write_text(json.dumps(result))
     text = report(run).read_text()

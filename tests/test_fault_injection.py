@@ -62,7 +62,10 @@ def _expected_check(kind: str, how: str, outcome: str) -> str:
     """What ``ddnn check`` must say of the artefact after the command: repaired, or still bad."""
     if outcome == "repair":
         return OK
-    return MISSING if how == "delete" and kind != "checkpoint metrics" else DAMAGED
+    # a whole file gone is missing; one file of an artefact gone leaves it damaged
+    return (
+        MISSING if how == "delete" and kind in ("config.json", "metrics.jsonl", "results.json") else DAMAGED
+    )
 
 
 def _argv(command: list[str], run: Path) -> list[str]:

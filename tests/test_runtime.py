@@ -69,7 +69,7 @@ def test_an_unusable_cache_directory_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-RUN = [*SMALL_RUN, "--quiet"]  # with the ablations: families that share programs
+RUN = [*SMALL_RUN, "--no-inference-timing", "--quiet"]  # with the ablations: families that share programs
 
 
 def _bench_run(out, cache):

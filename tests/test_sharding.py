@@ -15,7 +15,7 @@ SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from ddnn_jax.core.config import TrainConfig
-from ddnn_jax import train as T
+from ddnn_jax.core import training as T
 
 assert jax.device_count() == 4, jax.devices()
 config = TrainConfig(batch_size=16, edge_channels=4, local_hidden=8,
@@ -71,7 +71,8 @@ import jax, numpy as np
 from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.data import DataSplits, Split
 from ddnn_jax.rundir import RunDir
-from ddnn_jax import train as T
+from ddnn_jax.core import training as T
+from ddnn_jax.stages import train as S
 
 assert jax.device_count() == 4, jax.devices()
 config = TrainConfig(epochs=2, batch_size=16, edge_channels=4, local_hidden=8, eval_batch_size=32,
@@ -83,11 +84,11 @@ split = Split(images, labels)
 norm = np.array([0.5], np.float32), np.array([0.3], np.float32)
 data = DataSplits("tiny", split, split, split, 3, *norm, True, 2)
 root = Path(tempfile.mkdtemp())
-jobs = lambda kind: [T.TrainJob(dataclasses.replace(config, seed=s), data, RunDir(root / f"{kind}{s}"), w)
+jobs = lambda kind: [S.TrainJob(dataclasses.replace(config, seed=s), data, RunDir(root / f"{kind}{s}"), w)
                      for s, w in ((0, 0.5), (1, 0.2))]
 mesh = T.train_mesh(16, 2)
-together = T.train_jobs(jobs("together"), together=True)
-alone = [T.train_jobs([job])[0] for job in jobs("alone")]
+together = S.train_jobs(jobs("together"), together=True)
+alone = [S.train_jobs([job])[0] for job in jobs("alone")]
 print(json.dumps({"mesh": dict(mesh.shape), "together": together, "alone": alone}))
 """
 

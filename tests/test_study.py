@@ -148,7 +148,7 @@ def test_intervals():
 def test_study_end_to_end_resumes_without_redoing_finished_seeds(tmp_path, capsys, fashion_mnist_ready):
     out = tmp_path / "study"
     flags = ["--epochs", "1", "--limit-train", "512", "--inputs", "logits", "--grid", "0.3,0.54"]
-    flags += ["--no-ablations", "--quiet", "--out", str(out)]
+    flags += ["--no-ablations", "--no-inference-timing", "--quiet", "--out", str(out)]
     assert cli.main(["study", "--dataset", "fashion_mnist", "--seeds", "0", *flags]) == 0
     finished = {
         path: path.stat().st_mtime_ns

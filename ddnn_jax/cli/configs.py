@@ -46,6 +46,7 @@ def run_plan_from(args) -> RunPlan:
         targets=args.grid or RunPlan.targets,
         inputs=args.inputs,
         ablations=not args.no_ablations,
+        inference_timing=not args.no_inference_timing,
         sweep_weights=args.sweep_weights,
         router_seed=args.router_seed,
     )

@@ -224,6 +224,11 @@ def add_plan_flags(command: argparse.ArgumentParser, sweep_weights: tuple[float,
         help="skip the oracle-label, depth, dropout and score-target router studies",
     )
     command.add_argument(
+        "--no-inference-timing",
+        action="store_true",
+        help="skip timing inference per mechanism (Fig. 6.5, bench_inference.json)",
+    )
+    command.add_argument(
         "--sweep-weights",
         type=numbers,
         default=sweep_weights,

@@ -216,7 +216,7 @@ def _add_study(commands) -> None:
     add_plan_flags(study, ())
 
 
-def _add_split(commands) -> None:
+def _add_deployment(commands) -> None:
     from ddnn_jax.core.mechanisms import edge_mechanisms
     from ddnn_jax.deploy.cloud import DEFAULT_MAX_BATCH
     from ddnn_jax.deploy.edge import EdgeConfig
@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_collect,
         _add_route,
         _add_evaluate_report,
-        _add_split,
+        _add_deployment,
         _add_interop,
         _add_bench,
     ):

@@ -76,7 +76,15 @@ def _adam(learning_rate: float) -> optax.GradientTransformation:
 
 
 def create_train_state(config: TrainConfig, image_shape: tuple[int, ...], num_classes: int) -> TrainState:
-    """A freshly initialised state; the initialisation depends only on the seed."""
+    """A freshly initialised state; the initialisation depends only on the seed.
+
+    Args:
+      config: the run's configuration (architecture, optimiser, seed).
+      image_shape: (H, W, C) of one image.
+      num_classes: classes of both exits.
+    Returns:
+      The TrainState: parameters, batch statistics, Adam and plateau state, step 0.
+    """
     model = build_model(config, num_classes)
     key = jax.random.fold_in(jax.random.key(config.seed), STREAM_INIT)
     variables = jax.jit(model.init, static_argnames="train")(
@@ -351,7 +359,15 @@ def _forward(model: DDNN, with_features: bool):
 
 
 def make_predict_fn(model: DDNN, mean, std, with_features: bool = False):
-    """Evaluation-mode forward pass on uint8 images: (local_logits, cloud_logits[, z])."""
+    """Evaluation-mode forward pass on uint8 images, normalisation inside.
+
+    Args:
+      model: the network (``build_model``).
+      mean, std: the run's per-channel normalisation of x/255 (its RunRecord's).
+      with_features: also return the edge features z.
+    Returns:
+      A jitted ``predict(variables, images) -> (local_logits, cloud_logits[, z])``.
+    """
     forward = _forward(model, with_features)
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     return lambda variables, images: forward(variables, images, mean, std)

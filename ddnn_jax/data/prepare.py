@@ -50,8 +50,15 @@ NETWORK_TIMEOUT_S = 10.0
 def prepare_dataset(
     name: str, *, data_dir: str | None = None, download: bool = False, verbose: bool = False
 ) -> Path:
-    """Prepares a dataset for reading without TensorFlow; returns its tfds directory.
-    ``verbose`` lets TensorFlow's native log lines through."""
+    """Prepares a dataset for reading without TensorFlow: ``ddnn prepare``.
+
+    Args:
+      name: a dataset of ``DATASETS``.
+      data_dir: the tfds data directory (tfds's default when None).
+      download: let tfds download it (Fashion-MNIST prepares offline from Debian's files).
+      verbose: let TensorFlow's native log lines through.
+    Returns:
+      The dataset's directory inside ``data_dir``."""
     builder = prepared_builder(check_dataset_name(name).tfds_name, data_dir, download, verbose)
     return Path(str(builder.data_dir))
 

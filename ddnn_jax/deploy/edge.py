@@ -1,4 +1,4 @@
-"""The edge half as a client of ``ddnn serve`` (``ddnn edge``): the split made real.
+"""The edge half as a client of ``ddnn serve`` (``ddnn edge``): the deployment made real.
 
 The edge runs the feature extractor and the local head on the run's test images, decides per
 sample from edge-only information (``deploy.rules``), sends z over HTTP only for the samples it

@@ -122,9 +122,14 @@ def _training(run: RunDir) -> tuple[list[Finding], tuple[int, str] | None]:
             manager = checkpoints.manager(run.checkpoints)
         except UsageError as err:
             return [*findings, Finding("checkpoints/", DAMAGED, str(err), f"{resume} in a new --out")], None
-        epoch = manager.best_step()
+        unscored = checkpoints.unscored_steps(manager)
+        epoch = None if unscored else manager.best_step()
         best = None if epoch is None else (epoch, checkpoints.recorded_digest(manager, epoch))
         manager.close()
+        if unscored:
+            lost = f"epoch {unscored[0]} has lost its metrics, so the best epoch is unknown"
+            repair = "restore it from a copy, or move that epoch out of checkpoints/"
+            return [*findings, Finding("checkpoints/", DAMAGED, lost, repair)], None
     if best is None:
         findings.append(Finding("checkpoints/", MISSING, "no checkpoint", resume))
     else:
@@ -133,7 +138,14 @@ def _training(run: RunDir) -> tuple[list[Finding], tuple[int, str] | None]:
 
 
 def check(run_dir: RunDir | Path) -> list[Finding]:
-    """One finding per artefact, in stage order."""
+    """Every artefact of a run against what it records it was made from: ``ddnn check``.
+
+    Args:
+      run_dir: a run directory.
+    Returns:
+      One finding per artefact, in stage order: ok, missing, damaged or stale, with the
+      command that repairs it.
+    """
     run = as_run(run_dir)
     if not run.root.is_dir():
         raise UsageError(f"{run} is not a directory: give a run directory")

@@ -153,8 +153,17 @@ def run(
     progress: Progress = Progress(),
     clock: StageClock | None = None,
 ) -> Path:
-    """Runs every stage of the plan on ``run_dir``; returns the report's path. ``clock``, if
-    given, records the wall time of each stage."""
+    """Runs every stage of the plan on ``run_dir``, resuming what is done: ``ddnn run``.
+
+    Args:
+      config: the DDNN's training configuration.
+      run_dir: a new run directory, or one this configuration made before.
+      plan: the router families, grids and side studies besides the DDNN itself.
+      progress: where stage lines, epoch lines and bars go.
+      clock: if given, records the wall time of each stage (``ddnn bench run``).
+    Returns:
+      The path of the run's ``report.md``.
+    """
     run = as_run(run_dir)
     config.validate()
     check_for_training(run)

@@ -92,7 +92,16 @@ def run_study(
     progress: Progress = Progress(),
 ) -> Path:
     """Makes (or resumes) one full ``ddnn run`` per seed under ``out/seed_S/`` and aggregates
-    them; returns study.md. A study started with other flags is refused, naming the field."""
+    them: ``ddnn study``. A study started with other flags is refused, naming the field.
+
+    Args:
+      config: the training configuration every seed shares (its seed field is replaced).
+      seeds: one run per seed.
+      out: the study directory.
+      plan: the plan every seed's run follows.
+      progress: where stage lines and bars go.
+    Returns:
+      The path of ``study.md``."""
     seeds = check_seeds(seeds)
     study = StudyDir(out)
     if study.root.exists() and not study.root.is_dir():
@@ -162,8 +171,13 @@ def _check_comparable(runs: list[RunDir]) -> list[int]:
 
 
 def aggregate(study_dir: Path, seeds: Sequence[int] | None = None) -> Path:
-    """Aggregates the study's runs (``seeds``' runs, or every run directory under it) into
-    study.json and study.md; returns study.md."""
+    """Aggregates the study's runs into study.json and study.md, with intervals over seeds.
+
+    Args:
+      study_dir: the study directory.
+      seeds: the seeds' runs to aggregate; None: every run directory under it.
+    Returns:
+      The path of ``study.md``."""
     study = StudyDir(study_dir)
     if not study.root.is_dir():
         raise UsageError(f"{study_dir} is not a directory of runs: give the study's --out directory")

@@ -20,7 +20,13 @@ from ddnn_jax.rundir.records import RunRecord, outputs_source, read_family, read
 
 
 def restore_best(run: RunDir) -> tuple[RunRecord, TrainState, int]:
-    """(config record, TrainState of the best epoch on validation, that epoch) of a run."""
+    """The trained DDNN of a run at its best epoch on validation.
+
+    Args:
+      run: a run directory with checkpoints.
+    Returns:
+      (the run's record, the TrainState of its best epoch, that epoch).
+    """
     record = read_run_record(run)
     manager = checkpoints.manager(run.checkpoints, keep=record.train.keep_checkpoints)
     unscored = checkpoints.unscored_steps(manager)
@@ -94,7 +100,14 @@ class DeployedRouter(NamedTuple):
 
 
 def deployed_router(family: FamilyDir, index: int) -> DeployedRouter:
-    """Router ``index`` of a family (the target's, or 0 for a score family)."""
+    """One router of a family as a callable on edge inputs, standardisation included.
+
+    Args:
+      family: a trained family's directory (``route`` returns it; ``RunDir.family(name)``).
+      index: the router's target index in the family's grid, or 0 for a score family.
+    Returns:
+      The router: its config, weights and input standardisation (``logits(inputs)``).
+    """
     record = read_family(family)
     stacked = checkpoints.restore_tree(family.variables)
     return DeployedRouter(

@@ -38,6 +38,8 @@ def collect(
       run_dir: a training run (config.json and checkpoints/).
       with_features: also store the edge feature maps z.
       progress: where the live bar over the images goes.
+    Returns:
+      The path of each split's ``outputs/{split}.npz``, by split name.
     """
     run = as_run(run_dir)
     read_run_record(run)  # before the lock: a directory that is no run gets no lock file

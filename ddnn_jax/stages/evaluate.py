@@ -92,8 +92,12 @@ def evaluate(
     """Computes every mechanism's test curve and the analyses; writes and returns results.json.
 
     Args:
+      run_dir: a run with ``outputs/`` and any number of router families.
+      config: the reference budget, the border width, the latency model and the bootstrap.
       thresholds: per router family, thresholds (one per target) to use in place of the ones
         calibrated on validation, e.g. a deployed router's.
+    Returns:
+      The results, as written to ``results.json`` (schema: ``rundir.Results``).
     """
     if not np.isfinite(config.border_tau) or config.border_tau < 0:
         raise UsageError(f"--tau must be a non-negative number, got {config.border_tau}")

@@ -30,7 +30,14 @@ from ddnn_jax.stages.report_deployment import deployment_section
 
 
 def report(run_dir: RunDir | Path) -> Path:
-    """Draws every figure it has results for under RUN_DIR/figures/ and writes RUN_DIR/report.md."""
+    """Draws every figure it has results for under RUN_DIR/figures/ and writes RUN_DIR/report.md.
+
+    Args:
+      run_dir: a run with an up-to-date ``results.json`` (``evaluate``); the edge's reports
+        under ``edge/`` are drawn too when there are any.
+    Returns:
+      The path of ``report.md``.
+    """
     run = as_run(run_dir)
     read_results(run)
     with locked(run, "report"):

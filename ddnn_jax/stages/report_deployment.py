@@ -46,9 +46,9 @@ def _bytes_lines(run: RunDir, sweep: dict | None) -> list[str]:
             f"No current sweep: run `ddnn serve --run {run}` and then "
             f"`ddnn edge --run {run} --server URL --sweep --batch 256`.\n"
         ]
-    draw_figure(lambda ax: _bytes_axes(ax, sweep), run.figure("split_bytes"))
+    draw_figure(lambda ax: _bytes_axes(ax, sweep), run.figure("deployment_bytes"))
     return [
-        f"![accuracy against bytes]({run.figure('split_bytes').relative_to(run.root)})",
+        f"![accuracy against bytes]({run.figure('deployment_bytes').relative_to(run.root)})",
         "",
         _bytes_table(sweep),
         "",
@@ -60,7 +60,7 @@ def _latency_lines(run: RunDir, lm: dict, reports: list[dict]) -> list[str]:
     measured = _measured_latency(reports)
     if not measured:
         return []
-    path = run.figure("split_latency")
+    path = run.figure("deployment_latency")
     draw_figure(lambda ax: _latency_axes(ax, lm, measured, reports), path)
     return [
         f"![latency model]({path.relative_to(run.root)})",

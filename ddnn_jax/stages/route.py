@@ -166,6 +166,8 @@ def route(
       progress: where the grid's live bar goes.
       outputs: the run's outputs already in memory (``read_outputs``, with features if the
         family reads them), so that ``ddnn run`` reads them once for all its families.
+    Returns:
+      The family's directory (``read_family`` and ``deployed_router`` read it).
     """
     try:
         config.check()

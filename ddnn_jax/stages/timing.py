@@ -251,8 +251,13 @@ def _decision_programs(edge: dict, image, runs: int, calls: int, common: dict) -
 
 
 def time_inference(config: InferenceBenchConfig) -> list[dict]:
-    """Fig. 6.5's measurements: one dict per measurement (what ``ddnn bench inference`` prints
-    and ``ddnn run`` writes to bench_inference.json)."""
+    """Fig. 6.5's measurements: inference time per mechanism, repeated and interleaved.
+
+    Args:
+      config: the run (or random weights), the share kept local, batch and repeats.
+    Returns:
+      One dict per measurement (what ``ddnn bench inference`` prints and ``ddnn run`` writes
+      to bench_inference.json)."""
     if config.runs < 2:
         raise ValueError("runs must be at least 2 (the spread needs two)")
     programs = build_programs(config)
