@@ -34,6 +34,11 @@ def pytest_configure(config):
         os.environ[name] = tempfile.mkdtemp(prefix=SESSION_DIRS[name])
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, so that parallel workers do not end on one long test."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_unconfigure(config):
     for name in getattr(config, "ddnn_made", []):
         shutil.rmtree(os.environ.pop(name), ignore_errors=True)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SMALL_RUN, run_cli
+from conftest import run_cli
 from ddnn_jax.common import runtime
 
 
@@ -69,7 +69,9 @@ def test_an_unusable_cache_directory_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-RUN = [*SMALL_RUN, "--no-inference-timing", "--quiet"]  # with the ablations: families that share programs
+# One epoch on 256 images, with the ablations: families that share programs.
+RUN = ["--dataset", "fashion_mnist", "--epochs", "1", "--limit-train", "256", "--inputs", "logits"]
+RUN += ["--grid", "0.5", "--sweep-weights", "none", "--no-inference-timing", "--quiet"]
 
 
 def _bench_run(out, cache):

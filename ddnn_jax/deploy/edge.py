@@ -14,7 +14,6 @@ that request keep their local answer and are counted as fallbacks; none is lost.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.mechanisms import REFERENCE_TARGET, ROUTER, edge_mechanisms
 from ddnn_jax.deploy import wire
 from ddnn_jax.deploy.client import FAILURES, Answer, CloudClient, parse_server
-from ddnn_jax.deploy.edge_half import EdgeHalf, EdgeInputs, load_inputs
+from ddnn_jax.deploy.edge_half import EdgeHalf, EdgeInputs, load_inputs, made_from
 from ddnn_jax.deploy.rules import Rule, build_rule
 from ddnn_jax.rundir import RunDir, outputs_fingerprint, read_results, write_json
 
@@ -242,10 +241,7 @@ def _report(
     fallbacks = sum(stream.fallbacks.values())
     offloaded = stream.offloaded
     return {
-        "run": str(inputs.run),
-        "made_from": outputs_fingerprint(inputs.outputs),  # the outputs its rules were calibrated on
-        "checkpoint": inputs.edge.checkpoint,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **made_from(inputs),
         "config": dataclasses.asdict(config),
         "server": server,
         "device": jax.devices()[0].device_kind,

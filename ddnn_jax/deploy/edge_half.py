@@ -4,6 +4,7 @@ images, their labels, and the whole DDNN's in-process outputs the live answers a
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,6 +22,7 @@ from ddnn_jax.rundir import (
     RunRecord,
     SplitOutputs,
     as_run,
+    outputs_fingerprint,
     read_outputs,
     read_run_record,
     restore_best,
@@ -60,6 +62,16 @@ class EdgeInputs(NamedTuple):
     outputs: dict[str, SplitOutputs]  # the run's collected outputs (validation calibrates)
     reference: SplitOutputs  # the whole DDNN in process on these images (features for a folder)
     test_split: bool  # the run's test split (else a folder of images)
+
+
+def made_from(inputs: EdgeInputs) -> dict[str, str]:
+    """What an edge report or sweep was measured on: the run, its outputs and weights, and when."""
+    return {
+        "run": str(inputs.run),
+        "made_from": outputs_fingerprint(inputs.outputs),  # the outputs its rules were calibrated on
+        "checkpoint": inputs.edge.checkpoint,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def load_inputs(

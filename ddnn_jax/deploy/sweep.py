@@ -4,7 +4,6 @@ router family, with z sent in every wire, from one pass of the evaluated images 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ from ddnn_jax.core.router_net import RouterConfig
 from ddnn_jax.deploy import wire
 from ddnn_jax.deploy.client import CloudClient
 from ddnn_jax.deploy.edge import EdgeConfig, check_server
-from ddnn_jax.deploy.edge_half import EdgeInputs, load_inputs
+from ddnn_jax.deploy.edge_half import EdgeInputs, load_inputs, made_from
 from ddnn_jax.deploy.rules import Rule, build_rule, router_family
-from ddnn_jax.rundir import FamilyRecord, RunDir, outputs_fingerprint, write_json
+from ddnn_jax.rundir import FamilyRecord, RunDir, write_json
 
 
 def sweep(
@@ -80,10 +79,7 @@ def _result(
 ) -> dict[str, Any]:
     """sweep.json: the points, and what they were measured on."""
     return {
-        "run": str(inputs.run),
-        "made_from": outputs_fingerprint(inputs.outputs),  # the outputs its rules were calibrated on
-        "checkpoint": inputs.edge.checkpoint,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **made_from(inputs),
         "config": dataclasses.asdict(config),
         "server": health,
         "images": "test split" if inputs.test_split else str(config.images),
