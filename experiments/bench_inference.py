@@ -1,4 +1,4 @@
-"""See ddnn_jax/benchmarks/inference.py (also: ddnn bench inference)."""
+"""See ddnn_jax/stages/timing.py, the Fig. 6.5 timing stage (also: ddnn bench inference)."""
 
 from ddnn_jax.stages.timing import main
 

@@ -22,6 +22,7 @@ def test_pipeline_on_mock_data(tmp_path, monkeypatch):
         data = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0, download=True)
         again = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0, download=True)
         limited = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0, limit_train=20, download=True)
+        evaluated = load_dataset("mnist", data_dir=str(tmp_path), split_seed=0, limit_eval=4, download=True)
     assert data.train.images.shape == (54, 28, 28, 1) and data.train.images.dtype == np.uint8
     assert len(data.val) == 6 and len(data.test) == 60
     assert data.num_classes == 10 and not data.horizontal_flip and data.image_shape == (28, 28, 1)
@@ -31,6 +32,9 @@ def test_pipeline_on_mock_data(tmp_path, monkeypatch):
     assert not rows(data.train) & rows(data.val) and len(rows(data.train) | rows(data.val)) == 60
     np.testing.assert_array_equal(limited.train.images, data.train.images[:20])
     np.testing.assert_array_equal(limited.val.images, data.val.images)
+    np.testing.assert_array_equal(evaluated.val.images, data.val.images[:4])
+    np.testing.assert_array_equal(evaluated.test.labels, data.test.labels[:4])
+    np.testing.assert_array_equal(evaluated.train.images, data.train.images)
     np.testing.assert_allclose(limited.mean, data.train.images[:20].mean() / 255, rtol=1e-5)
 
 

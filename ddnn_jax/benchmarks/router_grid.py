@@ -4,7 +4,7 @@
     (or python experiments/bench_router.py ...)
 
 Both train the same MLP routers on logits with the same keys, ``--epochs`` epochs each (early
-stopping off so both do equal work): ``router.make_grid_trainer`` once for the whole grid, and
+stopping off so both do equal work): ``router_training.make_grid_trainer`` once for the whole grid, and
 the same trainer compiled for a grid of one target, called once per target. Synthetic logits
 and labels; compile excluded (timed separately). One JSON line per contender (median of
 ``--repeats``, interleaved), then the speed-up.

@@ -1,7 +1,7 @@
 """The contenders of ``ddnn bench train``, each built into a timed run on the same synthetic
 data, and the PyTorch side's device and settings.
 
-* ``jax_epoch``: ``train.TrainEpoch``, the whole epoch as one compiled program, data on the
+* ``jax_epoch``: ``core.training.TrainEpoch``, the whole epoch as one compiled program, data on the
   device;
 * ``jax_epoch_progress``: the same with the live progress bar that ``ddnn train`` shows on a
   terminal (a tqdm bar, drawn to /dev/null here): the epoch is then 20 calls of a compiled chunk

@@ -32,6 +32,7 @@ def train_config_from(args) -> TrainConfig:
         seed=getattr(args, "seed", TrainConfig.seed),
         data_dir=args.data_dir,
         limit_train=args.limit_train,
+        limit_eval=args.limit_eval,
         download=args.download,
         conv=args.conv,
         precision=args.precision,

@@ -179,6 +179,12 @@ def add_training_flags(train: argparse.ArgumentParser, study: bool = False) -> N
         help="train on the first N training images only (default: all)",
     )
     train.add_argument(
+        "--limit-eval",
+        type=integer,
+        default=DEFAULTS.limit_eval,
+        help="validate and test on the first N images of each only (default: all)",
+    )
+    train.add_argument(
         "--conv",
         choices=CONV_CHOICES,
         default=DEFAULTS.conv,

@@ -31,6 +31,7 @@ class TrainConfig:
     data_dir: str | None = None  # tfds data directory; tfds's default when None
     download: bool = False  # let tfds download a dataset that is not prepared
     limit_train: int | None = None  # train on the first N training examples only (quick runs)
+    limit_eval: int | None = None  # validate and test on the first N examples of each (quick runs)
     learning_rate: float = 1e-3  # Adam
     plateau_factor: float = 0.5  # learning-rate factor when validation accuracy plateaus
     plateau_patience: int = 2  # epochs without improvement before the factor applies
@@ -56,6 +57,8 @@ class TrainConfig:
                 f"--limit-train {self.limit_train} is smaller than one batch "
                 f"({self.batch_size}): raise it or lower --batch-size"
             )
+        if self.limit_eval is not None and self.limit_eval <= 0:
+            raise UsageError(f"--limit-eval must be a positive integer, got {self.limit_eval}")
         if self.seed < 0:
             raise UsageError(f"--seed must be a non-negative integer, got {self.seed}")
         if self.conv not in CONV_CHOICES:

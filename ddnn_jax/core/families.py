@@ -2,7 +2,7 @@
 trains (variants), each one entry in a registry that the route, evaluate and report stages read.
 
 Adding an input kind is one ``InputKind`` in ``INPUT_KINDS`` (and its array in
-``router.raw_inputs``); adding a study variant is one ``Family`` in ``FAMILIES``.
+``router_net.raw_inputs``); adding a study variant is one ``Family`` in ``FAMILIES``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Family:
     inputs: str  # a key of INPUT_KINDS
     labels: str = "cost"  # LABEL_KINDS for the grid objective, SCORE_KINDS for the score
     objective: str = "grid"  # a key of OBJECTIVES
-    depth: int = 5  # Dense layers, a key of router.DEPTH_PRESETS
+    depth: int = 5  # Dense layers, a key of router_net.DEPTH_PRESETS
     dropout_rate: float | None = None  # None: RouterConfig's default
     grid: str = "full"  # 'full': the run's grid; 'reference': L0 = 0.54 only
     ablation: bool = False  # part of the oracle-label, depth and dropout studies (--no-ablations)

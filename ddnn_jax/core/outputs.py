@@ -18,7 +18,7 @@ class SplitOutputs:
     labels: np.ndarray  # [N] int32
     epoch: int  # the checkpoint they come from (the best on validation)
     features: np.ndarray | None = None  # z, [N, H, W, C] float32, with ``collect --features``
-    checkpoint: str = ""  # checkpointing.state_digest of those weights ("" if not known)
+    checkpoint: str = ""  # rundir.checkpoints.state_digest of those weights ("" if not known)
 
     def __len__(self) -> int:
         return len(self.labels)

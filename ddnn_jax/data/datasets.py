@@ -48,6 +48,7 @@ def load_dataset(
     data_dir: str | None = None,
     split_seed: int = 0,
     limit_train: int | None = None,
+    limit_eval: int | None = None,
     download: bool = False,
 ) -> DataSplits:
     """Loads a dataset into memory, preparing it first if needed.
@@ -56,8 +57,8 @@ def load_dataset(
       name: one of ``DATASETS``.
       data_dir: tfds data directory (tfds's default when None).
       split_seed: seeds the train/validation split of the official train split.
-      limit_train: keep only the first N training examples (after the split); validation and
-        test stay whole.
+      limit_train: keep only the first N training examples (after the split).
+      limit_eval: keep only the first N validation and N test examples (None: whole).
       download: let tfds download the dataset if it is not prepared (needs network).
 
     Returns:
@@ -70,6 +71,9 @@ def load_dataset(
     train, val = split_train_validation(official_train, policy.validation_size, split_seed)
     if limit_train is not None:
         train = Split(train.images[:limit_train], train.labels[:limit_train])
+    if limit_eval is not None:
+        val = Split(val.images[:limit_eval], val.labels[:limit_eval])
+        test = Split(test.images[:limit_eval], test.labels[:limit_eval])
     mean, std = channel_statistics(train.images, 1 / 255)
     num_classes = builder.info.features["label"].num_classes
     return DataSplits(

@@ -1,6 +1,6 @@
 """The reference training step in PyTorch, for side-by-side throughput measurements.
 
-Same model, loss, optimizer and augmentation as ``ddnn_jax.train``: random crop of the
+Same model, loss, optimizer and augmentation as ``ddnn_jax.core.training``: random crop of the
 zero-padded uint8 batch and horizontal flip, per-channel normalisation, w*CE_local +
 (1-w)*CE_cloud, Adam. Data stays in memory as tensors on the trainer's device, as a tuned PyTorch
 loop would hold it.

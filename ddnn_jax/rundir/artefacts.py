@@ -93,7 +93,7 @@ class DeployedRouter(NamedTuple):
     std: np.ndarray
 
     def logits(self, raw_inputs: jax.Array) -> jax.Array:
-        """Router logits [N] of raw inputs (``router.edge_inputs``); traceable, so a deployment
+        """Router logits [N] of raw inputs (``router_net.edge_inputs``); traceable, so a deployment
         can compute them in the same program as the edge network."""
         standardized = (raw_inputs - self.mean) / self.std
         return cast(jax.Array, build_router(self.config).apply(self.variables, standardized, train=False))
@@ -125,6 +125,7 @@ def run_data(config: TrainConfig) -> DataSplits:
         data_dir=config.data_dir,
         split_seed=config.seed,
         limit_train=config.limit_train,
+        limit_eval=config.limit_eval,
         download=config.download,
     )
 

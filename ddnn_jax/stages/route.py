@@ -70,7 +70,7 @@ def meta_labels(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """B*(L0) from the training split, and every split's training targets under them: [G, N]
     labels for the grid objective, [1, N, 3] (regression target, local_correct, cloud_correct)
-    for the score (see ``router.objective``)."""
+    for the score (see ``router_training.objective``)."""
     per_split = {name: correctness(o.local_logits, o.cloud_logits, o.labels) for name, o in outputs.items()}
     thresholds = benefit_thresholds(per_split["train"].benefit, targets)
     if config.objective == "grid":

@@ -145,7 +145,13 @@ class _Resumed:
         data: one compiled program trains them, together or one after another."""
         config, data = self.job.config, self.job.data
         same = dataclasses.replace(
-            config, seed=0, local_weight="per-run", data_dir=None, download=False, limit_train=None
+            config,
+            seed=0,
+            local_weight="per-run",
+            data_dir=None,
+            download=False,
+            limit_train=None,
+            limit_eval=None,
         )
         return (
             same,
