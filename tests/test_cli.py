@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import PRISTINE_FLAGS, run_cli
+from conftest import PRISTINE_EVAL, PRISTINE_FLAGS, run_cli
 
 
 def _assert_usage_error(result, fragment: str):
@@ -114,7 +114,7 @@ def test_train_collect_end_to_end_and_conflicting_rerun(two_epoch_run):
     assert config["dataset"] == "fashion_mnist" and config["epochs"] == 2 and config["seed"] == 0
     assert config["batch_size"] == 128 and config["local_weight_mode"] == "per-run"
     assert 0 <= config["local_weight"] <= 1 and "jax" in config["versions"]
-    assert config["split_sizes"] == {"train": 512, "val": 6000, "test": 10000}
+    assert config["split_sizes"] == {"train": 512, "val": PRISTINE_EVAL, "test": PRISTINE_EVAL}
     rows = _metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2]
     for key in ("train_loss", "val_accuracy_local", "val_accuracy_cloud", "learning_rate"):
@@ -122,7 +122,7 @@ def test_train_collect_end_to_end_and_conflicting_rerun(two_epoch_run):
 
     result = run_cli("collect", "--run", str(run_dir), "--features")
     assert result.returncode == 0, result.stderr
-    sizes = {"train": 512, "val": 6000, "test": 10000}
+    sizes = {"train": 512, "val": PRISTINE_EVAL, "test": PRISTINE_EVAL}
     for split, n in sizes.items():
         with np.load(run_dir / "outputs" / f"{split}.npz") as out:
             assert out["local_logits"].shape == (n, 10) and out["local_logits"].dtype == np.float32
@@ -154,7 +154,9 @@ def kill(epoch):
     if epoch == 2:
         os.kill(os.getpid(), signal.SIGKILL)
 
-config = TrainConfig(dataset="fashion_mnist", epochs=2, batch_size=128, seed=0, limit_train=512)
+config = TrainConfig(
+    dataset="fashion_mnist", epochs=2, batch_size=128, seed=0, limit_train=512, limit_eval=2000
+)
 run_training(config, Path(sys.argv[1]), on_epoch_trained=kill)
 """
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 from http_fakes import SilentServer, post_bytes
 
+from conftest import PRISTINE_EVAL
 from ddnn_jax import cli
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
@@ -71,7 +72,7 @@ def test_fp32_accuracy_equals_results_json(pristine, server, tmp_path, mechanism
     requests, samples = _since(before, server)
     assert json.loads(path.read_text()) == report
     in_process = report["in_process"]
-    assert report["samples"] == 10000 and report["fallback_rate"] == 0.0
+    assert report["samples"] == PRISTINE_EVAL and report["fallback_rate"] == 0.0
     assert report["accuracy"] == in_process["accuracy"] == in_process["results_json_accuracy"]
     assert report["local_rate"] == in_process["local_rate"]
     assert in_process["decisions_differing"] == 0 and in_process["predictions_differing"] == 0
@@ -79,11 +80,11 @@ def test_fp32_accuracy_equals_results_json(pristine, server, tmp_path, mechanism
     point = next(p for p in curve if p["target"] == TARGET)
     assert (report["accuracy"], report["local_rate"]) == (point["accuracy"], point["local_rate"])
     offloads = report["offloaded"]
-    assert offloads == round((1 - point["local_rate"]) * 10000)  # as the evaluate stage counted
+    assert offloads == round((1 - point["local_rate"]) * PRISTINE_EVAL)  # as the evaluate stage counted
     bytes_ = report["bytes"]
     assert (bytes_["requests"], offloads, report["answered_by_cloud"]) == (requests, samples, samples)
     assert bytes_["payload_per_offload"] == PAYLOAD["fp32"]
-    assert requests <= -(-10000 // 64)
+    assert requests <= -(-PRISTINE_EVAL // 64)
     # each request: the HTTP head, our header and its samples; the head's Content-Length of 1 to
     # 64 fp32 samples (25108 to 1605652 bytes) has 4 to 6 digits more than that of an empty body
     fixed = requests * (post_bytes(server, 0) + HEADER) + offloads * PAYLOAD["fp32"]
@@ -245,8 +246,8 @@ def test_the_sweep_gives_accuracy_against_bytes_for_every_wire(pristine, server,
         fp32 = points[mechanism, TARGET, "fp32"]
         expected = next(p for p in results["curves"][curve] if p["target"] == TARGET)
         assert fp32["accuracy"] == expected["accuracy"]
-        offloads = round((1 - expected["local_rate"]) * 10000)  # as the evaluate stage counted
-        assert fp32["bytes_per_sample"] == pytest.approx(offloads * one_sample["fp32"] / 10000)
+        offloads = round((1 - expected["local_rate"]) * PRISTINE_EVAL)  # as the evaluate stage counted
+        assert fp32["bytes_per_sample"] == pytest.approx(offloads * one_sample["fp32"] / PRISTINE_EVAL)
     for w in wire.WIRES:
         assert points["cloud_only", None, w]["bytes_per_sample"] == one_sample[w]
     assert points["cloud_only", None, "fp32"]["accuracy"] == results["cloud_only_accuracy"]

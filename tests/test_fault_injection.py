@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import PRISTINE_EVAL
 from conftest import PRISTINE_FLAGS as FLAGS
 from conftest import PRISTINE_PLAN as PLAN
 from ddnn_jax import cli
@@ -96,7 +97,7 @@ def test_a_damaged_file_is_repaired_or_refused_in_one_line(pristine, tmp_path, c
             0.5
         ]
         with np.load(run / "routers" / "logits" / "scores.npz") as scores:
-            assert scores["test"].shape == (1, 10_000)
+            assert scores["test"].shape == (1, PRISTINE_EVAL)
         assert cli.main(["evaluate", "--run", str(run)]) == 0
     else:
         assert code == 2 and len(err) == 1 and err[0].startswith("ddnn: error: "), err
