@@ -1,6 +1,7 @@
 """Every stage on the 32x32 colour datasets, through tfds's mock data: train one tiny epoch,
 collect, route, evaluate, report. Fashion-MNIST (the real data) covers 28x28 grey images; these
-cover three channels, 100 classes and the router families that read feature maps or images."""
+cover three channels, 100 classes and (on CIFAR-10) the router families that read feature maps or
+images."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def _trained(tmp_path, dataset: str, with_features: bool = False) -> RunDir:
 @pytest.mark.parametrize("dataset", sorted(CLASSES))
 def test_a_tiny_run_goes_through_every_stage(tmp_path, mock_tfds, dataset):
     classes = CLASSES[dataset]
-    run = _trained(tmp_path, dataset)
+    run = _trained(tmp_path, dataset, with_features=dataset == "cifar10")
     record = read_run_record(run)
     assert record.num_classes == classes and record.image_shape == (32, 32, 3) and len(record.mean) == 3
     test = read_outputs(run)["test"]
@@ -82,11 +83,12 @@ def test_a_tiny_run_goes_through_every_stage(tmp_path, mock_tfds, dataset):
     text = report(run).read_text()
     assert "router_logits_calibrated" in text
     assert run.figure("6.2").stat().st_size > 10_000
+    if dataset == "cifar10":
+        _routers_on_feature_maps_and_images(run)
 
 
-@pytest.mark.slow
-def test_routers_on_feature_maps_and_images_train_through_the_route_stage(tmp_path, mock_tfds):
-    run = _trained(tmp_path, "cifar10", with_features=True)
+def _routers_on_feature_maps_and_images(run: RunDir) -> None:
+    """The families that read z or x, trained through the route stage and evaluated."""
     inputs = ("features", "features-cnn", "images")
     for kind in inputs:
         family = route(run, dataclasses.replace(TINY_ROUTER, inputs=kind), progress=QUIET)
