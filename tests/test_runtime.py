@@ -71,7 +71,7 @@ def test_an_unusable_cache_directory_is_refused_in_one_line(tmp_path):
 
 # One epoch on 256 images and the two logits families (that families differing in data only share
 # one program is test_router's test_families_that_differ_in_data_only_share_one_compiled_program).
-RUN = ["--dataset", "fashion_mnist", "--epochs", "1", "--limit-train", "256", "--limit-eval", "1000"]
+RUN = ["--dataset", "fashion_mnist", "--epochs", "1", "--limit-train", "256", "--limit-eval", "500"]
 RUN += ["--inputs", "logits"]
 RUN += ["--grid", "0.5", "--no-ablations", "--sweep-weights", "none", "--no-inference-timing", "--quiet"]
 

@@ -147,7 +147,7 @@ def test_intervals():
 @pytest.mark.slow
 def test_study_end_to_end_resumes_without_redoing_finished_seeds(tmp_path, capsys, fashion_mnist_ready):
     out = tmp_path / "study"
-    flags = ["--epochs", "1", "--limit-train", "512", "--limit-eval", "1000", "--inputs", "logits"]
+    flags = ["--epochs", "1", "--limit-train", "256", "--limit-eval", "500", "--inputs", "logits"]
     flags += ["--grid", "0.3,0.54"]
     flags += ["--no-ablations", "--no-inference-timing", "--quiet", "--out", str(out)]
     assert cli.main(["study", "--dataset", "fashion_mnist", "--seeds", "0", *flags]) == 0
