@@ -56,7 +56,10 @@ CASES = {
     ("train", "--local-weight"): (_numbers_outside(IN_UNIT), ("--local-weight",)),
     ("train", "--seed"): (_integers_below(0), ("--seed",)),
     ("train", "--limit-train"): (_integers_below(TrainConfig.batch_size), ("--limit-train",)),
-    ("train", "--dataset"): (st.text(max_size=12).filter(lambda v: v not in DATASETS), ("unknown dataset",)),
+    ("train", "--dataset"): (
+        st.text(max_size=12).filter(lambda v: v not in DATASETS),
+        ("unknown dataset", "--dataset"),
+    ),
     ("route", "--grid"): (GRIDS, ("--grid", "target")),
     ("route", "--inputs"): (BAD_INPUTS, ("--inputs", "router input")),
     ("route", "--dropout"): (_numbers_outside(lambda x: 0.0 <= x < 1.0), ("--dropout", "dropout")),
@@ -110,3 +113,13 @@ def test_a_bad_flag_value_is_refused_in_one_line_that_names_it(places, capsys, c
     assert len(err) == 1 and err[0].startswith("ddnn: error: "), err
     assert any(fragment in err[0] for fragment in fragments), (flag, err[0])
     assert not places["new"].exists() and _files(places["run"]) == before, "a refused command wrote"
+
+
+@pytest.mark.parametrize("case", sorted(CASES), ids="{0[0]} {0[1]}".format)
+def test_a_double_dash_value_is_refused_and_named(places, capsys, case):
+    # argparse makes '--flag=--' an empty list, which no check downstream expects
+    command, flag = case
+    assert cli.main(_argv(command, f"{flag}=--", places)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"argument {flag}: '--' is not a value" in err[0], err
+    assert not places["new"].exists()

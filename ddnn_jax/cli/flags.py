@@ -5,6 +5,7 @@ classes, and the flag groups that several commands share (data, training, router
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ddnn_jax.common import runtime
@@ -25,6 +26,14 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse turns '--flag=--' into an empty list instead of the value '--' (or an error)
+        for arg in sys.argv[1:] if args is None else args:
+            flag, equals, value = str(arg).partition("=")
+            if flag.startswith("--") and equals and value == "--":
+                self.error(f"argument {flag}: '--' is not a value")
+        return super().parse_known_args(args, namespace)
 
 
 class Help(argparse.ArgumentDefaultsHelpFormatter):
