@@ -88,9 +88,9 @@ def free_port() -> int:
 
 SIZES = {"train": 600, "val": 150, "test": 400}
 
-# A whole ddnn run on a small real slice: one epoch on 512 images, validated and tested on 2,000,
+# A whole ddnn run on a small real slice: one epoch on 512 images, validated and tested on 1,000,
 # logits routers at two targets.
-SMALL_RUN = ["--dataset", "fashion_mnist", "--epochs", "1", "--limit-train", "512", "--limit-eval", "2000"]
+SMALL_RUN = ["--dataset", "fashion_mnist", "--epochs", "1", "--limit-train", "512", "--limit-eval", "1000"]
 SMALL_RUN += ["--inputs", "logits", "--grid", "0.3,0.54", "--sweep-weights", "none"]
 
 

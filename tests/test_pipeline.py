@@ -173,7 +173,7 @@ def test_run_end_to_end_and_rerun(tmp_path, capsys, fashion_mnist_ready):
     assert "epoch 1/1" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     test = np.load(out / "outputs" / "test.npz")
-    assert results["test_size"] == len(test["labels"]) == 2000
+    assert results["test_size"] == len(test["labels"]) == 1000
     assert results["edge_only_accuracy"] == pytest.approx(
         (test["local_logits"].argmax(-1) == test["labels"]).mean()
     )
