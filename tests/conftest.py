@@ -34,9 +34,15 @@ def pytest_configure(config):
         os.environ[name] = tempfile.mkdtemp(prefix=SESSION_DIRS[name])
 
 
+# The longest tests (a minute or more on 2 cores): started first, never left for the end.
+LONGEST = ("test_runtime.py::", "test_run_end_to_end_and_rerun", "test_distributed.py::test_two_processes")
+
+
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first, so that parallel workers do not end on one long test."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest tests first, then the slow ones, so that parallel workers do not end on one
+    long test."""
+    longest = lambda item: not any(name in item.nodeid for name in LONGEST)
+    items.sort(key=lambda item: (longest(item), item.get_closest_marker("slow") is None))
 
 
 def pytest_unconfigure(config):
