@@ -122,12 +122,11 @@ def _training(run: RunDir) -> tuple[list[Finding], tuple[int, str] | None]:
             manager = checkpoints.manager(run.checkpoints)
         except UsageError as err:
             return [*findings, Finding("checkpoints/", DAMAGED, str(err), f"{resume} in a new --out")], None
-        unscored = checkpoints.unscored_steps(manager)
-        epoch = None if unscored else manager.best_step()
+        lost = checkpoints.lost_metrics(manager)
+        epoch = None if lost else manager.best_step()
         best = None if epoch is None else (epoch, checkpoints.recorded_digest(manager, epoch))
         manager.close()
-        if unscored:
-            lost = f"epoch {unscored[0]} has lost its metrics, so the best epoch is unknown"
+        if lost:
             repair = "restore it from a copy, or move that epoch out of checkpoints/"
             return [*findings, Finding("checkpoints/", DAMAGED, lost, repair)], None
     if best is None:

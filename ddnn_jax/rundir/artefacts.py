@@ -29,12 +29,12 @@ def restore_best(run: RunDir) -> tuple[RunRecord, TrainState, int]:
     """
     record = read_run_record(run)
     manager = checkpoints.manager(run.checkpoints, keep=record.train.keep_checkpoints)
-    unscored = checkpoints.unscored_steps(manager)
-    if unscored:
+    lost = checkpoints.lost_metrics(manager)
+    if lost:
         manager.close()
         raise UsageError(
-            f"{run.checkpoints / str(unscored[0])} has lost its metrics, so the best epoch is unknown: "
-            "restore it from a copy, move that epoch out of checkpoints/, or train again in a new --out"
+            f"{run.checkpoints}: {lost}: restore it from a copy, move that epoch out of "
+            "checkpoints/, or train again in a new --out"
         )
     best_epoch = manager.best_step()
     if best_epoch is None:

@@ -53,6 +53,14 @@ def unscored_steps(manager: ocp.CheckpointManager) -> list[int]:
     return [s for s in manager.all_steps() if not (root / str(s) / "metrics" / "metrics").is_file()]
 
 
+def lost_metrics(manager: ocp.CheckpointManager) -> str | None:
+    """Why the best epoch cannot be known (an epoch whose metrics file is gone), or None."""
+    unscored = unscored_steps(manager)
+    if not unscored:
+        return None
+    return f"epoch {unscored[0]} has lost its metrics, so the best epoch is unknown"
+
+
 def _damaged_metadata(directory: Path) -> Path | None:
     """The first epoch's metrics file that does not parse, if one does not."""
     for path in sorted(directory.glob("*/metrics/metrics")):
