@@ -38,6 +38,47 @@ def test_pipeline_on_mock_data(tmp_path, monkeypatch):
     np.testing.assert_allclose(limited.mean, data.train.images[:20].mean() / 255, rtol=1e-5)
 
 
+def test_a_decoded_split_is_kept_beside_its_files_and_decoded_again_when_they_change(tmp_path):
+    from ddnn_jax.data import datasets
+
+    prepared = tmp_path / "mnist-train.array_record-00000-of-00001"
+    prepared.write_bytes(b"first preparation")
+    calls = []
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (5, 4, 4, 1), dtype=np.uint8), np.arange(5, dtype=np.int32))
+    decode = lambda: calls.append(1) or split
+    first = datasets._cached_split(tmp_path, "train", decode)
+    again = datasets._cached_split(tmp_path, "train", decode)
+    assert len(calls) == 1  # the second read came from the decoded copy
+    np.testing.assert_array_equal(again.images, split.images)
+    np.testing.assert_array_equal(again.labels, split.labels)
+    assert first is split and not again.images.flags.writeable
+    prepared.write_bytes(b"prepared again, other contents")
+    datasets._cached_split(tmp_path, "train", decode)
+    assert len(calls) == 2
+    copies = sorted(p.name for p in tmp_path.iterdir() if p.name != prepared.name)
+    assert len(copies) == 1 and copies[0].startswith("ddnn-decoded-train-")  # the stale one replaced
+    (tmp_path / copies[0]).write_bytes(b"damaged")
+    assert datasets._cached_split(tmp_path, "train", decode) is split and len(calls) == 3
+
+
+def test_a_full_data_directory_costs_the_decoding_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+
+    from ddnn_jax.data import datasets
+
+    (tmp_path / "mnist-test.array_record-00000-of-00001").write_bytes(b"files")
+
+    def full_disk(file, **arrays):
+        file.write(b"half an archive")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datasets.np, "savez", full_disk)
+    split = Split(np.zeros((2, 3, 3, 1), np.uint8), np.zeros(2, np.int32))
+    assert datasets._cached_split(tmp_path, "test", lambda: split) is split
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist-test.array_record-00000-of-00001"]
+
+
 def test_validation_split_is_a_deterministic_partition():
     split = Split(np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1), np.arange(100, dtype=np.int32))
     train, val = split_train_validation(split, 0.1, seed=7)
