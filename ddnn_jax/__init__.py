@@ -38,8 +38,8 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     # stages and jobs
-    "run_training": "ddnn_jax.stages.train",
-    "run_trainings": "ddnn_jax.stages.train",
+    "run_training": "ddnn_jax.jobs.training",
+    "run_trainings": "ddnn_jax.jobs.training",
     "collect": "ddnn_jax.stages.collect",
     "route": "ddnn_jax.stages.route",
     "evaluate": "ddnn_jax.stages.evaluate",

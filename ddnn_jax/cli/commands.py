@@ -17,12 +17,12 @@ from ddnn_jax.cli.configs import (
 )
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.jobs.run import run
+from ddnn_jax.jobs.training import run_training
 from ddnn_jax.rundir import RunDir
 from ddnn_jax.stages.collect import collect
 from ddnn_jax.stages.evaluate import evaluate
 from ddnn_jax.stages.report import report
 from ddnn_jax.stages.route import route
-from ddnn_jax.stages.train import run_training
 
 EXIT_USAGE = 2  # bad input: one line on stderr says what to do
 EXIT_FAILURE = 1  # the command ran and found something wrong
@@ -190,6 +190,17 @@ def _study(args) -> None:
     print(f"study: {run_study(config, args.seeds, args.out, plan, progress=progress_from(args))}")
 
 
+def _compare(args) -> None:
+    from ddnn_jax.jobs.compare import compare_sides, read_side
+    from ddnn_jax.jobs.compare_report import row_line, write_comparison
+
+    value = compare_sides(read_side(args.a), read_side(args.b), args.margin)
+    out = args.out or args.a.parent / f"compare_{args.a.name}_vs_{args.b.name}"
+    for row in value["rows"]:
+        print(row_line(row, args.margin))
+    print(f"compare: {write_comparison(value, out)}")
+
+
 COMMANDS: dict[str, Callable[..., int | None]] = {
     "prepare": _prepare,
     "train": _train,
@@ -200,6 +211,7 @@ COMMANDS: dict[str, Callable[..., int | None]] = {
     "check": _check,
     "run": _run,
     "study": _study,
+    "compare": _compare,
     "serve": _serve,
     "edge": _edge,
     "import-torch": _import_torch,

@@ -36,6 +36,7 @@ def train_config_from(args) -> TrainConfig:
         download=args.download,
         conv=args.conv,
         precision=args.precision,
+        framework=args.framework,
     )
     config.validate()
     return config

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ddnn_jax.common import runtime
 from ddnn_jax.common.errors import UsageError
-from ddnn_jax.core.config import TrainConfig
+from ddnn_jax.core.config import FRAMEWORKS, TrainConfig
 from ddnn_jax.core.models import CONV_CHOICES, PRECISIONS
 from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
 from ddnn_jax.data import DATASETS
@@ -198,6 +198,13 @@ def add_training_flags(train: argparse.ArgumentParser, study: bool = False) -> N
         choices=CONV_CHOICES,
         default=DEFAULTS.conv,
         help="convolution: im2col (a matmul, fast on CPU), xla, or auto by backend",
+    )
+    train.add_argument(
+        "--backend",
+        dest="framework",
+        choices=FRAMEWORKS,
+        default=DEFAULTS.framework,
+        help="what trains the DDNN: jax, or torch (the reference PyTorch model; CUDA where present)",
     )
     train.add_argument(
         "--precision",

@@ -216,6 +216,27 @@ def _add_study(commands) -> None:
     add_plan_flags(study, ())
 
 
+def _add_compare(commands) -> None:
+    from ddnn_jax.jobs.compare import DEFAULT_MARGIN
+
+    compare = commands.add_parser(
+        "compare",
+        formatter_class=Help,
+        help="are two studies differing in one field (the backend, say) equivalent within a margin?",
+    )
+    compare.add_argument("a", type=Path, metavar="A", help="a study directory (its seeds' runs)")
+    compare.add_argument("b", type=Path, metavar="B", help="the study to compare with A")
+    compare.add_argument(
+        "--margin", type=number, default=DEFAULT_MARGIN, help="equivalence margin in accuracy points"
+    )
+    compare.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where compare.json/.md/.png go (default: A's parent/compare_A_vs_B)",
+    )
+
+
 def _add_deployment(commands) -> None:
     from ddnn_jax.core.mechanisms import edge_mechanisms
     from ddnn_jax.deploy.cloud import DEFAULT_MAX_BATCH
@@ -291,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _add_run,
         _add_study,
+        _add_compare,
         _add_prepare,
         _add_train,
         _add_collect,

@@ -51,3 +51,38 @@ class Progress:
             file=sys.stderr,
             **kwargs,
         )
+
+
+class EpochBar:
+    """The live bar of the epoch in progress, advanced after each chunk of steps."""
+
+    def __init__(self, progress: Progress, steps: int, images_per_step: int):
+        self.progress, self.steps, self.images_per_step = progress, steps, images_per_step
+        self.bar = None
+        self.done = 0
+        self.title = ""
+        self.compiled = False
+
+    def open(self, title: str) -> None:
+        """A new bar; the first epoch of a process says that it compiles until its first tick."""
+        self.title = title
+        description = self.title if self.compiled else f"{self.title} (compiling)"
+        self.bar = self.progress.bar(
+            self.steps * self.images_per_step, description, unit="img", unit_scale=True
+        )
+        self.done = 0
+
+    def on_step(self, steps_done, loss) -> None:
+        steps_done = int(steps_done)
+        if self.bar is not None and steps_done > self.done:
+            if not self.compiled:
+                self.compiled = True
+                self.bar.set_description_str(self.title, refresh=False)
+            self.bar.set_postfix_str(f"loss {float(loss):.4f}", refresh=False)
+            self.bar.update((steps_done - self.done) * self.images_per_step)
+            self.done = steps_done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

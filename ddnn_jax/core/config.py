@@ -14,6 +14,8 @@ from ddnn_jax.core.models import CONV_CHOICES, PRECISIONS
 from ddnn_jax.data import check_dataset_name
 
 LOCAL_WEIGHT_MODES = ("per-run", "per-batch")
+# Frameworks that train the DDNN (``--backend``); ``jobs.training`` maps each to its trainer.
+FRAMEWORKS = ("jax", "torch")
 
 # Streams of the run's root key (jax.random.fold_in), one per use, so no key is ever reused.
 STREAM_INIT, STREAM_LOCAL_WEIGHT, STREAM_SHUFFLE, STREAM_STEP = range(4)
@@ -44,6 +46,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # latest epochs kept for resuming (the best one is kept as well)
     conv: str = "auto"  # convolution: 'im2col' (a matmul; fast on CPU), 'xla', or 'auto' (by backend)
     precision: str = "fp32"  # compute dtype: 'fp32', or 'bf16' (parameters, Adam state, loss: fp32)
+    framework: str = "jax"  # what trains the DDNN: 'jax', or 'torch' (the reference PyTorch model)
 
     def validate(self) -> None:
         """Raises UsageError naming the first bad field and how to fix it."""
@@ -66,6 +69,14 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         parse_local_weight(self.local_weight)
+        if self.framework not in FRAMEWORKS:
+            raise UsageError(f"--backend must be one of {', '.join(FRAMEWORKS)}, got '{self.framework}'")
+        if self.framework == "torch" and (self.precision != "fp32" or self.conv != "auto"):
+            flag = "--precision" if self.precision != "fp32" else "--conv"
+            raise UsageError(
+                f"{flag} sets how JAX computes: --backend torch trains in float32 with PyTorch's own "
+                f"convolutions; drop {flag}"
+            )
 
 
 def parse_local_weight(spec: str) -> tuple[str, float | None]:

@@ -1,9 +1,11 @@
-"""The reference training step in PyTorch, for side-by-side throughput measurements.
+"""The reference training step in PyTorch: the step of the torch training backend
+(:mod:`ddnn_jax.interop.torch_backend`) and the contender of the throughput benchmarks.
 
 Same model, loss, optimizer and augmentation as ``ddnn_jax.core.training``: random crop of the
 zero-padded uint8 batch and horizontal flip, per-channel normalisation, w*CE_local +
-(1-w)*CE_cloud, Adam. Data stays in memory as tensors on the trainer's device, as a tuned PyTorch
-loop would hold it.
+(1-w)*CE_cloud with a fixed w or one drawn per step, Adam. Data stays in memory as tensors on the
+trainer's device, as a tuned PyTorch loop would hold it. Every random number (initialisation,
+augmentation, dropout, a per-step w) comes from torch's global generator.
 
 The step runs eagerly, or compiled whole by ``torch.compile`` (augmentation, forward, loss,
 backward and the Adam update; Dynamo splits the function at ``backward()``, AOTAutograd compiles
@@ -13,6 +15,9 @@ outputs, loss included, may then be overwritten.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -33,18 +38,23 @@ class TorchTrainer:
         std,
         crop_padding: int,
         horizontal_flip: bool = True,
-        local_weight: float = 0.5,
+        local_weight: float | None = 0.5,
         seed: int = 0,
         device: str | torch.device = "cpu",
         compile_mode: str | None = None,
+        learning_rate: float = 1e-3,
+        architecture: Mapping[str, Any] | None = None,
     ):
+        """``local_weight`` None draws w ~ U(0, 1) at every step; ``architecture`` holds
+        ReferenceDDNN's keyword arguments (widths, dropout rate), its defaults when None."""
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         # one global seed: a torch.Generator argument would split the compiled graph
         torch.manual_seed(seed)
         self.device = torch.device(device)
-        self.model = ReferenceDDNN(tuple(image_shape), num_classes).to(self.device).train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        model = ReferenceDDNN(tuple(image_shape), num_classes, **(architecture or {}))
+        self.model = model.to(self.device).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.pad, self.flip, self.w = crop_padding, horizontal_flip, local_weight
@@ -71,17 +81,21 @@ class TorchTrainer:
         return (crops.float() / 255.0 - self.mean) / self.std
 
     def _update(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Augment, forward, loss, backward and Adam update: the function that is compiled."""
+        """Augment, forward, loss, backward and Adam update: the function that is compiled.
+        Returns [loss, correct local, correct cloud] as one float tensor."""
         local, cloud = self.model(self.augment(images))
-        loss = self.w * F.cross_entropy(local, labels) + (1 - self.w) * F.cross_entropy(cloud, labels)
+        w = torch.rand((), device=images.device) if self.w is None else self.w
+        loss = w * F.cross_entropy(local, labels) + (1 - w) * F.cross_entropy(cloud, labels)
         loss.backward()
         self.optimizer.step()
         # after the update, so that no gradient outlives the step (CUDA graphs reuse their memory)
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        correct = [(logits.argmax(-1) == labels).sum() for logits in (local, cloud)]
+        return torch.stack([loss.detach(), *(c.float() for c in correct)])
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on a batch already on the device; returns the loss without waiting."""
+        """One optimizer step on a batch already on the device; returns [loss, correct local,
+        correct cloud] without waiting."""
         if self.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
         return self._step(images, labels)

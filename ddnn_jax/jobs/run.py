@@ -20,6 +20,7 @@ from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.core.families import FAMILIES, INPUT_KINDS, Family
 from ddnn_jax.core.mechanisms import HEADLINE_TARGETS, REFERENCE_TARGET
 from ddnn_jax.core.router_net import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
+from ddnn_jax.jobs.training import run_training, run_trainings
 from ddnn_jax.rundir import (
     RunDir,
     as_run,
@@ -35,7 +36,7 @@ from ddnn_jax.stages.evaluate import evaluate
 from ddnn_jax.stages.report import report
 from ddnn_jax.stages.route import route
 from ddnn_jax.stages.timing import InferenceBenchConfig, time_inference
-from ddnn_jax.stages.train import run_training, run_trainings, together_by_default
+from ddnn_jax.stages.train import together_by_default
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,7 @@ from ddnn_jax.jobs.study_stats import (
     local_weight_over_seeds,
     summary_over_seeds,
 )
+from ddnn_jax.jobs.training import run_trainings
 from ddnn_jax.rundir import (
     Results,
     RunDir,
@@ -38,7 +39,6 @@ from ddnn_jax.rundir import (
     read_run_record,
     write_json,
 )
-from ddnn_jax.stages.train import run_trainings
 
 # What may differ between the runs of one study: the seed, and where each host keeps its data.
 NOT_SHARED = ("seed", "data_dir", "download")
@@ -57,12 +57,13 @@ def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(s) for s in seeds)
 
 
-def _json(value: Any) -> Any:
+def as_json(value: Any) -> Any:
     """As it reads back from JSON (tuples become lists)."""
     return json.loads(json.dumps(value))
 
 
-def _shared(train: TrainConfig) -> dict[str, Any]:
+def shared_fields(train: TrainConfig) -> dict[str, Any]:
+    """The training fields every run of a study shares: all but NOT_SHARED."""
     return {k: v for k, v in dataclasses.asdict(train).items() if k not in NOT_SHARED}
 
 
@@ -70,7 +71,7 @@ def study_identity(config: TrainConfig, plan: RunPlan) -> dict[str, Any]:
     """What every run of the study shares: the training flags but the seed, and the run plan."""
     plan_fields = dataclasses.asdict(plan)
     del plan_fields["together"]  # how the runs train, not what they are
-    return _json({"train": _shared(config), "plan": plan_fields})
+    return as_json({"train": shared_fields(config), "plan": plan_fields})
 
 
 def first_difference(a: Any, b: Any, where: str = "") -> str | None:
@@ -137,7 +138,7 @@ def run_study(
     return aggregate(out, seeds)
 
 
-def _check_comparable(runs: list[RunDir]) -> list[int]:
+def check_comparable_runs(runs: list[RunDir]) -> list[int]:
     """The runs' seeds, after refusing runs of different datasets or configurations."""
     records = [read_run_record(r) for r in runs]
     first, base = runs[0], records[0]
@@ -147,7 +148,9 @@ def _check_comparable(runs: list[RunDir]) -> list[int]:
                 f"{other} is a {record.dataset} run but {first} a {base.dataset} one: "
                 "a study aggregates runs of one dataset"
             )
-        difference = first_difference(_json(_shared(base.train)), _json(_shared(record.train)))
+        difference = first_difference(
+            as_json(shared_fields(base.train)), as_json(shared_fields(record.train))
+        )
         if difference:
             raise UsageError(
                 f"{first} and {other} differ in more than the seed ({difference}): "
@@ -187,8 +190,8 @@ def aggregate(study_dir: Path, seeds: Sequence[int] | None = None) -> Path:
             f"{study_dir} holds no runs (folders with a config.json): make them with "
             f"'ddnn study --seeds 0,1,2 --out {study_dir}' or 'ddnn run --out {study_dir}/seed_S'"
         )
-    found_seeds = _check_comparable(runs)
-    all_results = _read_evaluated_alike(runs)
+    found_seeds = check_comparable_runs(runs)
+    all_results = read_evaluated_alike(runs)
     value = {
         "dataset": all_results[0]["dataset"],
         "seeds": found_seeds,
@@ -204,7 +207,7 @@ def aggregate(study_dir: Path, seeds: Sequence[int] | None = None) -> Path:
     return write_study_report(study, value)
 
 
-def _read_evaluated_alike(runs: list[RunDir]) -> list[Results]:
+def read_evaluated_alike(runs: list[RunDir]) -> list[Results]:
     """The runs' results, after refusing runs evaluated with different flags."""
     all_results = [read_results(r) for r in runs]
     for other, results in zip(runs[1:], all_results[1:], strict=True):

@@ -81,6 +81,7 @@ from ddnn_jax.rundir.layout import (
     STUDY_CONFIG,
     STUDY_REPORT,
     STUDY_RESULTS,
+    TORCH_CHECKPOINTS,
     WEIGHT_SWEEP,
     FamilyDir,
     RunDir,
@@ -123,6 +124,7 @@ from ddnn_jax.rundir.results import (
 __all__ = [
     "BENCH_INFERENCE",
     "CHECKPOINTS",
+    "TORCH_CHECKPOINTS",
     "CONFIG",
     "Comparison",
     "DeployedRouter",

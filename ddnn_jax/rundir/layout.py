@@ -11,6 +11,7 @@ SPLITS = ("train", "val", "test")
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+TORCH_CHECKPOINTS = "torch_checkpoints"  # the torch backend's epoch-N.pt, for resuming
 OUTPUTS = "outputs"
 LOCK = ".lock"  # the run directory's exclusive lock (flock) and its holder
 ROUTERS = "routers"
@@ -89,6 +90,11 @@ class RunDir(_Directory):
     @property
     def checkpoints(self) -> Path:
         return self.root / CHECKPOINTS
+
+    @property
+    def torch_checkpoints(self) -> Path:
+        """The torch backend's per-epoch PyTorch states (epoch-N.pt), which it resumes from."""
+        return self.root / TORCH_CHECKPOINTS
 
     @property
     def lock(self) -> Path:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddnn_jax.common.errors import TrainingDiverged, UsageError
-from ddnn_jax.common.progress import Progress
+from ddnn_jax.common.progress import EpochBar, Progress
 from ddnn_jax.core import optim
 from ddnn_jax.core.config import TrainConfig, run_identity
 from ddnn_jax.core.training import (
@@ -53,7 +53,7 @@ from ddnn_jax.rundir import (
 )
 
 
-def _check_finite(losses: np.ndarray, *, first_step: int, epoch: int) -> None:
+def check_finite(losses: np.ndarray, *, first_step: int, epoch: int) -> None:
     """Raises TrainingDiverged naming the first step whose loss is NaN or infinite."""
     if not np.all(np.isfinite(losses)):
         bad = int(np.argmin(np.isfinite(losses)))
@@ -61,41 +61,6 @@ def _check_finite(losses: np.ndarray, *, first_step: int, epoch: int) -> None:
             f"loss became {losses[bad]} at step {first_step + bad} (epoch {epoch}): "
             "lower the learning rate or check the data"
         )
-
-
-class _EpochBar:
-    """The live bar of the epoch in progress, advanced after each chunk of steps."""
-
-    def __init__(self, progress: Progress, steps: int, images_per_step: int):
-        self.progress, self.steps, self.images_per_step = progress, steps, images_per_step
-        self.bar = None
-        self.done = 0
-        self.title = ""
-        self.compiled = False
-
-    def open(self, title: str) -> None:
-        """A new bar; the first epoch of a process says that it compiles until its first tick."""
-        self.title = title
-        description = self.title if self.compiled else f"{self.title} (compiling)"
-        self.bar = self.progress.bar(
-            self.steps * self.images_per_step, description, unit="img", unit_scale=True
-        )
-        self.done = 0
-
-    def on_step(self, steps_done, loss) -> None:
-        steps_done = int(steps_done)
-        if self.bar is not None and steps_done > self.done:
-            if not self.compiled:
-                self.compiled = True
-                self.bar.set_description_str(self.title, refresh=False)
-            self.bar.set_postfix_str(f"loss {float(loss):.4f}", refresh=False)
-            self.bar.update((steps_done - self.done) * self.images_per_step)
-            self.done = steps_done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def _restore_or_init(
@@ -164,16 +129,26 @@ class _Resumed:
         )
 
 
+def read_history(run: RunDir, epoch: int) -> list[dict]:
+    """metrics.jsonl's rows of epochs 1 to ``epoch`` (the one resumed from), or a UsageError
+    when some are missing."""
+    history = [row for row in read_metrics(run) if row["epoch"] <= epoch]
+    if [row["epoch"] for row in history] != list(range(1, epoch + 1)):
+        raise UsageError(
+            f"{run.metrics} lacks epochs that checkpoints/ holds (1 to {epoch}): restore it "
+            f"from a copy, or delete {run} and train again"
+        )
+    return history
+
+
 def _resume(job: TrainJob, progress: Progress) -> _Resumed:
     manager = checkpoints.manager(job.run.checkpoints, keep=job.config.keep_checkpoints)
     state, epoch = _restore_or_init(job.config, job.data, manager, progress)
-    history = [row for row in read_metrics(job.run) if row["epoch"] <= epoch]
-    if [row["epoch"] for row in history] != list(range(1, epoch + 1)):
+    try:
+        history = read_history(job.run, epoch)
+    except UsageError:
         manager.close()
-        raise UsageError(
-            f"{job.run.metrics} lacks epochs that checkpoints/ holds (1 to {epoch}): restore it "
-            f"from a copy, or delete {job.run} and train again"
-        )
+        raise
     return _Resumed(job, manager, state, epoch, history)
 
 
@@ -249,7 +224,7 @@ def _train_group(
     along = (lambda trees: trees[0]) if runs is None else _stack
     mesh = train_mesh(config.batch_size, runs)
     steps = len(data.train) // config.batch_size
-    live = _EpochBar(progress, steps, config.batch_size * len(group))
+    live = EpochBar(progress, steps, config.batch_size * len(group))
     on_step = live.on_step if progress.shows_bars else None
     calls = 1 if on_step is None else TICKS_PER_EPOCH
     key = (group[0].shapes(), runs, calls)
@@ -284,21 +259,21 @@ def _train_group(
             on_epoch_trained(epoch)
         for i, r in enumerate(group):
             metrics, r.state = (step_metrics, state) if runs is None else _run_slice((step_metrics, state), i)
-            _check_finite(metrics["loss"], first_step=(epoch - 1) * steps + 1, epoch=epoch)
+            check_finite(metrics["loss"], first_step=(epoch - 1) * steps + 1, epoch=epoch)
             predict = make_predict_fn(build_model(config, data.num_classes), r.job.data.mean, r.job.data.std)
             val_local, val_cloud = _validate(predict, r.state, r.job.data, config.eval_batch_size)
             selection = (val_local + val_cloud) / 2
             r.state = r.state.replace(plateau=optim.end_of_epoch(plateau, r.state.plateau, 1.0 - selection))
-            row = _epoch_row(epoch, metrics, seen, val_local, val_cloud, rates[i], started)
+            row = epoch_row(epoch, metrics, seen, val_local, val_cloud, rates[i], started)
             r.history.append(row)
             write_metrics(r.job.run, r.history)
             checkpoints.save(r.manager, epoch, r.state, selection)
             where = "" if runs is None else f"  {r.job.run}"
-            progress.note(_epoch_line(row, config.epochs, seen) + where)
+            progress.note(epoch_line(row, config.epochs, seen) + where)
         state = group[0].state if runs is None else place(mesh, _stack([r.state for r in group]), runs)
 
 
-def _epoch_row(
+def epoch_row(
     epoch: int,
     step_metrics: dict,
     images: int,
@@ -321,7 +296,7 @@ def _epoch_row(
     }
 
 
-def _epoch_line(row: dict, epochs: int, images: int) -> str:
+def epoch_line(row: dict, epochs: int, images: int) -> str:
     return (
         f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
         f"val local {row['val_accuracy_local']:.4f}  val cloud {row['val_accuracy_cloud']:.4f}  "
@@ -370,6 +345,19 @@ def run_training(
     return run_trainings([(config, run_dir)], progress=progress, on_epoch_trained=on_epoch_trained)[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """A framework that trains jobs: ``train_jobs`` as this module's, and ``describe``, which
+    adds to a new run's config.json what the framework knows of where it trains."""
+
+    name: str  # TrainConfig.framework
+    train_jobs: Callable[..., list[list[dict]]]
+    describe: Callable[[RunRecord], RunRecord] = lambda record: record
+
+
+JAX = Trainer("jax", train_jobs)
+
+
 def together_by_default() -> bool:
     """Train runs of equal shapes as one program on an accelerator, one after another on CPU
     (where a run already keeps every core busy)."""
@@ -382,6 +370,7 @@ def run_trainings(
     together: bool = False,
     progress: Progress = Progress(),
     on_epoch_trained: Callable[[int], None] | None = None,
+    trainer: Trainer = JAX,
 ) -> list[list[dict]]:
     """Starts or resumes each (config, directory) run, holding every run's lock.
 
@@ -391,21 +380,27 @@ def run_trainings(
         the numbers are the same either way.
       progress: where epoch lines and live bars go.
       on_epoch_trained: called with the epoch number after each epoch's step.
+      trainer: the framework that trains them, the one each config names (``jobs.training``
+        picks it).
     Returns:
       Each run's per-epoch metrics, in the order given.
     """
     pairs = [(config, as_run(run_dir)) for config, run_dir in runs]
     for config, run in pairs:
         config.validate()
+        if config.framework != trainer.name:
+            raise ValueError(f"a {config.framework} run given to the {trainer.name} trainer")
         check_for_training(run)
     with contextlib.ExitStack() as held:
         for _, run in pairs:
             held.enter_context(locked(run, "train"))
-        jobs = [_job(config, run, progress) for config, run in pairs]
-        return train_jobs(jobs, together=together, progress=progress, on_epoch_trained=on_epoch_trained)
+        jobs = [_job(config, run, progress, trainer) for config, run in pairs]
+        return trainer.train_jobs(
+            jobs, together=together, progress=progress, on_epoch_trained=on_epoch_trained
+        )
 
 
-def _job(config: TrainConfig, run: RunDir, progress: Progress) -> TrainJob:
+def _job(config: TrainConfig, run: RunDir, progress: Progress, trainer: Trainer) -> TrainJob:
     """The run's job: its data loaded, its config.json written when it starts."""
     resuming = check_for_training(run)  # again, now that no one else can write
     if resuming:
@@ -426,5 +421,5 @@ def _job(config: TrainConfig, run: RunDir, progress: Progress) -> TrainJob:
         split_sizes={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
     )
     if not resuming:
-        write_run_record(run, record)
+        write_run_record(run, trainer.describe(record))
     return TrainJob(config, data, run, record.local_weight)
