@@ -30,9 +30,13 @@ def _assert_usage_error(result, fragment: str):
         (["--batch-size", "-4"], "--batch-size must be a positive integer"),
     ],
 )
-def test_bad_training_arguments(tmp_path, args, fragment):
-    result = run_cli("train", "--out", str(tmp_path / "run"), *args)
-    _assert_usage_error(result, fragment)
+def test_bad_training_arguments(tmp_path, capsys, args, fragment):
+    from ddnn_jax import cli
+
+    # in this process: the entry point's own exit and stderr are test_unwritable_run_dir's
+    assert cli.main(["train", "--out", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ddnn: error:") and fragment in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
 
 

@@ -1,5 +1,6 @@
 """route -> evaluate -> report on a small synthetic run directory, and the stages' bad input."""
 
+import functools
 import json
 
 import numpy as np
@@ -166,7 +167,12 @@ def test_route_refuses_a_name_that_is_a_path(tiny_run, capsys, name):
 
 
 @pytest.mark.slow
-def test_run_end_to_end_and_rerun(tmp_path, capsys, fashion_mnist_ready):
+def test_run_end_to_end_and_rerun(tmp_path, capsys, monkeypatch, fashion_mnist_ready):
+    import ddnn_jax.jobs.run as run_module
+
+    # The timing stage as it runs, with fewer repeats: what is timed matters here, not how well
+    timing = functools.partial(run_module.InferenceBenchConfig, runs=2, samples=40, program_calls=40)
+    monkeypatch.setattr(run_module, "InferenceBenchConfig", timing)
     out = tmp_path / "run"
     args = ["run", *SMALL_RUN, "--no-ablations", "--out", str(out)]
     assert cli.main(args) == 0

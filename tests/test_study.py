@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from conftest import make_tiny_run
+from conftest import SMALL_RUN, make_tiny_run
 from ddnn_jax import cli
 from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.jobs.run import RunPlan
@@ -147,17 +147,16 @@ def test_intervals():
 @pytest.mark.slow
 def test_study_end_to_end_resumes_without_redoing_finished_seeds(tmp_path, capsys, fashion_mnist_ready):
     out = tmp_path / "study"
-    flags = ["--epochs", "1", "--limit-train", "256", "--limit-eval", "500", "--inputs", "logits"]
-    flags += ["--grid", "0.3,0.54"]
-    flags += ["--no-ablations", "--no-inference-timing", "--quiet", "--out", str(out)]
-    assert cli.main(["study", "--dataset", "fashion_mnist", "--seeds", "0", *flags]) == 0
+    # SMALL_RUN's shapes: its compiled programs come from the session's cache
+    flags = [*SMALL_RUN, "--no-ablations", "--no-inference-timing", "--quiet", "--out", str(out)]
+    assert cli.main(["study", "--seeds", "0", *flags]) == 0
     finished = {
         path: path.stat().st_mtime_ns
         for path in (out / "seed_0" / "metrics.jsonl", out / "seed_0" / "routers" / "logits" / "router.json")
     }
     capsys.readouterr()
     # as if the first command had been killed after seed 0: the same flags, more seeds
-    assert cli.main(["study", "--dataset", "fashion_mnist", "--seeds", "0,1", *flags]) == 0
+    assert cli.main(["study", "--seeds", "0,1", *flags]) == 0
     assert "seed 0 (1 of 2)" in capsys.readouterr().out
     assert {path: path.stat().st_mtime_ns for path in finished} == finished
     study = json.loads((out / "study.json").read_text())

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from test_train import SHAPE, TINY, _batch, _tiny_data  # noqa: E402
 
-from conftest import PRISTINE_EVAL  # noqa: E402
+from conftest import PRISTINE_EVAL, SMALL_RUN  # noqa: E402
 from ddnn_jax import cli  # noqa: E402
 from ddnn_jax.core import optim  # noqa: E402
 from ddnn_jax.core.training import build_model, create_train_state, make_predict_fn, make_train_step  # noqa: E402
@@ -139,9 +139,9 @@ def test_torch_plateau_schedule_counts_as_ours():
 
 def test_ddnn_run_with_the_torch_backend_goes_through_every_stage(tmp_path, fashion_mnist_ready):
     out = tmp_path / "torch-run"
-    flags = ["--dataset", "fashion_mnist", "--epochs", "2", "--limit-train", "512", "--limit-eval", "500"]
-    flags += ["--inputs", "logits", "--grid", "0.5", "--no-ablations", "--sweep-weights", "none"]
-    flags += ["--no-inference-timing", "--quiet", "--backend", "torch"]
+    # SMALL_RUN's shapes (the routers' programs come from the session's cache), two epochs
+    flags = [*SMALL_RUN, "--epochs", "2", "--no-ablations", "--no-inference-timing", "--quiet"]
+    flags += ["--backend", "torch"]
     assert cli.main(["run", *flags, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["framework"] == "torch" and config["versions"]["torch"] == torch.__version__
@@ -149,13 +149,14 @@ def test_ddnn_run_with_the_torch_backend_goes_through_every_stage(tmp_path, fash
     results = json.loads((out / "results.json").read_text())
     rows = read_metrics(out)
     best = max(rows, key=lambda row: row["val_accuracy_mean"])
-    assert results["best_epoch"] == best["epoch"] and results["test_size"] == 500
+    assert results["best_epoch"] == best["epoch"] and results["test_size"] == 1000
     assert results["edge_only_accuracy"] > 0.5  # two epochs of real training, not chance
     assert {"entropy", "router_logits_calibrated"} <= set(results["curves"])
     assert (out / "report.md").is_file()
     # Resuming with the other framework is another run, refused before anything is written.
     before = (out / "metrics.jsonl").read_text()
-    assert cli.main(["train", *flags[:8], "--out", str(out), "--quiet"]) == 2
+    train_flags = [*SMALL_RUN[:8], "--epochs", "2"]
+    assert cli.main(["train", *train_flags, "--out", str(out), "--quiet"]) == 2
     assert (out / "metrics.jsonl").read_text() == before
 
 

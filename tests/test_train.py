@@ -203,7 +203,8 @@ def test_runs_trained_together_resume_after_a_kill(tmp_path: Path):
 def test_run_trainings_together_on_disk_equals_one_run_alone(tmp_path: Path, fashion_mnist_ready):
     from ddnn_jax.stages.train import run_training, run_trainings
 
-    config = TrainConfig(dataset="fashion_mnist", epochs=1, limit_train=256, limit_eval=500)
+    # SMALL_RUN's shapes: the run alone reads its compiled epoch from the session's cache
+    config = TrainConfig(dataset="fashion_mnist", epochs=1, limit_train=512, limit_eval=1000)
     seeds = (0, 1)
     together = run_trainings(
         [(dataclasses.replace(config, seed=s), tmp_path / f"seed{s}") for s in seeds], together=True
