@@ -2,10 +2,11 @@
 
 Use it from Python as ``import ddnn_jax as ddnn``: the names in ``__all__`` are the stage entries
 (``ddnn.run_training``, ``ddnn.collect``, ``ddnn.route``, ``ddnn.evaluate``, ``ddnn.report``),
-the jobs that compose them (``ddnn.run``, ``ddnn.run_study``), their configs, the run-directory
-readers, the dataset loader, the model, and the registries a new variant joins. They load on
-first use, and the first use configures this process's runtime as the ``ddnn`` command does
-(persistent compilation cache, deterministic GPU kernels) unless it was configured already.
+the jobs that compose them (``ddnn.run``, ``ddnn.run_study``, ``ddnn.compare``), their configs,
+the run-directory readers, the dataset loader, the model, and the registries a new variant
+joins. They load on first use, and the first use configures this process's runtime as the
+``ddnn`` command does (persistent compilation cache, deterministic GPU kernels) unless it was
+configured already.
 ``docs/python.md`` walks through them.
 
 The subpackages are the layers, bottom to top; a module imports only from its own layer or
@@ -21,8 +22,10 @@ rundir      the run directory, the only code that spells a path in it: names, at
             locks, records, checkpoints, and the trained artefacts as live objects
 stages      one module per ``ddnn`` stage: train, collect, route, evaluate, report, timing
 deploy      the edge-cloud deployment over HTTP: wire format, cloud service, edge client
-interop     PyTorch: the reference model, weight conversion both ways, its training step
-jobs        what composes stages: ``ddnn run``, ``ddnn study``, ``ddnn check``
+interop     PyTorch: the reference model, weight conversion both ways, its training step, and
+            the torch training backend
+jobs        what composes stages: training by either framework, ``ddnn run``, ``ddnn study``,
+            ``ddnn compare``, ``ddnn check``
 benchmarks  ``ddnn bench``: contenders measured side by side
 cli         argparse only; each command builds a config and calls one entry
 ==========  ====================================================================================
@@ -48,6 +51,7 @@ _EXPORTS = {
     "run": "ddnn_jax.jobs.run",
     "run_study": "ddnn_jax.jobs.study",
     "aggregate": "ddnn_jax.jobs.study",
+    "compare": "ddnn_jax.jobs.compare",
     "check": "ddnn_jax.jobs.check",
     # configs
     "TrainConfig": "ddnn_jax.core.config",

@@ -191,14 +191,13 @@ def _study(args) -> None:
 
 
 def _compare(args) -> None:
-    from ddnn_jax.jobs.compare import compare_sides, read_side
-    from ddnn_jax.jobs.compare_report import row_line, write_comparison
+    from ddnn_jax.jobs.compare import compare
+    from ddnn_jax.jobs.compare_report import row_line
 
-    value = compare_sides(read_side(args.a), read_side(args.b), args.margin)
-    out = args.out or args.a.parent / f"compare_{args.a.name}_vs_{args.b.name}"
+    value = compare(args.a, args.b, margin=args.margin, out=args.out)
     for row in value["rows"]:
         print(row_line(row, args.margin))
-    print(f"compare: {write_comparison(value, out)}")
+    print(f"compare: {value['report']}")
 
 
 COMMANDS: dict[str, Callable[..., int | None]] = {

@@ -229,3 +229,21 @@ def _field_value(identity: dict[str, Any], field: list[str]) -> Any:
     for key in field[0].split("."):
         value = value.get(key) if isinstance(value, dict) else None
     return value
+
+
+def compare(a: Path, b: Path, *, margin: float = DEFAULT_MARGIN, out: Path | None = None) -> dict[str, Any]:
+    """Compares study B with study A: ``ddnn compare``.
+
+    Args:
+      a, b: study directories of one dataset and protocol, differing in at most one field.
+      margin: the equivalence margin in accuracy points.
+      out: where compare.json, compare.md and compare.png go (default: A's parent directory,
+        ``compare_A_vs_B``).
+    Returns:
+      compare.json's content, with ``report`` the path of compare.md.
+    """
+    from ddnn_jax.jobs.compare_report import write_comparison
+
+    value = compare_sides(read_side(a), read_side(b), margin)
+    out = out or Path(a).parent / f"compare_{Path(a).name}_vs_{Path(b).name}"
+    return {**value, "report": str(write_comparison(value, out))}
