@@ -88,7 +88,8 @@ def _architecture(job: TrainJob) -> dict[str, Any]:
 
 def _nchw(images: np.ndarray, device: str):
     torch = require_torch()
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+    # a copy: the dataset's arrays are read-only, which torch.from_numpy warns about
+    return torch.tensor(images).permute(0, 3, 1, 2).contiguous().to(device)
 
 
 class _TorchRun:
@@ -117,7 +118,7 @@ class _TorchRun:
             self.trainer.optimizer, config.plateau_factor, config.plateau_patience
         )
         self.images = _nchw(data.train.images, device)
-        self.labels = torch.from_numpy(np.asarray(data.train.labels)).long().to(device)
+        self.labels = torch.tensor(data.train.labels, dtype=torch.long, device=device)
         self.steps = len(data.train) // config.batch_size
         self.directory = job.run.torch_checkpoints
         self.manager = checkpoints.manager(job.run.checkpoints, keep=config.keep_checkpoints)
@@ -212,7 +213,7 @@ class _TorchRun:
             for start in range(0, len(data.val), self.job.config.eval_batch_size):
                 chunk = slice(start, start + self.job.config.eval_batch_size)
                 images = _nchw(data.val.images[chunk], self.device).float() / 255.0
-                labels = torch.from_numpy(np.asarray(data.val.labels[chunk])).long().to(self.device)
+                labels = torch.tensor(data.val.labels[chunk], dtype=torch.long, device=self.device)
                 outputs = model((images - self.trainer.mean) / self.trainer.std)
                 correct += [float((logits.argmax(-1) == labels).sum()) for logits in outputs]
         model.train()

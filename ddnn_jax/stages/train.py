@@ -297,6 +297,7 @@ def epoch_row(
 
 
 def epoch_line(row: dict, epochs: int, images: int) -> str:
+    """The epoch's line on the terminal."""
     return (
         f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
         f"val local {row['val_accuracy_local']:.4f}  val cloud {row['val_accuracy_cloud']:.4f}  "
