@@ -13,7 +13,8 @@ import pytest
 
 from conftest import PRISTINE_FLAGS
 
-TRAIN = ["train", *PRISTINE_FLAGS, "--quiet"]  # the pristine run's training, which one process did
+# The first epoch of the pristine run's training, which one process did
+TRAIN = ["train", *PRISTINE_FLAGS, "--epochs", "1", "--quiet"]
 
 
 def _free_port() -> int:
@@ -58,16 +59,16 @@ def test_two_processes_train_the_model_one_process_trains(tmp_path, pristine):
     for worker in workers:
         out, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-3000:]
-        assert "2 of 2 epochs done" in out
+        assert "1 of 1 epochs done" in out
     config = json.loads((shared / "config.json").read_text())
     assert config["runtime"]["processes"] == 2 and config["runtime"]["devices"] == 2
-    two, one = _metrics(shared), _metrics(pristine)
-    assert [row["epoch"] for row in two] == [1, 2]
+    two, one = _metrics(shared), _metrics(pristine)[:1]
+    assert [row["epoch"] for row in two] == [1]
     for a, b in zip(two, one, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         for key in ("val_accuracy_local", "val_accuracy_cloud"):
             assert abs(a[key] - b[key]) <= 0.01, (key, a, b)
-    assert sorted(p.name for p in (shared / "checkpoints").iterdir() if p.name.isdigit()) == ["1", "2"]
+    assert sorted(p.name for p in (shared / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
 
 
 @pytest.mark.parametrize(
