@@ -152,7 +152,7 @@ KILLED_IN_EPOCH_2 = r"""
 import os, signal, sys
 from pathlib import Path
 from ddnn_jax.core.config import TrainConfig
-from ddnn_jax.stages.train import run_training
+from ddnn_jax.jobs.training import run_training
 
 def kill(epoch):
     if epoch == 2:

@@ -17,12 +17,12 @@ from ddnn_jax.core.families import calibrated, curve_name
 from ddnn_jax.core.mechanisms import ENTROPY, decision_rule
 from ddnn_jax.core.router_net import RouterConfig
 from ddnn_jax.data import DATASETS, prepare
+from ddnn_jax.jobs.training import run_training
 from ddnn_jax.rundir import RunDir, read_family, read_outputs, read_run_record
 from ddnn_jax.stages.collect import collect
 from ddnn_jax.stages.evaluate import evaluate
 from ddnn_jax.stages.report import report
 from ddnn_jax.stages.route import route
-from ddnn_jax.stages.train import run_training
 
 CLASSES = {"cifar10": 10, "cifar100": 100, "svhn_cropped": 10}
 EXAMPLES = 320  # per official split of the mock data

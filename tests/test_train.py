@@ -201,7 +201,7 @@ def test_runs_trained_together_resume_after_a_kill(tmp_path: Path):
 
 @pytest.mark.slow
 def test_run_trainings_together_on_disk_equals_one_run_alone(tmp_path: Path, fashion_mnist_ready):
-    from ddnn_jax.stages.train import run_training, run_trainings
+    from ddnn_jax.jobs.training import run_training, run_trainings
 
     # SMALL_RUN's shapes: the run alone reads its compiled epoch from the session's cache
     config = TrainConfig(dataset="fashion_mnist", epochs=1, limit_train=512, limit_eval=1000)

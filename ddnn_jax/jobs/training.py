@@ -62,7 +62,10 @@ def run_training(
     on_epoch_trained: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Starts or resumes the run in ``run_dir`` with the framework its config names: the entry
-    point of ``ddnn train`` (see ``stages.train.run_training``).
+    point of ``ddnn train``.
+
+    Everything the user can get wrong is checked before the first file is written; the run
+    checkpoints every epoch and a resumed run gives the numbers an uninterrupted one would.
 
     Args:
       config: the run's training configuration (``config.framework`` picks JAX or PyTorch).

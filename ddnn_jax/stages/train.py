@@ -323,29 +323,6 @@ def _check_resumable(run: RunDir, config: TrainConfig) -> None:
         )
 
 
-def run_training(
-    config: TrainConfig,
-    run_dir: RunDir | Path,
-    *,
-    progress: Progress = Progress(),
-    on_epoch_trained: Callable[[int], None] | None = None,
-) -> list[dict]:
-    """Starts or resumes the run in ``run_dir``: the entry point of ``ddnn train``.
-
-    Everything the user can get wrong is checked before the first file is written; the run
-    checkpoints every epoch and a resumed run gives the numbers an uninterrupted one would.
-
-    Args:
-      config: the run's training configuration.
-      run_dir: a new directory, or one this configuration trained before (resumed).
-      progress: where epoch lines and live bars go.
-      on_epoch_trained: called with the epoch number after each epoch's step (fault injection).
-    Returns:
-      The metrics of every epoch trained so far, one dict per epoch (metrics.jsonl's rows).
-    """
-    return run_trainings([(config, run_dir)], progress=progress, on_epoch_trained=on_epoch_trained)[0]
-
-
 @dataclasses.dataclass(frozen=True)
 class Trainer:
     """A framework that trains jobs: ``train_jobs`` as this module's, and ``describe``, which
@@ -376,7 +353,7 @@ def run_trainings(
     """Starts or resumes each (config, directory) run, holding every run's lock.
 
     Args:
-      runs: (configuration, directory) pairs, as ``run_training`` takes one.
+      runs: (configuration, directory) pairs, as ``jobs.training.run_training`` takes one.
       together: train runs of equal shapes as one program with a run axis (see train_jobs);
         the numbers are the same either way.
       progress: where epoch lines and live bars go.
