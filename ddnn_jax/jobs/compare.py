@@ -168,13 +168,6 @@ def compare_values(a: list[float], b: list[float], margin: float) -> dict[str, A
 # The rows of two studies
 
 
-def _at(results: Results, curve: str, target: float) -> float | None:
-    for point in results["curves"].get(curve, []):
-        if abs(point["target"] - target) < 1e-6:
-            return float(point["accuracy"])
-    return None
-
-
 def measures(results: Results) -> dict[tuple[str, str, float | None], float]:
     """Every number of one run the comparison may use, in accuracy points, keyed (kind, name,
     target): both exits, each curve at each target, each summarised mechanism's AUC."""
