@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddnn_jax.common import runtime
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import EpochBar, Progress
 from ddnn_jax.core.training import create_train_state
@@ -55,14 +55,15 @@ def torch_device() -> str:
     return "cuda" if require_torch().cuda.is_available() else "cpu"
 
 
-def make_deterministic(device: str) -> None:
-    """The same seed gives the same numbers on the same machine, GPUs included."""
+def make_deterministic(device: str, deterministic: bool) -> None:
+    """With ``deterministic`` (the runtime's, which ``--nondeterministic`` turns off and which
+    also set cuBLAS's workspace), the same seed gives the same numbers on the same machine,
+    GPUs included."""
     torch = require_torch()
     if device == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = not deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def plateau_scheduler(optimizer, factor: float, patience: int):
@@ -268,7 +269,7 @@ def train_jobs(
     has no meaning here (each run is its own PyTorch loop)."""
     del together
     device = torch_device()
-    make_deterministic(device)
+    make_deterministic(device, runtime.configure_once().deterministic)
     return [_train_one(job, device, progress, on_epoch_trained) for job in jobs]
 
 
@@ -276,15 +277,14 @@ def describe(record: RunRecord) -> RunRecord:
     """config.json of a torch run: where PyTorch trained it, and torch's version."""
     torch = require_torch()
     device = torch_device()
-    runtime = {
+    where = {  # the JAX runtime's record (its 'deterministic' is the torch backend's too), and torch's
         **(record.runtime or {}),
         "torch_device": device,
         "torch_device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
-        "deterministic": True,
     }
     versions = {**record.versions, "torch": torch.__version__}
-    return dataclasses.replace(record, backend=f"torch-{device}", versions=versions, runtime=runtime)
+    return dataclasses.replace(record, backend=f"torch-{device}", versions=versions, runtime=where)
 
 
 TRAINER = Trainer(name="torch", train_jobs=train_jobs, describe=describe)
