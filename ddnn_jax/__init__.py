@@ -90,6 +90,10 @@ _EXPORTS = {
     "DATASETS": "ddnn_jax.data",
     "Family": "ddnn_jax.core.families",
     "FAMILIES": "ddnn_jax.core.families",
+    "register_family": "ddnn_jax.core.families",
+    "Labelling": "ddnn_jax.core.meta",
+    "LABELLINGS": "ddnn_jax.core.meta",
+    "register_labelling": "ddnn_jax.core.meta",
     "INPUT_KINDS": "ddnn_jax.core.families",
     "configure_runtime": "ddnn_jax.common.runtime",
 }

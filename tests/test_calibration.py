@@ -67,7 +67,9 @@ def test_a_score_router_learns_an_order_of_the_benefit():
     xv, yv = split(512)
     config = RouterConfig(objective="score", labels="gain", max_epochs=12, hidden=(32,), targets=(0.3, 0.7))
     config.check()
-    result = make_grid_trainer(config, len(x))(model_keys(config), x, y, xv, yv)
+    result = make_grid_trainer(config, len(x))(
+        model_keys(config), x, y, np.ones(y.shape[:2], np.float32), xv, yv
+    )
     assert np.asarray(result.val_quality).shape == (1, 12)  # one router, not one per target
     best = float(np.nanmax(np.asarray(result.val_quality)))
     local, cloud = yv[0, :, 1], yv[0, :, 2]

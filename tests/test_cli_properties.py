@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from conftest import make_tiny_run
 from ddnn_jax import cli
 from ddnn_jax.core.config import TrainConfig
-from ddnn_jax.core.families import INPUT_KINDS, LABEL_KINDS, SCORE_KINDS
+from ddnn_jax.core.families import INPUT_KINDS
+from ddnn_jax.core.meta import LABELLINGS, labellings_for
 from ddnn_jax.core.router_net import DEPTH_PRESETS
 from ddnn_jax.data import DATASETS
 
@@ -45,8 +46,8 @@ BAD_FAMILY_NAMES = (
 )
 BAD_INPUTS = st.text(max_size=12).filter(lambda v: not all(p.strip() in INPUT_KINDS for p in v.split(",")))
 # A score label under the default grid objective is refused as well as an unknown one.
-BAD_LABELS = st.sampled_from(SCORE_KINDS) | st.text(max_size=8).filter(
-    lambda v: v not in LABEL_KINDS + SCORE_KINDS
+BAD_LABELS = st.sampled_from(labellings_for("score")) | st.text(max_size=8).filter(
+    lambda v: v not in LABELLINGS
 )
 
 # (command, flag) -> (bad values, fragments of which the error line must hold one)

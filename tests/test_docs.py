@@ -69,7 +69,7 @@ def test_a_router_loss_added_through_the_public_api_is_the_one_trained(tiny_run)
     from ddnn_jax.core import router_losses
 
     # a loss that ignores the labels and asks every router to offload everything
-    always = lambda logits, labels: optax.sigmoid_binary_cross_entropy(logits, jnp.ones_like(logits)).mean()
+    always = lambda logits, labels: optax.sigmoid_binary_cross_entropy(logits, jnp.ones_like(logits))
     ddnn.register_loss(ddnn.RouterLoss("always", "grid", always))
     try:
         config = ddnn.RouterConfig(
@@ -85,4 +85,28 @@ def test_a_router_loss_added_through_the_public_api_is_the_one_trained(tiny_run)
     assert default.name == "logits"
     offloaded = lambda f: (ddnn.read_family_scores(f)["test"] >= 0).mean(-1)  # the thesis decision
     # at L0 = 0.5 half the labels say 'local': the default loss learns to keep some local
+    assert offloaded(family).min() == 1.0 and offloaded(default)[1] < 0.9, offloaded(default)
+
+
+def test_a_labelling_and_family_added_through_the_public_api_are_the_ones_trained(tiny_run):
+    import ddnn_jax as ddnn
+    from ddnn_jax.core import families, meta
+    from ddnn_jax.jobs.run import planned_families
+
+    # weights that leave every sample labelled 'local' out: the routers learn to offload all
+    def offloads_only(c, labels, thresholds):
+        g = len(labels)
+        return (labels == 1).astype(np.float32), np.arange(g), (None,) * g
+
+    ddnn.register_labelling(ddnn.Labelling("offloads-only", "grid", candidates=offloads_only))
+    ddnn.register_family(ddnn.Family("logits-offl", "logits", labels="offloads-only", default=False))
+    try:
+        planned = planned_families(ddnn.RunPlan(targets=(0.3, 0.5), families=("logits-offl",)))
+        assert list(planned) == ["logits-offl"] and planned["logits-offl"].labels == "offloads-only"
+        config = dataclasses.replace(planned["logits-offl"], max_epochs=30, hidden=(16,), learning_rate=0.05)
+        family = ddnn.route(tiny_run, config, name="logits-offl")
+    finally:
+        del meta.LABELLINGS["offloads-only"], families.FAMILIES["logits-offl"]
+    default = ddnn.route(tiny_run, dataclasses.replace(config, labels="cost"))
+    offloaded = lambda f: (ddnn.read_family_scores(f)["test"] >= 0).mean(-1)
     assert offloaded(family).min() == 1.0 and offloaded(default)[1] < 0.9, offloaded(default)

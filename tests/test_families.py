@@ -3,15 +3,29 @@ report's studies compare."""
 
 import pytest
 
-from ddnn_jax.core.families import FAMILIES, INPUT_KINDS, curve_name, input_kind, study
+from ddnn_jax.core.families import (
+    FAMILIES,
+    INPUT_KINDS,
+    Family,
+    curve_name,
+    input_kind,
+    register_family,
+    select_families,
+    study,
+)
 from ddnn_jax.jobs.run import RunPlan, default_inputs, planned_families
 
 
 def test_registry_names_are_unique_and_their_inputs_are_registered():
-    names = [f.name for f in FAMILIES]
-    assert len(names) == len(set(names))
-    assert all(f.inputs in INPUT_KINDS for f in FAMILIES)
-    assert len({f.curve for f in FAMILIES}) == len(FAMILIES)
+    assert all(name == f.name and f.inputs in INPUT_KINDS for name, f in FAMILIES.items())
+    assert len({f.curve for f in FAMILIES.values()}) == len(FAMILIES)
+    with pytest.raises(ValueError, match="exists already"):
+        register_family(Family("logits", "logits"))
+    with pytest.raises(ValueError, match="clashes"):
+        register_family(Family("logits_score", "logits"))  # the curve of logits-score
+    with pytest.raises(ValueError, match="unknown router input"):
+        register_family(Family("mine", "pixels"))
+    assert "mine" not in FAMILIES
 
 
 def test_input_kinds_say_what_they_read():
@@ -66,5 +80,20 @@ def test_the_plan_picks_families_by_input_and_ablation():
     assert set(planned_families(RunPlan(inputs=("logits",), ablations=False))) == {"logits", "logits-score"}
 
 
+def test_variants_train_only_when_named():
+    variants = {f.name for f in select_families(("variants",))}
+    assert variants == {f.name for f in FAMILIES.values() if not f.default} and "logits-wbce" in variants
+    assert not variants & set(planned_families(RunPlan()))  # a plain run trains none of them
+    assert {f.name for f in select_families(("all",))} == set(FAMILIES)
+    logits_only = RunPlan(inputs=("logits",), ablations=False, families=("variants", "logits-hybrid"))
+    planned = planned_families(logits_only)
+    assert "logits-hybrid" in planned and "logits-wbce" in planned  # named, so its input is taken
+    assert "logits" not in planned  # the default set was not asked for
+    assert planned["logits-focal"].loss == "focal" and planned["logits-wbce"].labels == "balanced"
+    assert (planned["logits-defer"].objective, planned["logits-defer"].loss) == ("score", "defer")
+    with pytest.raises(ValueError, match="unknown router family 'nope'"):
+        planned_families(RunPlan(families=("nope",)))
+
+
 def test_cpu_default_leaves_the_cnn_routers_out():
-    assert default_inputs() == ("logits", "logits+", "features")
+    assert default_inputs() == ("logits", "logits+", "logits-hybrid", "features")

@@ -56,7 +56,7 @@ def test_the_router_grid_reports_each_epoch_and_trains_the_same():
     y = (rng.random((2, 128)) < 0.5).astype(np.int32)
     yv = (rng.random((2, 64)) < 0.5).astype(np.int32)
     calls = []
-    args = (target_keys(0, config.targets), x, y, xv, yv)
+    args = (target_keys(0, config.targets), x, y, np.ones(y.shape, np.float32), xv, yv)
     result = make_grid_trainer(config, 128, on_epoch=lambda *a: calls.append([np.asarray(v) for v in a]))(
         *args
     )

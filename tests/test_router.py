@@ -22,7 +22,8 @@ def _separable(n, targets, seed):
 
 
 def _train(config, x, y, xv, yv):
-    result = make_grid_trainer(config, len(x))(target_keys(config.seed, config.targets), x, y, xv, yv)
+    keys = target_keys(config.seed, config.targets)
+    result = make_grid_trainer(config, len(x))(keys, x, y, np.ones(y.shape, np.float32), xv, yv)
     return result, make_grid_predictor(config)(result.variables, xv)
 
 
@@ -117,7 +118,7 @@ def test_families_that_differ_in_data_only_share_one_compiled_program():
         dataclasses.replace(base, labels="oracle", seed=3, targets=(0.1, 0.9)),
     ]
     trainers = [make_grid_trainer(config, len(x)) for config in variants]
-    args = (target_keys(0, base.targets), x, y, xv, yv)
+    args = (target_keys(0, base.targets), x, y, np.ones(y.shape, np.float32), xv, yv)
     assert trainers[0].compile(*args) > 0
     assert all(t.program is trainers[0].program for t in trainers)
     assert all(t.compile(*args) == 0.0 for t in trainers[1:])  # compiled once, for all three

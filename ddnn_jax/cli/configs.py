@@ -11,7 +11,7 @@ from ddnn_jax.common import runtime
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.config import TrainConfig, parse_local_weight
-from ddnn_jax.core.families import input_kind
+from ddnn_jax.core.families import input_kind, select_families
 from ddnn_jax.core.labels import check_targets
 from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
 from ddnn_jax.jobs.run import RunPlan
@@ -47,6 +47,7 @@ def run_plan_from(args) -> RunPlan:
     plan = RunPlan(
         targets=args.grid or RunPlan.targets,
         inputs=args.inputs,
+        families=args.families,
         ablations=not args.no_ablations,
         inference_timing=not args.no_inference_timing,
         sweep_weights=args.sweep_weights,
@@ -58,6 +59,7 @@ def run_plan_from(args) -> RunPlan:
             input_kind(mode)
         for weight in plan.sweep_weights:
             parse_local_weight(str(weight))
+        select_families(plan.families)
     except ValueError as err:
         raise UsageError(str(err)) from None
     return plan
@@ -78,6 +80,7 @@ def router_config_from(args, inputs: str) -> RouterConfig:
         inputs=inputs,
         objective=args.objective,
         loss=args.loss,
+        focal_gamma=args.focal_gamma,
         labels=args.labels or (RouterConfig.labels if args.objective == "grid" else "benefit"),
         targets=args.grid or RouterConfig.targets,
         hidden=DEPTH_PRESETS[args.depth],

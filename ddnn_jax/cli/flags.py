@@ -241,6 +241,13 @@ def add_plan_flags(command: argparse.ArgumentParser, sweep_weights: tuple[float,
     """What ``ddnn run`` (or each run of a study) makes besides the DDNN: routers, ablations, sweep."""
     add_router_flags(command, router_seed=RunPlan.router_seed)
     command.add_argument(
+        "--families",
+        type=names,
+        default=None,
+        help="comma-separated router families, or the sets default (a plain run's), variants "
+        "(docs/variants.md) and all; a set's families are those whose input is in --inputs",
+    )
+    command.add_argument(
         "--no-ablations",
         action="store_true",
         help="skip the oracle-label, depth, dropout and score-target router studies",

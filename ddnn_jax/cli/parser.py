@@ -25,7 +25,8 @@ from ddnn_jax.cli.flags import (
     numbers,
     seeds,
 )
-from ddnn_jax.core.families import LABEL_KINDS, OBJECTIVES, SCORE_KINDS
+from ddnn_jax.core.families import OBJECTIVES
+from ddnn_jax.core.meta import LABELLINGS, labellings_for
 from ddnn_jax.core.router_losses import LOSSES
 from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
 from ddnn_jax.stages.evaluate import EvaluationConfig
@@ -79,11 +80,18 @@ def _add_route(commands) -> None:
         help="what the routers minimise (default: bce for grid, squared for score)",
     )
     route.add_argument(
+        "--focal-gamma",
+        type=number,
+        default=RouterConfig.focal_gamma,
+        help="the focal loss's exponent (--loss focal; 0 is BCE)",
+    )
+    route.add_argument(
         "--labels",
         default=None,
-        choices=LABEL_KINDS + SCORE_KINDS,
-        help="grid: cost (B >= B*(L0), default) or oracle (correctness first); score: benefit "
-        "(regress B, default) or gain (regress cloud_correct - local_correct)",
+        choices=tuple(LABELLINGS),
+        help=f"grid: {', '.join(labellings_for('grid'))} (cost: B >= B*(L0), the default; oracle: "
+        f"correctness first); score: {', '.join(labellings_for('score'))} (benefit: regress B, "
+        "the default; gain: regress cloud_correct - local_correct). See docs/variants.md",
     )
     route.add_argument(
         "--depth",

@@ -33,13 +33,6 @@ def order_by_priority(priority: jax.Array) -> jax.Array:
     return jnp.argsort(-priority, stable=True)
 
 
-def normalized_entropy(logits: jax.Array) -> jax.Array:
-    """H = -sum p log p / log C of the softmax, in [0, 1]."""
-    log_p = jax.nn.log_softmax(logits, axis=-1)
-    entropy = -(jnp.exp(log_p) * log_p).sum(-1)
-    return entropy / jnp.log(logits.shape[-1])
-
-
 def top2_margin(logits: jax.Array) -> jax.Array:
     """p1 - p2: the gap between the two largest softmax probabilities."""
     top2 = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), 2)[0]

@@ -1,13 +1,19 @@
 """Router families as values: what a router can read (input kinds) and the families ``ddnn run``
 trains (variants), each one entry in a registry that the route, evaluate and report stages read.
 
-Adding an input kind is one ``InputKind`` in ``INPUT_KINDS`` (and its array in
-``router_net.raw_inputs``); adding a study variant is one ``Family`` in ``FAMILIES``.
+Adding an input kind is one ``InputKind`` in ``INPUT_KINDS`` (a logits kind may append values
+computed from z, ``from_features``); adding a family is one ``Family`` and one
+``register_family`` call.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from ddnn_jax.core.variants import hybrid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,10 +24,13 @@ class InputKind:
     reads: str  # the edge array it is built from: 'logits', 'features' (z) or 'images' (x)
     confidence_extras: bool = False  # logits followed by the top-2 margin and normalised entropy
     cnn: bool = False  # a small CNN in front of the MLP (feature maps and images)
+    # logits kinds: features z [N, h, w, c] -> [N, k] values appended to the logits
+    from_features: Callable[[np.ndarray], np.ndarray] | None = None
+    extra_flops: Callable[[tuple[int, ...]], int] | None = None  # of from_features, per sample
 
     @property
     def needs_features(self) -> bool:
-        return self.reads == "features"
+        return self.reads == "features" or self.from_features is not None
 
     @property
     def needs_images(self) -> bool:
@@ -38,15 +47,14 @@ INPUT_KINDS: dict[str, InputKind] = {
     for kind in (
         InputKind("logits", "logits"),  # the thesis's final choice
         InputKind("logits+", "logits", confidence_extras=True),
+        InputKind(
+            "logits-hybrid", "logits", from_features=hybrid.pooled_features, extra_flops=hybrid.pooling_flops
+        ),
         InputKind("features", "features"),  # z through the MLP
         InputKind("features-cnn", "features", cnn=True),
         InputKind("images", "images", cnn=True),
     )
 }
-LABEL_KINDS = ("cost", "oracle")  # what a per-target ('grid') router classifies
-# What a one-score router regresses: the benefit B = C_L - C_R (probabilities), or the gain
-# cloud_correct - local_correct (correctness, -1/0/1), whose conditional mean is the ideal order.
-SCORE_KINDS = ("benefit", "gain")
 OBJECTIVES = ("grid", "score")  # one router per target, or one score thresholded for every target
 
 
@@ -74,12 +82,15 @@ class Family:
 
     name: str  # its directory under routers/
     inputs: str  # a key of INPUT_KINDS
-    labels: str = "cost"  # LABEL_KINDS for the grid objective, SCORE_KINDS for the score
+    labels: str = "cost"  # a key of meta.LABELLINGS that fits the objective
     objective: str = "grid"  # a key of OBJECTIVES
+    loss: str | None = None  # a key of router_losses.LOSSES; None: the objective's default
     depth: int = 5  # Dense layers, a key of router_net.DEPTH_PRESETS
     dropout_rate: float | None = None  # None: RouterConfig's default
     grid: str = "full"  # 'full': the run's grid; 'reference': L0 = 0.54 only
     ablation: bool = False  # part of the oracle-label, depth and dropout studies (--no-ablations)
+    # in every 'ddnn run'; False: a variant trained when named (--families NAME, or 'variants')
+    default: bool = True
     studies: tuple[tuple[str, str], ...] = ()  # (study, label in its figure)
 
     @property
@@ -91,7 +102,7 @@ class Family:
         return INPUT_KINDS[self.inputs]
 
 
-FAMILIES: tuple[Family, ...] = (
+_BUILT_IN: tuple[Family, ...] = (
     Family(
         "logits",
         "logits",
@@ -128,9 +139,50 @@ FAMILIES: tuple[Family, ...] = (
         )
         for rate in (0.0, 0.1, 0.2, 0.6)
     ),
+    # Variants that try to close the gap to the oracle (core.variants), trained when named.
+    Family("logits-wbce", "logits", labels="balanced", default=False),
+    Family("logits-focal", "logits", loss="focal", default=False),
+    Family("logits-border", "logits", labels="border", default=False),
+    Family("logits-sep", "logits", labels="separable", default=False),
+    Family("logits-costweighted", "logits", labels="cost-weighted", default=False),
+    Family("logits-defer", "logits", labels="benefit", objective="score", loss="defer", default=False),
+    Family("logits-hybrid", "logits-hybrid", default=False),
 )
+FAMILIES: dict[str, Family] = {}
+FAMILY_SETS = ("default", "variants", "all")  # what --families accepts besides family names
+
+
+def register_family(family: Family) -> Family:
+    """Adds a family to the registry (``ddnn run --families NAME`` trains it); returns it."""
+    if family.name in FAMILIES:
+        raise ValueError(f"a router family named '{family.name}' exists already: choose another name")
+    if family.name in FAMILY_SETS or family.curve in {f.curve for f in FAMILIES.values()}:
+        raise ValueError(f"router family name '{family.name}' clashes with another: choose another name")
+    input_kind(family.inputs)
+    FAMILIES[family.name] = family
+    return family
+
+
+def select_families(names: tuple[str, ...] | None) -> list[Family]:
+    """The registered families named (registry order), where 'default' is every family of a
+    plain ``ddnn run``, 'variants' every other one and 'all' both; None: 'default'."""
+    wanted = set(names or ("default",))
+    unknown = wanted - set(FAMILIES) - set(FAMILY_SETS)
+    if unknown:
+        raise ValueError(
+            f"unknown router family '{sorted(unknown)[0]}': choose from {', '.join(FAMILY_SETS)}, "
+            + ", ".join(FAMILIES)
+        )
+    picked = lambda f: (
+        f.name in wanted or "all" in wanted or ("default" if f.default else "variants") in wanted
+    )
+    return [f for f in FAMILIES.values() if picked(f)]
+
+
+for _family in _BUILT_IN:
+    register_family(_family)
 
 
 def study(name: str) -> dict[str, str]:
     """The variants of one study in registry order: legend label -> curve name."""
-    return {label: f.curve for f in FAMILIES for s, label in f.studies if s == name}
+    return {label: f.curve for f in FAMILIES.values() for s, label in f.studies if s == name}

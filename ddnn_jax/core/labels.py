@@ -23,16 +23,27 @@ DEFAULT_BORDER_TAU = 0.01
 
 
 class Correctness(NamedTuple):
-    """Which exit classifies each sample correctly, and the benefit B of offloading it."""
+    """Which exit classifies each sample correctly, the benefit B of offloading it, and how
+    unsure each exit is."""
 
     local_correct: jax.Array  # [N] bool
     cloud_correct: jax.Array  # [N] bool
     benefit: jax.Array  # [N] float, B = C_L - C_R
+    local_entropy: jax.Array | None = None  # [N] normalized_entropy of the local exit
+    cloud_entropy: jax.Array | None = None
+
+
+def normalized_entropy(logits: jax.Array) -> jax.Array:
+    """H = -sum p log p / log C of the softmax, in [0, 1]."""
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    entropy = -(jnp.exp(log_p) * log_p).sum(-1)
+    return entropy / jnp.log(logits.shape[-1])
 
 
 @jax.jit
 def correctness(local_logits: jax.Array, cloud_logits: jax.Array, labels: jax.Array) -> Correctness:
-    """Exit correctness and the offloading benefit B = (1 - p_L[y]) - (1 - p_R[y])."""
+    """Exit correctness, the offloading benefit B = (1 - p_L[y]) - (1 - p_R[y]) and both exits'
+    normalised entropies."""
     p_local = jax.nn.softmax(local_logits, axis=-1)
     p_cloud = jax.nn.softmax(cloud_logits, axis=-1)
     pick = lambda p: jnp.take_along_axis(p, labels[:, None], axis=-1)[:, 0]
@@ -40,6 +51,8 @@ def correctness(local_logits: jax.Array, cloud_logits: jax.Array, labels: jax.Ar
         local_correct=local_logits.argmax(-1) == labels,
         cloud_correct=cloud_logits.argmax(-1) == labels,
         benefit=(1.0 - pick(p_local)) - (1.0 - pick(p_cloud)),
+        local_entropy=normalized_entropy(local_logits),
+        cloud_entropy=normalized_entropy(cloud_logits),
     )
 
 

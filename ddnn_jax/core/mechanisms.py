@@ -18,10 +18,10 @@ from ddnn_jax.core.decisions import (
     keep_top,
     local_counts,
     max_probability,
-    normalized_entropy,
     order_by_priority,
     top2_margin,
 )
+from ddnn_jax.core.labels import normalized_entropy
 
 REFERENCE_TARGET = 0.54  # L0 of the thesis's single-budget analyses (Fig. 6.3, 6.4, 6.5, 6.12)
 HEADLINE_TARGETS = (0.3, REFERENCE_TARGET, 0.7)  # the budgets tables and the study report quote

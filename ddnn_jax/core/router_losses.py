@@ -1,8 +1,11 @@
 """What a router minimises: one registry of losses, each written for one objective's targets.
 
-A 'grid' loss sees, per batch, the router logits [B] and the 0/1 labels [B] of its target; a
-'score' loss sees the logits [B] and the columns [B, 3] (regression target, local_correct,
-cloud_correct). ``RouterConfig.loss`` names one (None: the objective's default). A new loss is one
+A loss maps a batch's router outputs and targets to per-sample losses [B]; the trainer averages
+them weighted by the labelling's per-sample weights (``core.meta``). A 'grid' loss sees the router
+logits [B] and the 0/1 labels [B] of its target; a 'score' loss sees the outputs and the columns
+[B, 3] (regression target, local_correct, cloud_correct). A loss may ask for more than one
+output per sample (``outputs``), with ``score`` folding them into the one score that is
+thresholded. ``RouterConfig.loss`` names one (None: the objective's default). A new loss is one
 :class:`RouterLoss` and one :func:`register_loss` call; ``ddnn route --loss NAME`` then takes it.
 """
 
@@ -15,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# (router logits [B], targets [B] or [B, 3]) -> scalar loss
-LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+from ddnn_jax.core.variants import defer, focal
+
+# (router outputs [B] or [B, k], targets [B] or [B, 3], **options) -> per-sample losses [B]
+LossFn = Callable[..., jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,12 +31,18 @@ class RouterLoss:
     Attributes:
       name: as ``RouterConfig.loss`` and ``--loss`` spell it.
       objective: 'grid' or 'score', the targets it is written for.
-      fn: (router logits [B], targets) -> the batch's loss, a scalar.
+      fn: (router outputs, targets, **options) -> per-sample losses [B].
+      options: RouterConfig fields passed to ``fn`` by name (focal's 'focal_gamma').
+      outputs: router outputs per sample; more than one needs ``score``.
+      score: outputs [B, k] -> the score [B] that is thresholded (higher offloads first).
     """
 
     name: str
     objective: str
     fn: LossFn
+    options: tuple[str, ...] = ()
+    outputs: int = 1
+    score: Callable[[jax.Array], jax.Array] | None = None
 
 
 LOSSES: dict[str, RouterLoss] = {}
@@ -44,6 +55,8 @@ def register_loss(loss: RouterLoss) -> RouterLoss:
         raise ValueError(f"a router loss named '{loss.name}' exists already: choose another name")
     if loss.objective not in DEFAULT_LOSS:
         raise ValueError(f"router loss '{loss.name}': objective must be one of {', '.join(DEFAULT_LOSS)}")
+    if (loss.outputs > 1) != (loss.score is not None):
+        raise ValueError(f"router loss '{loss.name}': give a score exactly when it has several outputs")
     LOSSES[loss.name] = loss
     return loss
 
@@ -59,7 +72,16 @@ def router_loss(name: str | None, objective: str) -> RouterLoss:
     return LOSSES[name]
 
 
-register_loss(
-    RouterLoss("bce", "grid", lambda z, y: optax.sigmoid_binary_cross_entropy(z, y.astype(z.dtype)).mean())
-)
-register_loss(RouterLoss("squared", "score", lambda z, y: jnp.mean((z - y[:, 0]) ** 2)))
+def weighted_mean(per_sample: jax.Array, weights: jax.Array) -> jax.Array:
+    """sum(w * loss) / sum(w): the batch's loss (0 when every weight is 0)."""
+    total = weights.sum()
+    return (weights * per_sample).sum() / jnp.where(total > 0, total, 1.0)
+
+
+for _loss in (
+    RouterLoss("bce", "grid", lambda z, y: optax.sigmoid_binary_cross_entropy(z, y.astype(z.dtype))),
+    RouterLoss("focal", "grid", focal.focal_loss, options=("focal_gamma",)),
+    RouterLoss("squared", "score", lambda z, y: (z - y[:, 0]) ** 2),
+    RouterLoss("defer", "score", defer.one_vs_all_loss, outputs=defer.OUTPUTS, score=defer.deferral_score),
+):
+    register_loss(_loss)

@@ -14,12 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddnn_jax.core.decisions import normalized_entropy, top2_margin
-from ddnn_jax.core.families import INPUT_KINDS, LABEL_KINDS, OBJECTIVES, SCORE_KINDS, InputKind, input_kind
+from ddnn_jax.core.decisions import top2_margin
+from ddnn_jax.core.families import INPUT_KINDS, OBJECTIVES, InputKind, input_kind
+from ddnn_jax.core.labels import normalized_entropy
 from ddnn_jax.core.mechanisms import REFERENCE_TARGET
+from ddnn_jax.core.meta import labelling
 from ddnn_jax.core.models import batch_norm, conv3x3, dense
 from ddnn_jax.core.outputs import SplitOutputs
-from ddnn_jax.core.router_losses import router_loss
+from ddnn_jax.core.router_losses import RouterLoss, router_loss
 
 DEFAULT_TARGETS = (0.1, 0.2, 0.3, 0.4, 0.5, REFERENCE_TARGET, 0.6, 0.7, 0.8, 0.9)
 # Hidden widths of the thesis's depth ablation, by number of Dense layers (the output included).
@@ -31,7 +33,8 @@ class RouterConfig:
     """One router family: input kind, labels, architecture and training, for a grid of targets."""
 
     inputs: str = "logits"  # a key of families.INPUT_KINDS
-    # grid: 'cost' (B >= B*) or 'oracle' (correctness first) labels; score: 'benefit' or 'gain'
+    # a key of meta.LABELLINGS that fits the objective: grid 'cost' (B >= B*), 'oracle'
+    # (correctness first), ...; score 'benefit' (regress B) or 'gain'
     labels: str = "cost"
     # grid: one router per target; score: one router, calibrated at each target
     targets: tuple[float, ...] = DEFAULT_TARGETS
@@ -50,10 +53,15 @@ class RouterConfig:
     conv: str = "auto"  # convolution implementation of the CNN kinds (models.CONV_CHOICES)
     objective: str = "grid"  # families.OBJECTIVES
     loss: str | None = None  # a key of router_losses.LOSSES that fits the objective; None: its default
+    focal_gamma: float = 2.0  # the focal loss's exponent (loss 'focal' only)
 
     @property
     def kind(self) -> InputKind:
         return INPUT_KINDS[self.inputs]
+
+    @property
+    def router_loss(self) -> RouterLoss:
+        return router_loss(self.loss, self.objective)
 
     @property
     def models(self) -> int:
@@ -65,13 +73,10 @@ class RouterConfig:
         input_kind(self.inputs)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective '{self.objective}': choose {' or '.join(OBJECTIVES)}")
-        kinds = LABEL_KINDS if self.objective == "grid" else SCORE_KINDS
-        if self.labels not in kinds:
-            raise ValueError(
-                f"labels '{self.labels}' do not fit the {self.objective} objective: "
-                f"choose {' or '.join(kinds)}"
-            )
+        labelling(self.labels, self.objective)
         router_loss(self.loss, self.objective)
+        if self.focal_gamma < 0:
+            raise ValueError(f"focal_gamma {self.focal_gamma} is negative: use 0 (BCE) or more")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"router dropout {self.dropout_rate} is outside [0, 1)")
         for name in ("batch_size", "max_epochs", "early_stopping_patience", "eval_batch_size"):
@@ -95,6 +100,7 @@ class RouterNet(nn.Module):
     hidden: Sequence[int]
     conv_channels: Sequence[int] = ()
     conv: str = "auto"  # models.CONV_CHOICES
+    outputs: int = 1  # per sample: [B] for one, [B, outputs] for more (the loss's score folds them)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, dropout_rate: jax.Array | float = 0.0) -> jax.Array:
@@ -109,7 +115,8 @@ class RouterNet(nn.Module):
                 keep = 1.0 - jnp.asarray(dropout_rate, x.dtype)
                 mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
                 x = jnp.where(mask, x / keep, 0.0)
-        return dense(1, x.shape[-1])(x)[:, 0]
+        out = dense(self.outputs, x.shape[-1])(x)
+        return out[:, 0] if self.outputs == 1 else out
 
 
 def build_router(config: RouterConfig) -> RouterNet:
@@ -117,7 +124,22 @@ def build_router(config: RouterConfig) -> RouterNet:
         hidden=tuple(config.hidden),
         conv_channels=tuple(config.conv_channels) if config.kind.cnn else (),
         conv=config.conv,
+        outputs=config.router_loss.outputs,
     )
+
+
+def router_scores(config: RouterConfig, outputs: jax.Array) -> jax.Array:
+    """The score [N] a router's outputs are thresholded on: its logit, or its loss's fold of
+    several outputs."""
+    score = config.router_loss.score
+    return outputs if score is None else score(outputs)
+
+
+def router_flops(config: RouterConfig, input_shape: Sequence[int]) -> int:
+    """FLOPs (two per multiply-add) of one sample through the router's Dense layers, from an
+    input of ``input_shape``; batch norm, ReLU and a CNN kind's convolutions are not counted."""
+    widths = [int(np.prod(input_shape)), *config.hidden, config.router_loss.outputs]
+    return sum(2 * a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
 
 
 def raw_inputs(kind: InputKind, outputs: SplitOutputs, images: np.ndarray | None) -> np.ndarray:
@@ -143,6 +165,9 @@ def edge_inputs(
         if kind.confidence_extras:
             extra = jnp.stack([top2_margin(logits), normalized_entropy(logits)], axis=-1)
             logits = jnp.concatenate([logits, extra], axis=-1)
+        if kind.from_features is not None:
+            assert features is not None
+            logits = jnp.concatenate([logits, jnp.asarray(kind.from_features(features))], axis=-1)
         return np.asarray(logits, np.float32)
     if kind.reads == "features":
         assert features is not None

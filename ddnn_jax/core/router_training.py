@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +17,9 @@ import numpy as np
 import optax
 
 from ddnn_jax.core import optim
-from ddnn_jax.core.families import LABEL_KINDS, SCORE_KINDS
-from ddnn_jax.core.router_losses import router_loss
-from ddnn_jax.core.router_net import RouterConfig, RouterNet, build_router
+from ddnn_jax.core.meta import labellings_for
+from ddnn_jax.core.router_losses import weighted_mean
+from ddnn_jax.core.router_net import RouterConfig, RouterNet, build_router, router_scores
 
 STREAM_ROUTER = 100  # fold_in stream of the run seed reserved for routers
 
@@ -58,10 +58,14 @@ def target_keys(seed: int, targets: Sequence[float]) -> jax.Array:
     return jnp.stack([jax.random.fold_in(root, round(float(t) * 10_000)) for t in targets])
 
 
-def model_keys(config: RouterConfig) -> jax.Array:
-    """The keys of the routers a family trains: one per target, or the score's one (a stream no
-    target in [0, 1] uses)."""
-    return target_keys(config.seed, config.targets if config.objective == "grid" else (2.0,))
+def model_keys(config: RouterConfig, target_of: np.ndarray | None = None) -> jax.Array:
+    """The keys of the routers a family trains: one per target (candidates of one target share
+    its key, ``target_of`` their target indices), or the score's one (a stream no target in
+    [0, 1] uses)."""
+    if config.objective != "grid":
+        return target_keys(config.seed, (2.0,))
+    targets = list(config.targets)
+    return target_keys(config.seed, targets if target_of is None else [targets[m] for m in target_of])
 
 
 def mean_accuracy_over_budgets(scores: jax.Array, local_correct: jax.Array, cloud_correct: jax.Array):
@@ -77,36 +81,41 @@ class Objective(NamedTuple):
     """What a router minimises on a batch, and the quality (higher is better) that selects its
     best epoch, steps its plateau schedule and is recorded per epoch."""
 
-    loss: Callable[[jax.Array, jax.Array], jax.Array]  # (logits [B], y [B, ...]) -> scalar
-    quality: Callable[[jax.Array, jax.Array], jax.Array]
+    # (outputs, y [B, ...], weights [B]) -> scalar, the weighted mean of the per-sample losses
+    loss: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    quality: Callable[[jax.Array, jax.Array], jax.Array]  # (scores [B], y [B, ...]) -> scalar
 
 
 def objective(config: RouterConfig) -> Objective:
     """'grid': y [N] 0/1 labels, selected on decision accuracy. 'score': y [N, 3] columns
     (regression target, local_correct, cloud_correct), selected on mean accuracy over budgets.
-    The loss is the config's (``router_losses``)."""
-    loss = router_loss(config.loss, config.objective).fn
+    The loss is the config's (``router_losses``), its options read from the config."""
+    entry = config.router_loss
+    options = {name: getattr(config, name) for name in entry.options}
+    loss = lambda z, y, w: weighted_mean(entry.fn(z, y, **options), w)
     if config.objective == "grid":
-        return Objective(loss=loss, quality=lambda z, y: ((z >= 0) == (y == 1)).mean())
-    return Objective(loss=loss, quality=lambda z, y: mean_accuracy_over_budgets(z, y[:, 1], y[:, 2]))
+        return Objective(loss=loss, quality=lambda s, y: ((s >= 0) == (y == 1)).mean())
+    return Objective(loss=loss, quality=lambda s, y: mean_accuracy_over_budgets(s, y[:, 1], y[:, 2]))
 
 
-def predict_chunked(model: RouterNet, variables, inputs: jax.Array, chunk: int) -> jax.Array:
-    """Evaluation-mode router logits [N] in fixed-size chunks (lax.map), the last one padded."""
+def predict_chunked(config: RouterConfig, model: RouterNet, variables, inputs: jax.Array, chunk: int):
+    """Evaluation-mode router scores [N] in fixed-size chunks (lax.map), the last one padded."""
     n = inputs.shape[0]
     chunk = min(chunk, n)
     pad = -n % chunk
     padded = jnp.concatenate([inputs, jnp.zeros((pad, *inputs.shape[1:]), inputs.dtype)])
     chunks = padded.reshape((-1, chunk, *inputs.shape[1:]))
-    logits = jax.lax.map(lambda x: model.apply(variables, x, train=False), chunks)
-    return logits.reshape(-1)[:n]
+    apply = lambda x: router_scores(config, cast(jax.Array, model.apply(variables, x, train=False)))
+    scores = jax.lax.map(apply, chunks)
+    return scores.reshape(-1)[:n]
 
 
 class _Loop(NamedTuple):
     """One target's training, as functions of its Carry (vmapped by the grid trainer)."""
 
     init: Callable[[jax.Array, jax.Array], Carry]  # (key, x_train) -> Carry
-    epoch: Callable[..., Carry]  # (carry, key, x_train, y_train, x_val, y_val, dropout) -> Carry
+    # (carry, key, x_train, y_train, w_train, x_val, y_val, dropout) -> Carry
+    epoch: Callable[..., Carry]
     keep_going: Callable[[Carry], jax.Array]  # bool: neither out of epochs nor stopped early
     result: Callable[[Carry], GridResult]
 
@@ -116,7 +125,9 @@ def _optimizer(config: RouterConfig) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(config.learning_rate))
 
 
-def _train_minibatches(model, tx, config, n_train, carry: Carry, epoch_key, x_train, y_train, dropout):
+def _train_minibatches(
+    model, tx, config, n_train, carry: Carry, epoch_key, x_train, y_train, w_train, dropout
+):
     """One pass over the shuffled training set: (params, batch_stats, opt_state, mean quality)."""
     batch_size = min(config.batch_size, n_train)
     steps = n_train // batch_size
@@ -126,10 +137,10 @@ def _train_minibatches(model, tx, config, n_train, carry: Carry, epoch_key, x_tr
     def step(state, i):
         params, batch_stats, opt_state, quality = state
         idx = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
-        x, y = x_train[idx], y_train[idx]
+        x, y, w = x_train[idx], y_train[idx], w_train[idx]
 
         def loss_fn(p):
-            logits, updates = model.apply(
+            outputs, updates = model.apply(
                 {"params": p, "batch_stats": batch_stats},
                 x,
                 train=True,
@@ -137,12 +148,12 @@ def _train_minibatches(model, tx, config, n_train, carry: Carry, epoch_key, x_tr
                 rngs={"dropout": jax.random.fold_in(epoch_key, i + 1)},
                 mutable=["batch_stats"],
             )
-            return goal.loss(logits, y), (logits, updates["batch_stats"])
+            return goal.loss(outputs, y, w), (outputs, updates["batch_stats"])
 
-        (_, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (_, (outputs, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, optim.scale_updates(updates, carry.plateau))
-        quality = quality + goal.quality(logits, y)
+        quality = quality + goal.quality(router_scores(config, outputs), y)
         return (params, batch_stats, opt_state, quality), None
 
     init = (carry.params, carry.batch_stats, carry.opt_state, jnp.zeros((), jnp.float32))
@@ -189,15 +200,15 @@ def make_loop(config: RouterConfig, n_train: int) -> _Loop:
     tx = _optimizer(config)
     plateau = optim.plateau(config.plateau_factor, config.plateau_patience)
 
-    def epoch(carry: Carry, key, x_train, y_train, x_val, y_val, dropout) -> Carry:
+    def epoch(carry: Carry, key, x_train, y_train, w_train, x_val, y_val, dropout) -> Carry:
         epoch_key = jax.random.fold_in(key, carry.epoch)
         params, batch_stats, opt_state, train_quality = _train_minibatches(
-            model, tx, config, n_train, carry, epoch_key, x_train, y_train, dropout
+            model, tx, config, n_train, carry, epoch_key, x_train, y_train, w_train, dropout
         )
-        val_logits = predict_chunked(
-            model, {"params": params, "batch_stats": batch_stats}, x_val, config.eval_batch_size
+        val_scores = predict_chunked(
+            config, model, {"params": params, "batch_stats": batch_stats}, x_val, config.eval_batch_size
         )
-        val_quality = goal.quality(val_logits, y_val)
+        val_quality = goal.quality(val_scores, y_val)
         improved = val_quality > carry.best_val_quality
         keep_best = lambda new, old: jax.tree.map(lambda a, b: jnp.where(improved, a, b), new, old)
         return Carry(
@@ -225,9 +236,12 @@ def program_key(config: RouterConfig) -> RouterConfig:
     """What the compiled grid depends on: the config with the values it takes as data (labels,
     target values, seed, dropout rate) set to one canonical value. Families with equal keys (and
     equal input shapes) train through one compiled program."""
-    kinds = LABEL_KINDS if config.objective == "grid" else SCORE_KINDS
     return dataclasses.replace(
-        config, labels=kinds[0], targets=(0.5,) * config.models, seed=0, dropout_rate=0.0
+        config,
+        labels=labellings_for(config.objective)[0],
+        targets=(0.5,) * config.models,
+        seed=0,
+        dropout_rate=0.0,
     )
 
 
@@ -236,7 +250,7 @@ class _GridProgram:
 
     def __init__(self, config: RouterConfig, n_train: int):
         loop = make_loop(config, n_train)
-        epoch = jax.vmap(loop.epoch, in_axes=(0, 0, None, 0, None, 0, None))
+        epoch = jax.vmap(loop.epoch, in_axes=(0, 0, None, 0, 0, None, 0, None))
         keep_going = jax.vmap(loop.keep_going)
 
         def init(keys, x_train):
@@ -244,10 +258,10 @@ class _GridProgram:
             carry = jax.vmap(loop.init, in_axes=(0, None))(split[:, 0], x_train)
             return carry, split[:, 1], keep_going(carry)
 
-        def step(carry: Carry, loop_keys, x_train, y_train, x_val, y_val, dropout):
+        def step(carry: Carry, loop_keys, x_train, y_train, w_train, x_val, y_val, dropout):
             """One epoch of every target still training; the others keep their state."""
             active = keep_going(carry)
-            new = epoch(carry, loop_keys, x_train, y_train, x_val, y_val, dropout)
+            new = epoch(carry, loop_keys, x_train, y_train, w_train, x_val, y_val, dropout)
             mask = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
             carry = jax.tree.map(mask, new, carry)
             return carry, keep_going(carry)
@@ -256,17 +270,22 @@ class _GridProgram:
         self.result = jax.vmap(loop.result)
         self.compiled: dict[tuple, Any] = {}
 
-    def programs(self, keys, x_train, y_train, x_val, y_val) -> tuple[dict[str, Any], float]:
+    def programs(self, keys, x_train, y_train, w_train, x_val, y_val) -> tuple[dict[str, Any], float]:
         """The compiled init and step for these arguments, and the seconds spent compiling them
         now (0 when an earlier family compiled them; the persistent cache shortens it)."""
-        signature = tuple((a.shape, str(a.dtype)) for a in (keys, x_train, y_train, x_val, y_val))
+        arrays = (keys, x_train, y_train, w_train, x_val, y_val)
+        signature = tuple((a.shape, str(a.dtype)) for a in arrays)
         if signature in self.compiled:
             return self.compiled[signature], 0.0
         started = time.perf_counter()
         init = self.jitted["init"].lower(keys, x_train).compile()
         carry, loop_keys, _ = jax.eval_shape(self.jitted["init"], keys, x_train)
         dropout = jax.ShapeDtypeStruct((), jnp.float32)
-        step = self.jitted["step"].lower(carry, loop_keys, x_train, y_train, x_val, y_val, dropout).compile()
+        step = (
+            self.jitted["step"]
+            .lower(carry, loop_keys, x_train, y_train, w_train, x_val, y_val, dropout)
+            .compile()
+        )
         self.compiled[signature] = {"init": init, "step": step}
         return self.compiled[signature], time.perf_counter() - started
 
@@ -278,7 +297,9 @@ def _grid_program(key: RouterConfig, n_train: int) -> _GridProgram:
 
 class GridTrainer:
     """The whole grid of one family:
-    ``grid(keys [G], x_train, y_train [G, N], x_val, y_val [G, N_val]) -> GridResult``.
+    ``grid(keys [M], x_train, y_train [M, N], w_train [M, N], x_val, y_val [M, N_val])
+    -> GridResult``, M the routers trained (one per target, or several candidates per target),
+    ``w_train`` their per-sample loss weights (``core.meta``).
 
     Each call runs epochs of every target at once (``vmap``) while any target is still
     training; a target that has stopped keeps its state (its update is masked), so each target
@@ -301,10 +322,10 @@ class GridTrainer:
     def compile(self, *args) -> float:
         return self.program.programs(*args)[1]
 
-    def __call__(self, keys, x_train, y_train, x_val, y_val) -> GridResult:
-        programs, _ = self.program.programs(keys, x_train, y_train, x_val, y_val)
+    def __call__(self, keys, x_train, y_train, w_train, x_val, y_val) -> GridResult:
+        programs, _ = self.program.programs(keys, x_train, y_train, w_train, x_val, y_val)
         carry, loop_keys, going = programs["init"](keys, x_train)
-        data = (loop_keys, x_train, y_train, x_val, y_val, self.dropout)
+        data = (loop_keys, x_train, y_train, w_train, x_val, y_val, self.dropout)
         for _ in range(self.max_epochs):
             carry, now_going = programs["step"](carry, *data)
             if not np.any(going):  # waits for the epoch before; the one just queued is a no-op
@@ -327,8 +348,19 @@ def make_grid_trainer(
 
 
 def make_grid_predictor(config: RouterConfig):
-    """Jitted evaluation of every target's router on one split: logits [G, N]."""
+    """Jitted evaluation of every target's router on one split: scores [G, N]."""
     model = build_router(config)
     return jax.jit(
-        jax.vmap(lambda v, x: predict_chunked(model, v, x, config.eval_batch_size), in_axes=(0, None))
+        jax.vmap(lambda v, x: predict_chunked(config, model, v, x, config.eval_batch_size), in_axes=(0, None))
     )
+
+
+def select_candidates(result: GridResult, target_of: np.ndarray) -> tuple[GridResult, np.ndarray]:
+    """Per target, the candidate router with the best validation quality (the first on a tie):
+    the result restricted to them, target-major, and the index of each kept model."""
+    target_of = np.asarray(target_of)
+    best = np.nanmax(np.asarray(result.val_quality), axis=-1)
+    kept = np.asarray(
+        [np.flatnonzero(target_of == g)[np.argmax(best[target_of == g])] for g in np.unique(target_of)]
+    )
+    return jax.tree.map(lambda leaf: leaf[kept], result), kept

@@ -54,6 +54,7 @@ def route_command(run: RunDir, name: str, config: RouterConfig) -> str:
         f"--inputs {config.inputs}",
         f"--objective {config.objective}",
         *([f"--loss {config.loss}"] if config.loss is not None else []),
+        *([f"--focal-gamma {config.focal_gamma:g}"] if config.loss == "focal" else []),
         f"--labels {config.labels}",
         "--grid " + ",".join(f"{t:g}" for t in config.targets),
         *([f"--depth {depth}"] if depth is not None else []),

@@ -17,7 +17,7 @@ import jax
 
 from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.config import TrainConfig
-from ddnn_jax.core.families import FAMILIES, INPUT_KINDS, Family
+from ddnn_jax.core.families import INPUT_KINDS, Family, select_families
 from ddnn_jax.core.mechanisms import HEADLINE_TARGETS, REFERENCE_TARGET
 from ddnn_jax.core.router_net import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
 from ddnn_jax.jobs.training import run_training, run_trainings
@@ -45,6 +45,9 @@ class RunPlan:
 
     targets: tuple[float, ...] = DEFAULT_TARGETS  # grid of the logits routers
     inputs: tuple[str, ...] | None = None  # None: default_inputs() for this backend
+    # Registered family names and sets ('default', 'variants', 'all'); the sets' families are
+    # those whose input kind is in ``inputs``. None: ('default',).
+    families: tuple[str, ...] | None = None
     # High-dimensional inputs cost far more per epoch: a short grid and fewer epochs for them.
     heavy_targets: tuple[float, ...] = HEADLINE_TARGETS
     heavy_max_epochs: int = 15
@@ -78,6 +81,7 @@ def router_config(family: Family, plan: RunPlan) -> RouterConfig:
         inputs=family.inputs,
         labels=family.labels,
         objective=family.objective,
+        loss=family.loss,
         targets=targets,
         hidden=DEPTH_PRESETS[family.depth],
         dropout_rate=RouterConfig.dropout_rate if family.dropout_rate is None else family.dropout_rate,
@@ -87,14 +91,13 @@ def router_config(family: Family, plan: RunPlan) -> RouterConfig:
 
 
 def planned_families(plan: RunPlan) -> dict[str, RouterConfig]:
-    """Every router family of the plan, by directory name: the registered families whose input
-    kind is asked for, and the ablations (on logits) unless they are switched off."""
+    """Every router family of the plan, by directory name: the families it names, and those of
+    the sets it names whose input kind is asked for (the ablations unless they are switched
+    off). Raises ValueError on a name that is neither a family nor a set."""
     inputs = plan.inputs or default_inputs()
-    return {
-        family.name: router_config(family, plan)
-        for family in FAMILIES
-        if family.inputs in inputs and (plan.ablations or not family.ablation)
-    }
+    names = plan.families or ("default",)
+    wanted = lambda f: f.name in names or (f.inputs in inputs and (plan.ablations or not f.ablation))
+    return {f.name: router_config(f, plan) for f in select_families(names) if wanted(f)}
 
 
 class StageClock:

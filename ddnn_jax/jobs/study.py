@@ -26,6 +26,7 @@ from ddnn_jax.jobs.study_stats import (
     auc_differences,
     comparisons_over_seeds,
     curves_over_seeds,
+    gap_recovered_differences,
     local_weight_over_seeds,
     summary_over_seeds,
 )
@@ -200,6 +201,7 @@ def aggregate(study_dir: Path, seeds: Sequence[int] | None = None) -> Path:
         "curves": curves_over_seeds(all_results),
         "summary": (summary := summary_over_seeds(all_results)),
         "auc_differences": auc_differences(all_results, summary),
+        "gap_recovered_differences": gap_recovered_differences(all_results, summary),
         "comparisons": comparisons_over_seeds(all_results),
         "local_weight": local_weight_over_seeds(all_results, found_seeds),
     }

@@ -145,6 +145,10 @@ def write_study_report(study: StudyDir, value: dict[str, Any]) -> Path:
         "",
         *_headline_table(value),
         "",
+        "## Mechanisms ranked by the share of the random-to-oracle gap they recover",
+        "",
+        *_gap_recovered_table(value),
+        "",
         "## Every calibrated router against the per-target router on logits: AUC, paired by seed",
         "",
         *_auc_difference_table(value),
@@ -163,6 +167,30 @@ def write_study_report(study: StudyDir, value: dict[str, Any]) -> Path:
     ]
     write_text(study.report, "\n".join(lines) + "\n")
     return study.report
+
+
+def _gap_recovered_table(value: dict[str, Any]) -> list[str]:
+    """Every curve by (AUC - AUC_random) / (AUC_oracle - AUC_random), best first, with its
+    difference from the calibrated score router paired by seed."""
+    against = {d["mechanism"]: d for d in value.get("gap_recovered_differences", [])}
+    rows = [
+        "| mechanism | AUC | oracle gap recovered % | minus logits-score (points), paired | t-test p |",
+        "|---|---|---|---|---|",
+    ]
+    ranked = [(n, s) for n, s in value["summary"].items() if "oracle_gap_recovered_mean" in s]
+    for name, s in sorted(ranked, key=lambda kv: -kv[1]["oracle_gap_recovered_mean"]):
+        d = against.get(name)
+        diff = (
+            "–"
+            if d is None
+            else f"{100 * d['difference_mean']:+.1f} {_interval(d['difference_ci95'], 1, 100)}"
+        )
+        p_value = "–" if d is None or d["p_value"] is None else f"{d['p_value']:.3g}"
+        rows.append(
+            f"| {name} | {s['auc_mean']:.4f} | "
+            f"{_pm(s['oracle_gap_recovered_mean'], s['oracle_gap_recovered_ci95'])} | {diff} | {p_value} |"
+        )
+    return rows
 
 
 def _auc_difference_table(value: dict[str, Any]) -> list[str]:

@@ -101,12 +101,17 @@ def curves_over_seeds(all_results: list[Results]) -> dict[str, list[dict[str, An
 
 
 def summary_over_seeds(all_results: list[Results]) -> dict[str, dict[str, Any]]:
-    """Per mechanism summarised in every run: its mean AUC with the interval."""
+    """Per mechanism summarised in every run: its mean AUC and share of the oracle gap
+    recovered, with their intervals."""
     names = [n for n in all_results[0]["summary"] if all(n in r["summary"] for r in all_results)]
     summary = {}
     for name in names:
         mean, interval = mean_interval([r["summary"][name]["auc"] for r in all_results])
         summary[name] = {"auc_mean": mean, "auc_ci95": interval, "n": len(all_results)}
+        recovered = [r["summary"][name].get("oracle_gap_recovered") for r in all_results]
+        if all(v is not None for v in recovered):
+            mean, interval = mean_interval([float(v) for v in recovered if v is not None])
+            summary[name].update(oracle_gap_recovered_mean=mean, oracle_gap_recovered_ci95=interval)
     return summary
 
 
@@ -120,6 +125,24 @@ def _difference_over_seeds(differences: list[float]) -> dict[str, Any]:
         "p_value": float(scipy.stats.ttest_1samp(differences, 0.0).pvalue) if spread else None,
         "n": len(differences),
     }
+
+
+def gap_recovered_differences(all_results: list[Results], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every curve's share of the oracle gap recovered minus that of the calibrated score router
+    (the best router of one training), paired by seed."""
+    baseline = calibrated(curve_name("logits-score"))
+    if "oracle_gap_recovered_mean" not in summary.get(baseline, {}):
+        return []
+    per_run = lambda r, name: r["summary"][name]["oracle_gap_recovered"]
+    return [
+        {
+            "mechanism": name,
+            "baseline": baseline,
+            **_difference_over_seeds([per_run(r, name) - per_run(r, baseline) for r in all_results]),
+        }
+        for name, s in summary.items()
+        if name != baseline and "oracle_gap_recovered_mean" in s
+    ]
 
 
 def auc_differences(all_results: list[Results], summary: dict[str, Any]) -> list[dict[str, Any]]:

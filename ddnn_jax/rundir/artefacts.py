@@ -11,7 +11,7 @@ import numpy as np
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.core.outputs import SplitOutputs
-from ddnn_jax.core.router_net import RouterConfig, build_router
+from ddnn_jax.core.router_net import RouterConfig, build_router, router_scores
 from ddnn_jax.core.training import TrainState, create_train_state
 from ddnn_jax.data import DataSplits, load_dataset
 from ddnn_jax.rundir import checkpoints
@@ -93,10 +93,12 @@ class DeployedRouter(NamedTuple):
     std: np.ndarray
 
     def logits(self, raw_inputs: jax.Array) -> jax.Array:
-        """Router logits [N] of raw inputs (``router_net.edge_inputs``); traceable, so a deployment
-        can compute them in the same program as the edge network."""
+        """Router scores [N] of raw inputs (``router_net.edge_inputs``): its logit, or its loss's
+        fold of several outputs; traceable, so a deployment can compute them in the same
+        program as the edge network."""
         standardized = (raw_inputs - self.mean) / self.std
-        return cast(jax.Array, build_router(self.config).apply(self.variables, standardized, train=False))
+        outputs = build_router(self.config).apply(self.variables, standardized, train=False)
+        return router_scores(self.config, cast(jax.Array, outputs))
 
 
 def deployed_router(family: FamilyDir, index: int) -> DeployedRouter:

@@ -320,6 +320,10 @@ class FamilyRecord:
     input_std: list[float]
     seconds: dict[str, float]  # 'compile', 'train'
     backend: str
+    # Per target, the labelling's parameter of the candidate validation kept (border's tau);
+    # None when the labelling trains one router per target.
+    selected: list[float | None] | None = None
+    flops_per_sample: int | None = None  # router_net.router_flops plus what its input costs
 
 
 def write_family(

@@ -95,7 +95,9 @@ class Results(TypedDict):
     cloud_only_accuracy: float
     oracle_unconstrained: UnconstrainedPoint
     curves: dict[str, list[Point]]
-    summary: dict[str, dict[str, float]]  # per curve: auc, gap_to_oracle
+    # per curve: auc, gap_to_oracle, oracle_gap_recovered (None where the oracle is no better
+    # than random)
+    summary: dict[str, dict[str, Any]]
     comparisons: list[Comparison]
     routers: dict[str, RouterResult]  # by curve name
     label_analysis: dict[str, Any]

@@ -3,7 +3,7 @@ curve on the test split, each router family's result, the label and test analyse
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,18 +19,19 @@ from ddnn_jax.core.labels import (
     benefit_thresholds,
     correctness,
     label_analysis,
-    labels_of_kind,
     oracle_labels,
 )
 from ddnn_jax.core.mechanisms import (
     ENTROPY,
     ORACLE,
+    RANDOM,
     RULE_TARGETS,
     RULES,
     decision_rule,
     deployable_rules,
     rule_offload,
 )
+from ddnn_jax.core.meta import grid_labels, labelling
 from ddnn_jax.rundir import (
     FamilyRecord,
     Point,
@@ -129,7 +130,7 @@ def router_family_result(
     grid = record.config["objective"] == "grid"
     thresholds = _family_thresholds(name, scores["val"], targets, given)
     labels = (
-        labels_of_kind(record.config["labels"], c_test, jnp.asarray(record.benefit_thresholds, jnp.float32))
+        grid_labels(labelling(record.config["labels"], "grid"), c_test, record.benefit_thresholds)
         if grid
         else None
     )
@@ -222,12 +223,26 @@ def weight_sweep_run(record: RunRecord, test: SplitOutputs, key) -> SweepRun:
 
 
 def summary(curves: dict[str, list[Point]], edge_only: float, cloud_only: float) -> dict:
-    """AUC and gap to the oracle of every curve with at least 3 points (single-budget studies
-    have no curve to integrate)."""
+    """AUC, gap to the oracle and share of the random-to-oracle gap recovered of every curve with
+    at least 3 points (single-budget studies have no curve to integrate)."""
     auc = lambda curve: area_under_curve(
         [p["local_rate"] for p in curve], [p["accuracy"] for p in curve], edge_only, cloud_only
     )
-    result = {name: {"auc": auc(curve)} for name, curve in curves.items() if len(curve) >= 3}
+    result: dict[str, dict[str, Any]] = {
+        name: {"auc": auc(curve)} for name, curve in curves.items() if len(curve) >= 3
+    }
     for name in result:
         result[name]["gap_to_oracle"] = result[ORACLE]["auc"] - result[name]["auc"]
+        result[name]["oracle_gap_recovered"] = (
+            oracle_gap_recovered(result[name]["auc"], result[RANDOM]["auc"], result[ORACLE]["auc"])
+            if RANDOM in result
+            else None
+        )
     return result
+
+
+def oracle_gap_recovered(auc: float, auc_random: float, auc_oracle: float) -> float | None:
+    """(AUC - AUC_random) / (AUC_oracle - AUC_random): 0 for random offloading, 1 for the
+    oracle; None where the oracle is no better than random."""
+    gap = auc_oracle - auc_random
+    return (auc - auc_random) / gap if gap > 0 else None

@@ -33,9 +33,22 @@ _ROUTER_PALETTE = (
     "goldenrod",
     "slategray",
     "darkorange",
+    "olive",
+    "sienna",
+    "deeppink",
+    "steelblue",
+    "yellowgreen",
+    "maroon",
+    "darkviolet",
+    "darkcyan",
 )
-assert len(FAMILIES) <= len(_ROUTER_PALETTE), "give every registered family a colour of its own"
-FAMILY_COLOURS = {f.curve: colour for f, colour in zip(FAMILIES, _ROUTER_PALETTE, strict=False)}
+
+
+def family_colour(curve: str) -> str:
+    """A registered family's colour, by its place in the registry (cycling past the palette's
+    length); an unregistered family's is tab:blue."""
+    curves = [f.curve for f in FAMILIES.values()]
+    return _ROUTER_PALETTE[curves.index(curve) % len(_ROUTER_PALETTE)] if curve in curves else "tab:blue"
 
 
 def _colours() -> dict[str, str]:
@@ -51,7 +64,7 @@ def style(name: str) -> dict[str, Any]:
         return dict(color=colours[name], linestyle="--" if dashed else "-")
     family = name.removesuffix("_calibrated")
     return dict(
-        color=FAMILY_COLOURS.get(family, "tab:blue"),
+        color=family_colour(family),
         linestyle="-" if name.endswith("_calibrated") else "--",
         marker="o",
         markersize=3,

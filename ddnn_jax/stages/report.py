@@ -98,11 +98,13 @@ def _summary_section(results: Results) -> list[str]:
     rows = [
         "## Area under the accuracy-vs-local-rate curve",
         "",
-        "| mechanism | AUC | gap to oracle (points) |",
-        "|---|---|---|",
+        "| mechanism | AUC | gap to oracle (points) | oracle gap recovered % |",
+        "|---|---|---|---|",
     ]
     for name, s in sorted(results["summary"].items(), key=lambda kv: -kv[1]["auc"]):
-        rows.append(f"| {name} | {s['auc']:.4f} | {100 * s['gap_to_oracle']:.2f} |")
+        recovered = s.get("oracle_gap_recovered")
+        share = "–" if recovered is None else f"{100 * recovered:.1f}"
+        rows.append(f"| {name} | {s['auc']:.4f} | {100 * s['gap_to_oracle']:.2f} | {share} |")
     lm = results["latency_model"]
     rows += [
         "",

@@ -6,14 +6,14 @@ from __future__ import annotations
 from ddnn_jax.core.families import curve_name
 from ddnn_jax.core.mechanisms import CLOUD_ONLY, ENTROPY, HEADLINE_TARGETS, ROUTER, RULES
 from ddnn_jax.rundir import Results, RunDir, read_edge_reports, read_edge_sweep
-from ddnn_jax.stages.plotting import FAMILY_COLOURS, draw_figure, pct
+from ddnn_jax.stages.plotting import draw_figure, family_colour, pct
 
 # one line style per wire encoding of the offloaded features
 WIRE_STYLES = {"fp32": "-", "fp16": "--", "int8": ":"}
 # the mechanisms the sweep deploys, each in its colour in the report's other figures
 DEPLOYED_MECHANISMS = {
     ENTROPY: RULES[ENTROPY].colour,
-    ROUTER: FAMILY_COLOURS[curve_name("logits")],
+    ROUTER: family_colour(curve_name("logits")),
     CLOUD_ONLY: "black",
 }
 

@@ -20,10 +20,17 @@ import numpy as np
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.decisions import calibrated_thresholds
-from ddnn_jax.core.labels import Correctness, benefit_thresholds, check_targets, correctness, labels_of_kind
+from ddnn_jax.core.labels import check_targets, correctness
+from ddnn_jax.core.meta import MetaSet, labelling, meta_set
 from ddnn_jax.core.router_losses import DEFAULT_LOSS
-from ddnn_jax.core.router_net import RouterConfig, raw_inputs
-from ddnn_jax.core.router_training import GridResult, make_grid_predictor, make_grid_trainer, model_keys
+from ddnn_jax.core.router_net import RouterConfig, raw_inputs, router_flops
+from ddnn_jax.core.router_training import (
+    GridResult,
+    make_grid_predictor,
+    make_grid_trainer,
+    model_keys,
+    select_candidates,
+)
 from ddnn_jax.data import channel_statistics
 from ddnn_jax.rundir import (
     SPLITS,
@@ -45,13 +52,13 @@ from ddnn_jax.rundir import (
 
 
 def default_name(config: RouterConfig) -> str:
-    """'logits', 'logits+', 'features-cnn', ... with '-oracle' for oracle labels, '-score' for
-    the score objective ('-score-gain' when it regresses the gain), and '-LOSS' for a loss other
-    than the objective's default."""
+    """'logits', 'logits+', 'features-cnn', ... with '-LABELS' for labels other than the
+    objective's first ('-oracle'), '-score' for the score objective ('-score-gain' when it
+    regresses the gain), and '-LOSS' for a loss other than the objective's default."""
     loss = "" if config.loss in (None, DEFAULT_LOSS[config.objective]) else f"-{config.loss}"
-    if config.objective == "score":
-        return config.inputs + "-score" + ("-gain" if config.labels == "gain" else "") + loss
-    return config.inputs + ("-oracle" if config.labels == "oracle" else "") + loss
+    first = "cost" if config.objective == "grid" else "benefit"
+    labels = "" if config.labels == first else f"-{config.labels}"
+    return config.inputs + ("-score" if config.objective == "score" else "") + labels + loss
 
 
 def check_family_name(name: str) -> str:
@@ -65,25 +72,11 @@ def check_family_name(name: str) -> str:
     return name
 
 
-def meta_labels(
-    outputs: dict[str, SplitOutputs], targets: np.ndarray, config: RouterConfig
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """B*(L0) from the training split, and every split's training targets under them: [G, N]
-    labels for the grid objective, [1, N, 3] (regression target, local_correct, cloud_correct)
-    for the score (see ``router_training.objective``)."""
+def meta_labels(outputs: dict[str, SplitOutputs], targets: np.ndarray, config: RouterConfig) -> MetaSet:
+    """The family's meta-dataset (``core.meta``): B*(L0) from the training split, every split's
+    training targets under them, and the models to train with their per-sample weights."""
     per_split = {name: correctness(o.local_logits, o.cloud_logits, o.labels) for name, o in outputs.items()}
-    thresholds = benefit_thresholds(per_split["train"].benefit, targets)
-    if config.objective == "grid":
-        labels = {s: np.asarray(labels_of_kind(config.labels, c, thresholds)) for s, c in per_split.items()}
-    else:
-        labels = {s: _score_targets(c, config.labels) for s, c in per_split.items()}
-    return np.asarray(thresholds), labels
-
-
-def _score_targets(c: Correctness, kind: str) -> np.ndarray:
-    local, cloud = np.asarray(c.local_correct, np.float32), np.asarray(c.cloud_correct, np.float32)
-    target = np.asarray(c.benefit, np.float32) if kind == "benefit" else cloud - local
-    return np.stack([target, local, cloud], axis=-1)[None]
+    return meta_set(labelling(config.labels, config.objective), per_split, targets)
 
 
 def _config_json(config: RouterConfig) -> dict:
@@ -124,18 +117,19 @@ class _GridBar:
         )
 
 
-def _train_grid(config: RouterConfig, inputs, labels, progress: Progress, name: str):
+def _train_grid(config: RouterConfig, inputs, meta: MetaSet, progress: Progress, name: str):
     """Compiles and runs the grid trainer: (GridResult, seconds to compile, seconds to train)."""
     live = _GridBar(progress, name, config)
     trainer = make_grid_trainer(
         config, len(inputs["train"]), on_epoch=live.on_epoch if progress.shows_bars else None
     )
     args = (
-        model_keys(config),
+        model_keys(config, meta.candidates.target_of),
         inputs["train"],
-        labels["train"],
+        meta.targets["train"],
+        meta.candidates.weights,
         inputs["val"],
-        labels["val"],
+        meta.targets["val"],
     )
     compile_seconds = trainer.compile(*args)
     started = time.perf_counter()
@@ -196,11 +190,12 @@ def _route(
         return run.family(family_name)
     images = split_images(run, outputs) if config.kind.needs_images else {}
 
-    thresholds, labels = meta_labels(outputs, targets, config)
+    meta = meta_labels(outputs, targets, config)
     inputs = {s: raw_inputs(config.kind, outputs[s], images.get(s)) for s in SPLITS}
     mean, std = channel_statistics(inputs["train"])
     inputs = {s: (x - mean) / std for s, x in inputs.items()}
-    result, compile_seconds, train_seconds = _train_grid(config, inputs, labels, progress, family_name)
+    result, compile_seconds, train_seconds = _train_grid(config, inputs, meta, progress, family_name)
+    result, kept = select_candidates(result, meta.candidates.target_of)
     predict = make_grid_predictor(config)
     scores = {s: np.asarray(predict(result.variables, inputs[s]), np.float32) for s in SPLITS}
 
@@ -208,7 +203,7 @@ def _route(
         config=_config_json(config),
         made_from=made_from,
         outputs_epoch=outputs["test"].epoch,
-        benefit_thresholds=thresholds.tolist(),
+        benefit_thresholds=meta.thresholds.tolist(),
         decision_thresholds=calibrated_thresholds(scores["val"], targets).tolist(),
         best_epoch=np.asarray(result.best_epoch).tolist(),
         epochs_run=np.asarray(result.epochs_run).tolist(),
@@ -220,9 +215,21 @@ def _route(
         input_std=np.ravel(std).tolist(),
         seconds={"compile": compile_seconds, "train": train_seconds},
         backend=jax.default_backend(),
+        selected=[meta.candidates.values[m] for m in kept]
+        if len(kept) < len(meta.candidates.values)
+        else None,
+        flops_per_sample=router_flops(config, inputs["train"].shape[1:]) + _input_flops(config, outputs),
     )
     save = functools.partial(checkpoints.save_tree, tree=result.variables)
     return write_family(run, family_name, record, scores, save)
+
+
+def _input_flops(config: RouterConfig, outputs: dict[str, SplitOutputs]) -> int:
+    """What making the router's input costs per sample beyond what the edge computes anyway."""
+    features = outputs["train"].features
+    if config.kind.extra_flops is None or features is None:
+        return 0
+    return config.kind.extra_flops(tuple(features.shape[1:]))
 
 
 def _history(per_epoch: jax.Array) -> list[list[float]]:

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddnn_jax.core.config import TrainConfig
-from ddnn_jax.core.decisions import normalized_entropy
+from ddnn_jax.core.labels import normalized_entropy
 from ddnn_jax.core.mechanisms import REFERENCE_TARGET
 from ddnn_jax.core.router_net import RouterConfig, build_router
 from ddnn_jax.core.training import build_model, create_train_state

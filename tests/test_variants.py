@@ -1,0 +1,241 @@
+"""The router variants (core.variants): their labels, weights, losses and inputs against brute
+force on hand-made arrays, their effect on a trained router where the effect is known, and every
+one of them trained by ``ddnn run --families variants`` on a real 2-epoch run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddnn_jax.core.families import input_kind
+from ddnn_jax.core.labels import correctness
+from ddnn_jax.core.meta import LABELLINGS, meta_set
+from ddnn_jax.core.router_losses import LOSSES, weighted_mean
+from ddnn_jax.core.router_net import RouterConfig, edge_inputs, router_flops
+from ddnn_jax.core.router_training import (
+    GridResult,
+    make_grid_predictor,
+    make_grid_trainer,
+    mean_accuracy_over_budgets,
+    model_keys,
+    select_candidates,
+)
+from ddnn_jax.core.variants import border
+from tests.conftest import PRISTINE_FLAGS, run_cli
+
+
+def _exits(n=400, seed=0, classes=5):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    onehot = np.eye(classes, dtype=np.float32)[labels]
+    local = rng.normal(size=(n, classes)).astype(np.float32) + 1.5 * onehot
+    cloud = rng.normal(size=(n, classes)).astype(np.float32) + 3.0 * onehot
+    return local, cloud, labels.astype(np.int32)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _brute_benefit(local, cloud, labels):
+    rows = np.arange(len(labels))
+    return (
+        _softmax(local.astype(np.float64))[rows, labels] * -1
+        + _softmax(cloud.astype(np.float64))[rows, labels]
+    )
+
+
+def _meta(name, targets=(0.2, 0.5, 0.8), seed=0):
+    splits = {
+        s: correctness(*map(jnp.asarray, _exits(seed=seed + i))) for i, s in enumerate(("train", "val"))
+    }
+    return splits, meta_set(LABELLINGS[name], splits, np.asarray(targets, np.float32))
+
+
+def test_class_balanced_weights_give_both_labels_half_the_weight():
+    splits, meta = _meta("balanced")
+    labels, weights = meta.targets["train"], meta.candidates.weights
+    n = labels.shape[1]
+    for g in range(3):
+        for y in (0, 1):
+            assert weights[g][labels[g] == y].sum() == pytest.approx(n / 2, rel=1e-5)
+    np.testing.assert_array_equal(meta.candidates.target_of, [0, 1, 2])
+    np.testing.assert_array_equal(labels, _meta("cost")[1].targets["train"])  # the cost labels
+
+
+def test_cost_weights_are_the_regret_of_a_wrong_decision():
+    splits, meta = _meta("cost-weighted")
+    benefit = np.asarray(splits["train"].benefit, np.float64)
+    for g, threshold in enumerate(meta.thresholds):
+        regret = np.abs(benefit - threshold)
+        np.testing.assert_allclose(meta.candidates.weights[g], regret / regret.mean(), rtol=1e-5)
+
+
+def test_border_trains_one_candidate_per_cutoff_and_leaves_the_border_out():
+    splits, meta = _meta("border", targets=(0.3, 0.7))
+    t = len(border.TAUS)
+    np.testing.assert_array_equal(meta.candidates.target_of, np.repeat([0, 1], t))
+    assert meta.candidates.values == border.TAUS * 2
+    near = np.abs(np.asarray(splits["train"].benefit))
+    for m, tau in enumerate(meta.candidates.values):
+        np.testing.assert_array_equal(meta.candidates.weights[m], (near >= tau).astype(np.float32))
+    # every candidate of a target learns that target's labels, on every split
+    cost = _meta("cost", targets=(0.3, 0.7))[1]
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(meta.targets[split], cost.targets[split][meta.candidates.target_of])
+
+
+def test_validation_keeps_the_best_candidate_of_each_target():
+    rng = np.random.default_rng(3)
+    val = rng.random((6, 5))
+    val[:, 3:] = np.nan  # epochs not run
+    fake = GridResult(
+        variables={"w": jnp.arange(6.0)},
+        train_quality=jnp.asarray(val),
+        val_quality=jnp.asarray(val),
+        best_epoch=jnp.arange(6),
+        epochs_run=jnp.full(6, 3),
+    )
+    target_of = np.asarray([0, 0, 0, 1, 1, 1])
+    kept_result, kept = select_candidates(fake, target_of)
+    brute = [3 * g + int(np.argmax(np.nanmax(val[3 * g : 3 * g + 3], -1))) for g in (0, 1)]
+    np.testing.assert_array_equal(kept, brute)
+    np.testing.assert_array_equal(np.asarray(kept_result.variables["w"]), np.asarray(brute, np.float32))
+
+
+def test_the_separable_benefit_adds_the_exits_entropies():
+    local, cloud, labels = _exits()
+    c = correctness(jnp.asarray(local), jnp.asarray(cloud), jnp.asarray(labels))
+    entropy = lambda z: -(_softmax(z) * np.log(_softmax(z))).sum(-1) / np.log(z.shape[-1])
+    brute = (
+        _brute_benefit(local, cloud, labels)
+        + entropy(local.astype(np.float64))
+        - entropy(cloud.astype(np.float64))
+    )
+    np.testing.assert_allclose(LABELLINGS["separable"].benefit(c), brute, atol=1e-5)
+    splits, meta = _meta("separable")
+    sep = LABELLINGS["separable"].benefit(splits["train"])
+    np.testing.assert_allclose(meta.thresholds, np.quantile(sep, [0.2, 0.5, 0.8]), atol=1e-6)
+    np.testing.assert_array_equal(meta.targets["train"], sep[None] >= meta.thresholds[:, None])
+
+
+def test_focal_loss_matches_its_formula_and_is_bce_at_gamma_zero():
+    z = jnp.asarray([-3.0, -0.5, 0.0, 0.7, 4.0])
+    y = jnp.asarray([0, 1, 1, 0, 1])
+    p = 1 / (1 + np.exp(-np.asarray(z, np.float64)))
+    p_t = np.where(np.asarray(y) == 1, p, 1 - p)
+    focal = LOSSES["focal"].fn
+    np.testing.assert_allclose(focal(z, y, focal_gamma=2.0), -((1 - p_t) ** 2) * np.log(p_t), rtol=1e-5)
+    np.testing.assert_allclose(focal(z, y, focal_gamma=0.0), LOSSES["bce"].fn(z, y), rtol=1e-6)
+    weights = jnp.asarray([1.0, 0.0, 2.0, 0.0, 1.0])
+    per_sample = np.asarray(LOSSES["bce"].fn(z, y))
+    expected = (per_sample[0] + 2 * per_sample[2] + per_sample[4]) / 4
+    assert float(weighted_mean(jnp.asarray(per_sample), weights)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_deferral_surrogate_fits_each_exit_and_scores_the_gain():
+    outputs = jnp.asarray([[2.0, -1.0], [-0.5, 0.5], [0.0, 3.0]])
+    columns = jnp.asarray([[0.0, 1, 0], [0.0, 0, 1], [0.0, 1, 1]])
+    sig = lambda v: 1 / (1 + np.exp(-np.asarray(v, np.float64)))
+    bce = lambda z, y: -(y * np.log(sig(z)) + (1 - y) * np.log(1 - sig(z)))
+    loss = bce(outputs[:, 0], columns[:, 1]) + bce(outputs[:, 1], columns[:, 2])
+    np.testing.assert_allclose(LOSSES["defer"].fn(outputs, columns), loss, rtol=1e-5)
+    np.testing.assert_allclose(
+        LOSSES["defer"].score(outputs), sig(outputs[:, 1]) - sig(outputs[:, 0]), rtol=1e-6
+    )
+
+
+def test_a_deferral_router_learns_the_order_of_the_gain():
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        x = rng.normal(size=(n, 4)).astype(np.float32)
+        local = (x[:, 0] < rng.normal(size=n)).astype(np.float32)  # x[0] high: the edge errs
+        cloud = (x[:, 1] > rng.normal(size=n) - 1).astype(np.float32)  # x[1] low: the cloud errs
+        return x, np.stack([cloud - local, local, cloud], -1)[None]
+
+    x, y = split(2048)
+    xv, yv = split(1024)
+    config = RouterConfig(objective="score", labels="benefit", loss="defer", hidden=(32,), max_epochs=30)
+    config.check()
+    weights = np.ones((1, len(x)), np.float32)
+    result = make_grid_trainer(config, len(x))(model_keys(config), x, y, weights, xv, yv)
+    scores = np.asarray(make_grid_predictor(config)(result.variables, xv))[0]
+    local, cloud = yv[0, :, 1], yv[0, :, 2]
+    quality = lambda s: float(mean_accuracy_over_budgets(jnp.asarray(s), local, cloud))
+    # P(cloud right) - P(local right) given x, known here in closed form
+    phi = lambda v: 0.5 * (1 + jax.scipy.special.erf(v / np.sqrt(2)))
+    ideal = np.asarray(phi(xv[:, 1] + 1) - (1 - phi(xv[:, 0])))
+    assert quality(scores) > quality(rng.normal(size=len(xv))) + 0.03
+    assert quality(scores) == pytest.approx(quality(ideal), abs=0.01)
+
+
+def test_zero_weights_keep_mislabelled_samples_out_of_training():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1024, 4)).astype(np.float32)
+    clean = (x[:, 0] > 0).astype(np.int32)
+    corrupt = x[:, 1] > 0
+    y = np.where(corrupt, 1 - clean, clean)[None]  # half the samples carry the opposite rule
+    xv = rng.normal(size=(512, 4)).astype(np.float32)
+    yv = (xv[:, 0] > 0).astype(np.int32)[None]
+    config = RouterConfig(targets=(0.5,), hidden=(16,), max_epochs=20, batch_size=64, dropout_rate=0.0)
+    trainer = make_grid_trainer(config, len(x))
+    best = lambda w: float(np.nanmax(np.asarray(trainer(model_keys(config), x, y, w, xv, yv).val_quality)))
+    weighted = best((~corrupt).astype(np.float32)[None])
+    plain = best(np.ones((1, len(x)), np.float32))
+    assert weighted > 0.93 and plain < 0.7, (weighted, plain)
+
+
+def test_the_hybrid_input_appends_pooled_features_and_counts_its_flops():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 10)).astype(np.float32)
+    z = rng.normal(size=(3, 14, 14, 32)).astype(np.float32)
+    kind = input_kind("logits-hybrid")
+    assert kind.needs_features and not kind.high_dimensional
+    inputs = edge_inputs(kind, logits, z, None)
+    np.testing.assert_allclose(inputs, np.concatenate([logits, z.mean((1, 2))], -1), rtol=1e-6)
+    config = RouterConfig(inputs="logits-hybrid")
+    widths = [42, 256, 128, 64, 32, 1]
+    assert router_flops(config, (42,)) == sum(2 * a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    assert kind.extra_flops is not None and kind.extra_flops((14, 14, 32)) == 14 * 14 * 32
+    assert router_flops(
+        dataclasses.replace(config, objective="score", labels="benefit", loss="defer"), (10,)
+    ) == (router_flops(RouterConfig(), (10,)) + 2 * 32)
+
+
+@pytest.mark.slow
+def test_every_variant_trains_through_ddnn_run_and_is_summarised(pristine, tmp_path):
+    from ddnn_jax.core.curves import area_under_curve
+    from ddnn_jax.core.families import FAMILIES, calibrated, curve_name
+
+    run = tmp_path / "run"
+    shutil.copytree(pristine, run)
+    plan = ["--inputs", "logits", "--grid", "0.3,0.5,0.7", "--no-ablations", "--sweep-weights", "none"]
+    plan += ["--no-inference-timing", "--quiet", "--families", "variants"]
+    done = run_cli("run", *PRISTINE_FLAGS, *plan, "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    results = json.loads((run / "results.json").read_text())
+    summary, curves = results["summary"], results["curves"]
+    variants = [f for f in FAMILIES.values() if not f.default]
+    assert {f.name for f in variants} <= set(p.name for p in (run / "routers").iterdir())
+    edge, cloud = results["edge_only_accuracy"], results["cloud_only_accuracy"]
+    auc = lambda name: area_under_curve(
+        [p["local_rate"] for p in curves[name]], [p["accuracy"] for p in curves[name]], edge, cloud
+    )
+    for family in variants:
+        name = calibrated(curve_name(family.name))
+        recovered = (auc(name) - auc("random")) / (auc("oracle") - auc("random"))
+        assert summary[name]["oracle_gap_recovered"] == pytest.approx(recovered, abs=1e-9), name
+    record = json.loads((run / "routers" / "logits-border" / "router.json").read_text())
+    assert len(record["selected"]) == 3 and set(record["selected"]) <= set(border.TAUS)
+    hybrid = json.loads((run / "routers" / "logits-hybrid" / "router.json").read_text())
+    focal = json.loads((run / "routers" / "logits-focal" / "router.json").read_text())
+    assert hybrid["flops_per_sample"] > focal["flops_per_sample"] > 0
+    assert "oracle gap recovered" in (run / "report.md").read_text()
