@@ -217,7 +217,15 @@ def test_every_variant_trains_through_ddnn_run_and_is_summarised(pristine, tmp_p
 
     run = tmp_path / "run"
     shutil.copytree(pristine, run)
-    plan = ["--inputs", "logits", "--grid", "0.3,0.5,0.7", "--no-ablations", "--sweep-weights", "none"]
+    plan = [
+        "--inputs",
+        "logits,logits-hybrid",
+        "--grid",
+        "0.3,0.5,0.7",
+        "--no-ablations",
+        "--sweep-weights",
+        "none",
+    ]
     plan += ["--no-inference-timing", "--quiet", "--families", "variants"]
     done = run_cli("run", *PRISTINE_FLAGS, *plan, "--out", str(run))
     assert done.returncode == 0, done.stderr
