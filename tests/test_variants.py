@@ -26,7 +26,7 @@ from ddnn_jax.core.router_training import (
     model_keys,
     select_candidates,
 )
-from ddnn_jax.core.variants import border
+from ddnn_jax.core.variants import border, budget
 from tests.conftest import PRISTINE_FLAGS, run_cli
 
 
@@ -247,3 +247,38 @@ def test_every_variant_trains_through_ddnn_run_and_is_summarised(pristine, tmp_p
     focal = json.loads((run / "routers" / "logits-focal" / "router.json").read_text())
     assert hybrid["flops_per_sample"] > focal["flops_per_sample"] > 0
     assert "oracle gap recovered" in (run / "report.md").read_text()
+
+
+def test_benefit_ranks_reproduce_the_cost_labels_at_every_budget():
+    splits, meta = _meta("cost", targets=np.linspace(0.05, 0.95, 19))
+    benefit = np.asarray(splits["train"].benefit)
+    tied = np.concatenate([benefit, np.zeros(50, np.float32)])  # a block of equal benefits
+    for values in (benefit, tied):
+        ranks = budget.benefit_ranks(values, values)
+        thresholds = np.quantile(values.astype(np.float32), np.linspace(0.05, 0.95, 19))
+        for threshold, level in zip(thresholds, np.linspace(0.05, 0.95, 19), strict=True):
+            np.testing.assert_array_equal(ranks >= np.float32(level), values >= np.float32(threshold))
+
+
+def test_a_budget_router_trains_once_and_scores_every_target(tiny_run):
+    import ddnn_jax as ddnn
+    from ddnn_jax.core.router_net import edge_inputs
+
+    config = RouterConfig(objective="budget", targets=(0.2, 0.5, 0.8), hidden=(16,), max_epochs=20)
+    family = ddnn.route(tiny_run, config)
+    assert family.name == "logits-budget"
+    record = ddnn.read_family(family)
+    scores = ddnn.read_family_scores(family)
+    assert scores["test"].shape == (3, 400) and len(record.best_epoch) == 1  # one network
+    kept = (scores["test"] < 0).mean(-1)  # the thesis decision at each budget
+    assert kept[0] < kept[1] < kept[2], kept
+    outputs = ddnn.read_outputs(ddnn.RunDir(tiny_run))
+    inputs = edge_inputs(config.kind, outputs["test"].local_logits, None, None)
+    for g in range(3):  # the deployed router at target g computes what evaluate scored
+        deployed = ddnn.deployed_router(family, g)
+        np.testing.assert_allclose(
+            np.asarray(deployed.logits(jnp.asarray(inputs))), scores["test"][g], atol=1e-5
+        )
+    results = ddnn.evaluate(tiny_run)
+    points = results["routers"]["router_logits_budget"]["points"]
+    assert [p["target"] for p in points] == [0.2, 0.5, 0.8]

@@ -81,7 +81,7 @@ def router_config_from(args, inputs: str) -> RouterConfig:
         objective=args.objective,
         loss=args.loss,
         focal_gamma=args.focal_gamma,
-        labels=args.labels or (RouterConfig.labels if args.objective == "grid" else "benefit"),
+        labels=args.labels or ("benefit" if args.objective == "score" else RouterConfig.labels),
         targets=args.grid or RouterConfig.targets,
         hidden=DEPTH_PRESETS[args.depth],
         dropout_rate=args.dropout,

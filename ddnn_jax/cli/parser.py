@@ -71,7 +71,7 @@ def _add_route(commands) -> None:
         default=RouterConfig.objective,
         choices=OBJECTIVES,
         help="grid: one router per target (the thesis); score: one router whose score is "
-        "thresholded for every target on validation",
+        "thresholded for every target on validation; budget: one router with the target as an input",
     )
     route.add_argument(
         "--loss",

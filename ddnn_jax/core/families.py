@@ -55,7 +55,9 @@ INPUT_KINDS: dict[str, InputKind] = {
         InputKind("images", "images", cnn=True),
     )
 }
-OBJECTIVES = ("grid", "score")  # one router per target, or one score thresholded for every target
+# one router per target; one score thresholded for every target; one router with the target as
+# an input, thresholded per target
+OBJECTIVES = ("grid", "score", "budget")
 
 
 def input_kind(name: str) -> InputKind:
@@ -147,6 +149,7 @@ _BUILT_IN: tuple[Family, ...] = (
     Family("logits-costweighted", "logits", labels="cost-weighted", default=False),
     Family("logits-defer", "logits", labels="benefit", objective="score", loss="defer", default=False),
     Family("logits-hybrid", "logits-hybrid", default=False),
+    Family("logits-budget", "logits", objective="budget", default=False),
 )
 FAMILIES: dict[str, Family] = {}
 FAMILY_SETS = ("default", "variants", "all")  # what --families accepts besides family names

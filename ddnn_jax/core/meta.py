@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ddnn_jax.core.labels import Correctness, benefit_thresholds, cost_labels, oracle_labels
-from ddnn_jax.core.variants import balanced, border, cost_weighted, separable
+from ddnn_jax.core.variants import balanced, border, budget, cost_weighted, separable
 
 
 class Candidates(NamedTuple):
@@ -89,7 +89,9 @@ def register_labelling(labelling: Labelling) -> Labelling:
 
 
 def labelling(name: str, objective: str) -> Labelling:
-    """The labelling ``name``, or a ValueError saying which ones fit the objective."""
+    """The labelling ``name``, or a ValueError saying which ones fit the objective (a 'budget'
+    router takes the grid labellings that train one router per target)."""
+    objective = "grid" if objective == "budget" else objective
     fitting = labellings_for(objective)
     if name not in LABELLINGS or LABELLINGS[name].objective != objective:
         raise ValueError(
@@ -110,9 +112,23 @@ def grid_labels(entry: Labelling, c: Correctness, thresholds) -> np.ndarray:
     return np.asarray(entry.labels(c, thresholds), np.int32)
 
 
-def meta_set(entry: Labelling, per_split: dict[str, Correctness], targets: np.ndarray) -> MetaSet:
-    """Every split's training targets under ``entry``, its thresholds from the training split."""
+def meta_set(
+    entry: Labelling, per_split: dict[str, Correctness], targets: np.ndarray, budget_input: bool = False
+) -> MetaSet:
+    """Every split's training targets under ``entry``, its thresholds from the training split.
+    With ``budget_input`` (a 'budget' router) the training targets are each sample's benefit
+    rank [1, N] and the other splits' their labels at every target [1, G, N]."""
     thresholds = np.asarray(benefit_thresholds(entry.benefit(per_split["train"]), targets))
+    if budget_input:
+        if entry.candidates is not one_per_target:
+            raise ValueError(
+                f"labels '{entry.name}' train several routers per target: a budget router is one"
+            )
+        train_benefit = entry.benefit(per_split["train"])
+        columns = {s: grid_labels(entry, c, thresholds)[None] for s, c in per_split.items()}
+        columns["train"] = budget.benefit_ranks(train_benefit, train_benefit)[None]
+        one = Candidates(np.ones((1, len(train_benefit)), np.float32), np.zeros(1, int), (None,))
+        return MetaSet(thresholds, columns, one)
     if entry.objective == "score":
         assert entry.labels is not None, "a score labelling gives its columns"
         columns = {s: np.asarray(entry.labels(c, thresholds), np.float32) for s, c in per_split.items()}

@@ -62,7 +62,9 @@ def register_loss(loss: RouterLoss) -> RouterLoss:
 
 
 def router_loss(name: str | None, objective: str) -> RouterLoss:
-    """The loss ``name`` (None: the objective's default), or a ValueError saying what fits."""
+    """The loss ``name`` (None: the objective's default), or a ValueError saying what fits. A
+    'budget' router classifies like a 'grid' one: grid losses fit it."""
+    objective = "grid" if objective == "budget" else objective
     name = DEFAULT_LOSS.get(objective) if name is None else name
     fitting = [n for n, loss in LOSSES.items() if loss.objective == objective]
     if name not in LOSSES or LOSSES[name].objective != objective:

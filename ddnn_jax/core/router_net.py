@@ -65,8 +65,13 @@ class RouterConfig:
 
     @property
     def models(self) -> int:
-        """Routers trained: one per target, or one score."""
+        """Routers trained: one per target, or one (a score, or a router with the target as input)."""
         return len(self.targets) if self.objective == "grid" else 1
+
+    @property
+    def score_rows(self) -> int:
+        """Rows of the family's scores: one per target, or the score's one."""
+        return 1 if self.objective == "score" else len(self.targets)
 
     def check(self) -> None:
         """Raises ValueError naming the first bad field."""
@@ -75,6 +80,8 @@ class RouterConfig:
             raise ValueError(f"unknown objective '{self.objective}': choose {' or '.join(OBJECTIVES)}")
         labelling(self.labels, self.objective)
         router_loss(self.loss, self.objective)
+        if self.objective == "budget" and self.kind.cnn:
+            raise ValueError(f"a budget router reads flat inputs: input '{self.inputs}' is a CNN's")
         if self.focal_gamma < 0:
             raise ValueError(f"focal_gamma {self.focal_gamma} is negative: use 0 (BCE) or more")
         if not 0.0 <= self.dropout_rate < 1.0:

@@ -20,8 +20,10 @@ from ddnn_jax.core import optim
 from ddnn_jax.core.meta import labellings_for
 from ddnn_jax.core.router_losses import weighted_mean
 from ddnn_jax.core.router_net import RouterConfig, RouterNet, build_router, router_scores
+from ddnn_jax.core.variants import budget
 
 STREAM_ROUTER = 100  # fold_in stream of the run seed reserved for routers
+STREAM_BATCH = 1_000_003  # fold_in stream of an epoch's key for what a batch draws (a budget router's L0)
 
 
 class Carry(NamedTuple):
@@ -62,8 +64,8 @@ def model_keys(config: RouterConfig, target_of: np.ndarray | None = None) -> jax
     """The keys of the routers a family trains: one per target (candidates of one target share
     its key, ``target_of`` their target indices), or the score's one (a stream no target in
     [0, 1] uses)."""
-    if config.objective != "grid":
-        return target_keys(config.seed, (2.0,))
+    if config.objective != "grid":  # streams no target in [0, 1] uses
+        return target_keys(config.seed, (2.0,) if config.objective == "score" else (3.0,))
     targets = list(config.targets)
     return target_keys(config.seed, targets if target_of is None else [targets[m] for m in target_of])
 
@@ -84,17 +86,45 @@ class Objective(NamedTuple):
     # (outputs, y [B, ...], weights [B]) -> scalar, the weighted mean of the per-sample losses
     loss: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
     quality: Callable[[jax.Array, jax.Array], jax.Array]  # (scores [B], y [B, ...]) -> scalar
+    # (x, y, key) -> the batch the router trains on (a budget router's draws its L0)
+    batch: Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]] | None = None
+    # (scores of inputs -> [N], x_val, y_val) -> the validation quality; None: quality on x_val
+    validate: Callable[[Callable[[jax.Array], jax.Array], jax.Array, jax.Array], jax.Array] | None = None
+    widen: Callable[[jax.Array], jax.Array] = lambda x: x  # inputs -> what the network reads
+
+
+def _decision_accuracy(scores: jax.Array, labels: jax.Array) -> jax.Array:
+    return ((scores >= 0) == (labels == 1)).mean()
 
 
 def objective(config: RouterConfig) -> Objective:
     """'grid': y [N] 0/1 labels, selected on decision accuracy. 'score': y [N, 3] columns
     (regression target, local_correct, cloud_correct), selected on mean accuracy over budgets.
-    The loss is the config's (``router_losses``), its options read from the config."""
+    'budget': y [N] benefit ranks in training (each batch labelled at a drawn L0), labels
+    [G, N_val] in validation, selected on the mean decision accuracy over the targets. The loss
+    is the config's (``router_losses``), its options read from the config."""
     entry = config.router_loss
     options = {name: getattr(config, name) for name in entry.options}
     loss = lambda z, y, w: weighted_mean(entry.fn(z, y, **options), w)
     if config.objective == "grid":
-        return Objective(loss=loss, quality=lambda s, y: ((s >= 0) == (y == 1)).mean())
+        return Objective(loss=loss, quality=_decision_accuracy)
+    if config.objective == "budget":
+        levels = tuple(float(t) for t in config.targets)
+
+        def validate(scores_of, x_val, y_val):
+            per_target = [
+                _decision_accuracy(scores_of(budget.with_budget(x_val, t)), y_val[g])
+                for g, t in enumerate(levels)
+            ]
+            return jnp.mean(jnp.stack(per_target))
+
+        return Objective(
+            loss=loss,
+            quality=_decision_accuracy,
+            batch=budget.draw_batch,
+            validate=validate,
+            widen=lambda x: budget.with_budget(x, 0.5),
+        )
     return Objective(loss=loss, quality=lambda s, y: mean_accuracy_over_budgets(s, y[:, 1], y[:, 2]))
 
 
@@ -138,6 +168,8 @@ def _train_minibatches(
         params, batch_stats, opt_state, quality = state
         idx = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
         x, y, w = x_train[idx], y_train[idx], w_train[idx]
+        if goal.batch is not None:
+            x, y = goal.batch(x, y, jax.random.fold_in(jax.random.fold_in(epoch_key, STREAM_BATCH), i))
 
         def loss_fn(p):
             outputs, updates = model.apply(
@@ -161,9 +193,9 @@ def _train_minibatches(
     return params, batch_stats, opt_state, quality / steps
 
 
-def _initial_carry(model: RouterNet, tx, plateau, max_epochs: int, key, x_train) -> Carry:
+def _initial_carry(model: RouterNet, tx, plateau, max_epochs: int, widen, key, x_train) -> Carry:
     """A freshly initialised router, its optimizer and schedule states, and empty histories."""
-    variables = model.init({"params": key}, x_train[:2], train=False)
+    variables = model.init({"params": key}, widen(x_train[:2]), train=False)
     params, batch_stats = variables["params"], variables["batch_stats"]
     nan_history = jnp.full((max_epochs,), jnp.nan, jnp.float32)
     return Carry(
@@ -205,10 +237,12 @@ def make_loop(config: RouterConfig, n_train: int) -> _Loop:
         params, batch_stats, opt_state, train_quality = _train_minibatches(
             model, tx, config, n_train, carry, epoch_key, x_train, y_train, w_train, dropout
         )
-        val_scores = predict_chunked(
-            config, model, {"params": params, "batch_stats": batch_stats}, x_val, config.eval_batch_size
-        )
-        val_quality = goal.quality(val_scores, y_val)
+        variables = {"params": params, "batch_stats": batch_stats}
+        scores_of = lambda x: predict_chunked(config, model, variables, x, config.eval_batch_size)
+        if goal.validate is None:
+            val_quality = goal.quality(scores_of(x_val), y_val)
+        else:
+            val_quality = goal.validate(scores_of, x_val, y_val)
         improved = val_quality > carry.best_val_quality
         keep_best = lambda new, old: jax.tree.map(lambda a, b: jnp.where(improved, a, b), new, old)
         return Carry(
@@ -228,18 +262,18 @@ def make_loop(config: RouterConfig, n_train: int) -> _Loop:
     def keep_going(c: Carry) -> jax.Array:
         return (c.epoch < config.max_epochs) & (c.epoch - c.best_epoch < config.early_stopping_patience)
 
-    init = functools.partial(_initial_carry, model, tx, plateau, config.max_epochs)
+    init = functools.partial(_initial_carry, model, tx, plateau, config.max_epochs, goal.widen)
     return _Loop(init, epoch, keep_going, _result)
 
 
 def program_key(config: RouterConfig) -> RouterConfig:
     """What the compiled grid depends on: the config with the values it takes as data (labels,
-    target values, seed, dropout rate) set to one canonical value. Families with equal keys (and
-    equal input shapes) train through one compiled program."""
+    target values but a budget router's, seed, dropout rate) set to one canonical value.
+    Families with equal keys (and equal input shapes) train through one compiled program."""
     return dataclasses.replace(
         config,
-        labels=labellings_for(config.objective)[0],
-        targets=(0.5,) * config.models,
+        labels=labellings_for("grid" if config.objective == "budget" else config.objective)[0],
+        targets=config.targets if config.objective == "budget" else (0.5,) * config.models,
         seed=0,
         dropout_rate=0.0,
     )
@@ -348,11 +382,14 @@ def make_grid_trainer(
 
 
 def make_grid_predictor(config: RouterConfig):
-    """Jitted evaluation of every target's router on one split: scores [G, N]."""
+    """Jitted evaluation of every target's router on one split: scores [G, N] (a budget
+    router's one network once per target, L0 set to it)."""
     model = build_router(config)
-    return jax.jit(
-        jax.vmap(lambda v, x: predict_chunked(config, model, v, x, config.eval_batch_size), in_axes=(0, None))
-    )
+    one = lambda v, x: predict_chunked(config, model, v, x, config.eval_batch_size)
+    if config.objective != "budget":
+        return jax.jit(jax.vmap(one, in_axes=(0, None)))
+    every_target = lambda v, x: jnp.stack([one(v, budget.with_budget(x, t)) for t in config.targets])
+    return jax.jit(lambda v, x: jax.vmap(every_target, in_axes=(0, None))(v, x)[0])
 
 
 def select_candidates(result: GridResult, target_of: np.ndarray) -> tuple[GridResult, np.ndarray]:

@@ -130,7 +130,7 @@ def _router_rule(inputs: EdgeInputs, target: float, family_name: str) -> Rule:
         )
     g = matches[0]
     threshold = float(record.decision_thresholds[g])
-    deployed = deployed_router(family, g if router.objective == "grid" else 0)
+    deployed = deployed_router(family, 0 if router.objective == "score" else g)
     score = jax.jit(deployed.logits)
 
     def decide(index, local_logits, z, images):

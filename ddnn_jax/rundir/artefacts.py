@@ -13,6 +13,7 @@ from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.core.outputs import SplitOutputs
 from ddnn_jax.core.router_net import RouterConfig, build_router, router_scores
 from ddnn_jax.core.training import TrainState, create_train_state
+from ddnn_jax.core.variants.budget import with_budget
 from ddnn_jax.data import DataSplits, load_dataset
 from ddnn_jax.rundir import checkpoints
 from ddnn_jax.rundir.layout import SPLITS, FamilyDir, RunDir
@@ -91,12 +92,15 @@ class DeployedRouter(NamedTuple):
     variables: Any
     mean: np.ndarray
     std: np.ndarray
+    budget: float | None = None  # a budget router's L0, read after its inputs
 
     def logits(self, raw_inputs: jax.Array) -> jax.Array:
         """Router scores [N] of raw inputs (``router_net.edge_inputs``): its logit, or its loss's
         fold of several outputs; traceable, so a deployment can compute them in the same
         program as the edge network."""
         standardized = (raw_inputs - self.mean) / self.std
+        if self.budget is not None:
+            standardized = with_budget(standardized, self.budget)
         outputs = build_router(self.config).apply(self.variables, standardized, train=False)
         return router_scores(self.config, cast(jax.Array, outputs))
 
@@ -108,15 +112,19 @@ def deployed_router(family: FamilyDir, index: int) -> DeployedRouter:
       family: a trained family's directory (``route`` returns it; ``RunDir.family(name)``).
       index: the router's target index in the family's grid, or 0 for a score family.
     Returns:
-      The router: its config, weights and input standardisation (``logits(inputs)``).
+      The router: its config, weights and input standardisation (``logits(inputs)``); a budget
+      family's one network with L0 set to the target's.
     """
     record = read_family(family)
+    config = RouterConfig.from_json(record.config)
     stacked = checkpoints.restore_tree(family.variables)
+    row = 0 if config.objective == "budget" else index
     return DeployedRouter(
-        config=RouterConfig.from_json(record.config),
-        variables=jax.tree.map(lambda leaf: jax.numpy.asarray(leaf[index]), stacked),
+        config=config,
+        variables=jax.tree.map(lambda leaf: jax.numpy.asarray(leaf[row]), stacked),
         mean=np.asarray(record.input_mean, np.float32),
         std=np.asarray(record.input_std, np.float32),
+        budget=float(config.targets[index]) if config.objective == "budget" else None,
     )
 
 

@@ -127,7 +127,7 @@ def router_family_result(
       given: thresholds to use instead of calibrating on validation (one per target).
     """
     targets = np.asarray(record.config["targets"], np.float64)
-    grid = record.config["objective"] == "grid"
+    grid = record.config["objective"] != "score"  # a score per target: grid and budget routers
     thresholds = _family_thresholds(name, scores["val"], targets, given)
     labels = (
         grid_labels(labelling(record.config["labels"], "grid"), c_test, record.benefit_thresholds)

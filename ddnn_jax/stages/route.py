@@ -22,7 +22,7 @@ from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.decisions import calibrated_thresholds
 from ddnn_jax.core.labels import check_targets, correctness
 from ddnn_jax.core.meta import MetaSet, labelling, meta_set
-from ddnn_jax.core.router_losses import DEFAULT_LOSS
+from ddnn_jax.core.router_losses import router_loss
 from ddnn_jax.core.router_net import RouterConfig, raw_inputs, router_flops
 from ddnn_jax.core.router_training import (
     GridResult,
@@ -50,15 +50,23 @@ from ddnn_jax.rundir import (
     write_family,
 )
 
+QUALITY = {  # the per-epoch validation metric of each objective, as router.json names it
+    "grid": "decision_accuracy",
+    "score": "mean_accuracy_over_budgets",
+    "budget": "decision_accuracy_mean_over_targets",
+}
+
 
 def default_name(config: RouterConfig) -> str:
     """'logits', 'logits+', 'features-cnn', ... with '-LABELS' for labels other than the
     objective's first ('-oracle'), '-score' for the score objective ('-score-gain' when it
     regresses the gain), and '-LOSS' for a loss other than the objective's default."""
-    loss = "" if config.loss in (None, DEFAULT_LOSS[config.objective]) else f"-{config.loss}"
-    first = "cost" if config.objective == "grid" else "benefit"
+    default_loss = router_loss(None, config.objective).name
+    loss = "" if config.loss in (None, default_loss) else f"-{config.loss}"
+    first = "benefit" if config.objective == "score" else "cost"
     labels = "" if config.labels == first else f"-{config.labels}"
-    return config.inputs + ("-score" if config.objective == "score" else "") + labels + loss
+    objective = "" if config.objective == "grid" else f"-{config.objective}"
+    return config.inputs + objective + labels + loss
 
 
 def check_family_name(name: str) -> str:
@@ -76,7 +84,8 @@ def meta_labels(outputs: dict[str, SplitOutputs], targets: np.ndarray, config: R
     """The family's meta-dataset (``core.meta``): B*(L0) from the training split, every split's
     training targets under them, and the models to train with their per-sample weights."""
     per_split = {name: correctness(o.local_logits, o.cloud_logits, o.labels) for name, o in outputs.items()}
-    return meta_set(labelling(config.labels, config.objective), per_split, targets)
+    entry = labelling(config.labels, config.objective)
+    return meta_set(entry, per_split, targets, budget_input=config.objective == "budget")
 
 
 def _config_json(config: RouterConfig) -> dict:
@@ -92,7 +101,7 @@ def is_up_to_date(family: FamilyDir, config: RouterConfig, made_from: str) -> bo
         scores = read_family_scores(family)
     except UsageError:
         return False  # damaged: train it again
-    if any(s.shape[0] != config.models for s in scores.values()):
+    if any(s.shape[0] != config.score_rows for s in scores.values()):
         return False
     try:
         same = RouterConfig.from_json(record.config) == config
@@ -207,7 +216,7 @@ def _route(
         decision_thresholds=calibrated_thresholds(scores["val"], targets).tolist(),
         best_epoch=np.asarray(result.best_epoch).tolist(),
         epochs_run=np.asarray(result.epochs_run).tolist(),
-        quality="decision_accuracy" if config.objective == "grid" else "mean_accuracy_over_budgets",
+        quality=QUALITY[config.objective],
         train_quality=_history(result.train_quality),
         val_quality=_history(result.val_quality),
         input_shape=list(inputs["train"].shape[1:]),
