@@ -176,3 +176,15 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, two_epoch_run):
     resumed = run_cli(*TRAIN, "--epochs", "2", "--out", str(killed))
     assert resumed.returncode == 0, resumed.stderr
     assert _metrics(killed) == _metrics(two_epoch_run)
+
+
+def test_the_edge_capacity_flags_reach_the_model():
+    from ddnn_jax import cli
+    from ddnn_jax.cli.configs import train_config_from
+    from ddnn_jax.core.training import build_model
+
+    args = cli.build_parser().parse_args(["study", "--edge-channels", "8", "--local-hidden", "16"])
+    config = train_config_from(args)
+    assert (config.edge_channels, config.local_hidden) == (8, 16)
+    model = build_model(config, 10)
+    assert (model.edge_channels, model.local_hidden) == (8, 16)

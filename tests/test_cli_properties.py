@@ -56,6 +56,8 @@ CASES = {
     ("train", "--batch-size"): (_integers_below(1), ("--batch-size",)),
     ("train", "--local-weight"): (_numbers_outside(IN_UNIT), ("--local-weight",)),
     ("train", "--seed"): (_integers_below(0), ("--seed",)),
+    ("train", "--edge-channels"): (_integers_below(1), ("--edge-channels",)),
+    ("study", "--local-hidden"): (_integers_below(1), ("--local-hidden",)),
     ("train", "--limit-train"): (_integers_below(TrainConfig.batch_size), ("--limit-train",)),
     ("train", "--dataset"): (
         st.text(max_size=12).filter(lambda v: v not in DATASETS),

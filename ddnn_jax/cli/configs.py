@@ -33,6 +33,8 @@ def train_config_from(args) -> TrainConfig:
         data_dir=args.data_dir,
         limit_train=args.limit_train,
         limit_eval=args.limit_eval,
+        edge_channels=args.edge_channels,
+        local_hidden=args.local_hidden,
         download=args.download,
         conv=args.conv,
         precision=args.precision,

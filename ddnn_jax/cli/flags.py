@@ -194,6 +194,18 @@ def add_training_flags(train: argparse.ArgumentParser, study: bool = False) -> N
         help="validate and test on the first N images of each only (default: all)",
     )
     train.add_argument(
+        "--edge-channels",
+        type=integer,
+        default=DEFAULTS.edge_channels,
+        help="channels of the edge's convolution, so of z (lower: a weaker edge)",
+    )
+    train.add_argument(
+        "--local-hidden",
+        type=integer,
+        default=DEFAULTS.local_hidden,
+        help="hidden units of the local exit's classifier",
+    )
+    train.add_argument(
         "--conv",
         choices=CONV_CHOICES,
         default=DEFAULTS.conv,

@@ -64,6 +64,9 @@ class TrainConfig:
             raise UsageError(f"--limit-eval must be a positive integer, got {self.limit_eval}")
         if self.seed < 0:
             raise UsageError(f"--seed must be a non-negative integer, got {self.seed}")
+        for flag, value in (("--edge-channels", self.edge_channels), ("--local-hidden", self.local_hidden)):
+            if value <= 0:
+                raise UsageError(f"{flag} must be a positive integer, got {value}")
         if self.conv not in CONV_CHOICES:
             raise UsageError(f"--conv must be one of {', '.join(CONV_CHOICES)}, got '{self.conv}'")
         if self.precision not in PRECISIONS:
