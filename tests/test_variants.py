@@ -282,3 +282,42 @@ def test_a_budget_router_trains_once_and_scores_every_target(tiny_run):
     results = ddnn.evaluate(tiny_run)
     points = results["routers"]["router_logits_budget"]["points"]
     assert [p["target"] for p in points] == [0.2, 0.5, 0.8]
+
+
+def test_valfit_cross_fits_on_validation_and_deploys_the_mean_of_its_folds(tiny_run):
+    import ddnn_jax as ddnn
+    from ddnn_jax.core.router_net import edge_inputs
+    from ddnn_jax.core.variants import valfit
+
+    held_out, rest = valfit.folds(153, seed=0)
+    assert [len(f) for f in held_out] == [30] * 5 and len(rest) == 3
+    assert sorted(np.concatenate([*held_out, rest]).tolist()) == list(range(153))
+    per_fold = [np.full((2, 153), float(k)) for k in range(5)]
+    oof = valfit.out_of_fold(per_fold, held_out)
+    for k, rows in enumerate(held_out):
+        assert (oof[:, rows] == k).all()
+    assert (oof[:, rest] == 2.0).all()  # the mean over folds
+
+    config = RouterConfig(targets=(0.3, 0.7), hidden=(16,), max_epochs=10, fit_split="val")
+    family = ddnn.route(tiny_run, config, name="logits-valfit")
+    record, scores = ddnn.read_family(family), ddnn.read_family_scores(family)
+    assert record.members == valfit.FOLDS and len(record.best_epoch) == 2 * valfit.FOLDS
+    outputs = ddnn.read_outputs(ddnn.RunDir(tiny_run))
+    c_val = correctness(
+        *(
+            jnp.asarray(a)
+            for a in (outputs["val"].local_logits, outputs["val"].cloud_logits, outputs["val"].labels)
+        )
+    )
+    np.testing.assert_allclose(
+        record.benefit_thresholds, np.quantile(np.asarray(c_val.benefit), (0.3, 0.7)), atol=1e-6
+    )
+    inputs = edge_inputs(config.kind, outputs["test"].local_logits, None, None)
+    for g in range(2):  # deployed: the mean of the fold routers, as evaluate scored the test split
+        deployed = ddnn.deployed_router(family, g)
+        np.testing.assert_allclose(
+            np.asarray(deployed.logits(jnp.asarray(inputs))), scores["test"][g], atol=1e-5
+        )
+    # the thresholds come from out-of-fold validation scores: each keeps its target there
+    kept = (scores["val"] < np.asarray(record.decision_thresholds)[:, None]).mean(-1)
+    np.testing.assert_allclose(kept, (0.3, 0.7), atol=1 / 150)

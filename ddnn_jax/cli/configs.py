@@ -83,6 +83,7 @@ def router_config_from(args, inputs: str) -> RouterConfig:
         objective=args.objective,
         loss=args.loss,
         focal_gamma=args.focal_gamma,
+        fit_split=args.fit_split,
         labels=args.labels or ("benefit" if args.objective == "score" else RouterConfig.labels),
         targets=args.grid or RouterConfig.targets,
         hidden=DEPTH_PRESETS[args.depth],

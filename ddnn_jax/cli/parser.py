@@ -80,6 +80,12 @@ def _add_route(commands) -> None:
         help="what the routers minimise (default: bce for grid, squared for score)",
     )
     route.add_argument(
+        "--fit-split",
+        default=RouterConfig.fit_split,
+        choices=("train", "val"),
+        help="the split whose meta-data the routers learn: train, or val (cross-fitted on its folds)",
+    )
+    route.add_argument(
         "--focal-gamma",
         type=number,
         default=RouterConfig.focal_gamma,

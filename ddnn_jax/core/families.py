@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -93,6 +94,7 @@ class Family:
     ablation: bool = False  # part of the oracle-label, depth and dropout studies (--no-ablations)
     # in every 'ddnn run'; False: a variant trained when named (--families NAME, or 'variants')
     default: bool = True
+    options: tuple[tuple[str, Any], ...] = ()  # other RouterConfig fields, (name, value)
     studies: tuple[tuple[str, str], ...] = ()  # (study, label in its figure)
 
     @property
@@ -150,6 +152,7 @@ _BUILT_IN: tuple[Family, ...] = (
     Family("logits-defer", "logits", labels="benefit", objective="score", loss="defer", default=False),
     Family("logits-hybrid", "logits-hybrid", default=False),
     Family("logits-budget", "logits", objective="budget", default=False),
+    Family("logits-valfit", "logits", options=(("fit_split", "val"),), default=False),
 )
 FAMILIES: dict[str, Family] = {}
 FAMILY_SETS = ("default", "variants", "all")  # what --families accepts besides family names

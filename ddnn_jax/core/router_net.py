@@ -54,6 +54,9 @@ class RouterConfig:
     objective: str = "grid"  # families.OBJECTIVES
     loss: str | None = None  # a key of router_losses.LOSSES that fits the objective; None: its default
     focal_gamma: float = 2.0  # the focal loss's exponent (loss 'focal' only)
+    # the split whose meta-data the routers learn: 'train', or 'val' (cross-fitted on its folds,
+    # labelled by its own costs; grid objective only)
+    fit_split: str = "train"
 
     @property
     def kind(self) -> InputKind:
@@ -82,6 +85,12 @@ class RouterConfig:
         router_loss(self.loss, self.objective)
         if self.objective == "budget" and self.kind.cnn:
             raise ValueError(f"a budget router reads flat inputs: input '{self.inputs}' is a CNN's")
+        if self.fit_split not in ("train", "val"):
+            raise ValueError(
+                f"fit_split '{self.fit_split}' is not a split routers learn from: use train or val"
+            )
+        if self.fit_split == "val" and self.objective != "grid":
+            raise ValueError("a router fit on the validation split is a grid router: use the grid objective")
         if self.focal_gamma < 0:
             raise ValueError(f"focal_gamma {self.focal_gamma} is negative: use 0 (BCE) or more")
         if not 0.0 <= self.dropout_rate < 1.0:

@@ -56,6 +56,7 @@ def route_command(run: RunDir, name: str, config: RouterConfig) -> str:
         *([f"--loss {config.loss}"] if config.loss is not None else []),
         *([f"--focal-gamma {config.focal_gamma:g}"] if config.loss == "focal" else []),
         f"--labels {config.labels}",
+        *([f"--fit-split {config.fit_split}"] if config.fit_split != "train" else []),
         "--grid " + ",".join(f"{t:g}" for t in config.targets),
         *([f"--depth {depth}"] if depth is not None else []),
         f"--dropout {config.dropout_rate:g}",

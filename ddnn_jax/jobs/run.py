@@ -77,7 +77,7 @@ def router_config(family: Family, plan: RunPlan) -> RouterConfig:
         targets: tuple[float, ...] = (REFERENCE_TARGET,)
     else:
         targets = plan.heavy_targets if heavy else plan.targets
-    return RouterConfig(
+    config = RouterConfig(
         inputs=family.inputs,
         labels=family.labels,
         objective=family.objective,
@@ -88,6 +88,7 @@ def router_config(family: Family, plan: RunPlan) -> RouterConfig:
         max_epochs=plan.heavy_max_epochs if heavy else RouterConfig.max_epochs,
         seed=plan.router_seed,
     )
+    return dataclasses.replace(config, **dict(family.options))
 
 
 def planned_families(plan: RunPlan) -> dict[str, RouterConfig]:

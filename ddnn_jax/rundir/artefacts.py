@@ -93,6 +93,7 @@ class DeployedRouter(NamedTuple):
     mean: np.ndarray
     std: np.ndarray
     budget: float | None = None  # a budget router's L0, read after its inputs
+    members: int = 1  # > 1: the variables have a leading axis of routers whose logits are averaged
 
     def logits(self, raw_inputs: jax.Array) -> jax.Array:
         """Router scores [N] of raw inputs (``router_net.edge_inputs``): its logit, or its loss's
@@ -101,8 +102,12 @@ class DeployedRouter(NamedTuple):
         standardized = (raw_inputs - self.mean) / self.std
         if self.budget is not None:
             standardized = with_budget(standardized, self.budget)
-        outputs = build_router(self.config).apply(self.variables, standardized, train=False)
-        return router_scores(self.config, cast(jax.Array, outputs))
+        apply = lambda v: router_scores(
+            self.config, cast(jax.Array, build_router(self.config).apply(v, standardized, train=False))
+        )
+        if self.members == 1:
+            return apply(self.variables)
+        return jax.vmap(apply)(self.variables).mean(0)
 
 
 def deployed_router(family: FamilyDir, index: int) -> DeployedRouter:
@@ -119,9 +124,11 @@ def deployed_router(family: FamilyDir, index: int) -> DeployedRouter:
     config = RouterConfig.from_json(record.config)
     stacked = checkpoints.restore_tree(family.variables)
     row = 0 if config.objective == "budget" else index
+    rows = slice(row * record.members, (row + 1) * record.members) if record.members > 1 else row
     return DeployedRouter(
         config=config,
-        variables=jax.tree.map(lambda leaf: jax.numpy.asarray(leaf[row]), stacked),
+        variables=jax.tree.map(lambda leaf: jax.numpy.asarray(leaf[rows]), stacked),
+        members=record.members,
         mean=np.asarray(record.input_mean, np.float32),
         std=np.asarray(record.input_std, np.float32),
         budget=float(config.targets[index]) if config.objective == "budget" else None,

@@ -324,6 +324,9 @@ class FamilyRecord:
     # None when the labelling trains one router per target.
     selected: list[float | None] | None = None
     flops_per_sample: int | None = None  # router_net.router_flops plus what its input costs
+    # routers whose logits are averaged per target (a cross-fitted family's folds); the weights
+    # are stacked target-major, row g * members + k
+    members: int = 1
 
 
 def write_family(

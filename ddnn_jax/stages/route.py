@@ -31,6 +31,7 @@ from ddnn_jax.core.router_training import (
     model_keys,
     select_candidates,
 )
+from ddnn_jax.core.variants import valfit
 from ddnn_jax.data import channel_statistics
 from ddnn_jax.rundir import (
     SPLITS,
@@ -199,14 +200,22 @@ def _route(
         return run.family(family_name)
     images = split_images(run, outputs) if config.kind.needs_images else {}
 
-    meta = meta_labels(outputs, targets, config)
     inputs = {s: raw_inputs(config.kind, outputs[s], images.get(s)) for s in SPLITS}
-    mean, std = channel_statistics(inputs["train"])
+    mean, std = channel_statistics(inputs[config.fit_split])
     inputs = {s: (x - mean) / std for s, x in inputs.items()}
-    result, compile_seconds, train_seconds = _train_grid(config, inputs, meta, progress, family_name)
-    result, kept = select_candidates(result, meta.candidates.target_of)
-    predict = make_grid_predictor(config)
-    scores = {s: np.asarray(predict(result.variables, inputs[s]), np.float32) for s in SPLITS}
+    if config.fit_split == "val":
+        meta = meta_labels({"train": outputs["val"]}, targets, config)  # its own costs and B*
+        result, scores, members, (compile_seconds, train_seconds) = _cross_fit(
+            config, inputs, meta, progress, family_name
+        )
+        kept = np.arange(len(targets))
+    else:
+        meta = meta_labels(outputs, targets, config)
+        result, compile_seconds, train_seconds = _train_grid(config, inputs, meta, progress, family_name)
+        result, kept = select_candidates(result, meta.candidates.target_of)
+        predict = make_grid_predictor(config)
+        scores = {s: np.asarray(predict(result.variables, inputs[s]), np.float32) for s in SPLITS}
+        members = 1
 
     record = FamilyRecord(
         config=_config_json(config),
@@ -228,9 +237,41 @@ def _route(
         if len(kept) < len(meta.candidates.values)
         else None,
         flops_per_sample=router_flops(config, inputs["train"].shape[1:]) + _input_flops(config, outputs),
+        members=members,
     )
     save = functools.partial(checkpoints.save_tree, tree=result.variables)
     return write_family(run, family_name, record, scores, save)
+
+
+def _cross_fit(config: RouterConfig, inputs, meta: MetaSet, progress: Progress, name: str):
+    """The grid trained on the validation split's folds (``core.variants.valfit``): every fold's
+    routers stacked target-major, the scores of every split (out of fold on validation), the
+    number of folds, and the seconds (compile, train) summed over folds."""
+    x, labels = inputs["val"], meta.targets["train"]
+    held_out, _ = valfit.folds(len(x), config.seed)
+    results, seconds = [], np.zeros(2)
+    per_split: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    predict = make_grid_predictor(config)
+    for k, rows in enumerate(held_out):
+        fit = np.setdiff1d(np.arange(len(x)), rows)
+        fold_meta = MetaSet(
+            meta.thresholds,
+            {"train": labels[:, fit], "val": labels[:, rows]},
+            meta.candidates._replace(weights=meta.candidates.weights[:, fit]),
+        )
+        fold_inputs = {"train": x[fit], "val": x[rows]}
+        result, *spent = _train_grid(config, fold_inputs, fold_meta, progress, f"{name} fold {k + 1}")
+        seconds += spent
+        results.append(result)
+        for split in SPLITS:
+            per_split[split].append(np.asarray(predict(result.variables, inputs[split]), np.float32))
+    scores = {s: np.mean(per_split[s], axis=0) for s in SPLITS}
+    scores["val"] = valfit.out_of_fold(per_split["val"], held_out)
+    # [K] results of [G, ...] -> [G * K, ...], row g * K + k
+    stacked = jax.tree.map(
+        lambda *leaves: np.stack(leaves, axis=1).reshape(-1, *leaves[0].shape[1:]), *results
+    )
+    return stacked, scores, len(held_out), tuple(seconds)
 
 
 def _input_flops(config: RouterConfig, outputs: dict[str, SplitOutputs]) -> int:
