@@ -243,6 +243,7 @@ def test_every_variant_trains_through_ddnn_run_and_is_summarised(pristine, tmp_p
         assert summary[name]["oracle_gap_recovered"] == pytest.approx(recovered, abs=1e-9), name
     record = json.loads((run / "routers" / "logits-border" / "router.json").read_text())
     assert len(record["selected"]) == 3 and set(record["selected"]) <= set(border.TAUS)
+    assert (run / "oof" / "train.npz").is_file() and len(list((run / "oof").glob("fold_*"))) == 3
     hybrid = json.loads((run / "routers" / "logits-hybrid" / "router.json").read_text())
     focal = json.loads((run / "routers" / "logits-focal" / "router.json").read_text())
     assert hybrid["flops_per_sample"] > focal["flops_per_sample"] > 0
@@ -321,3 +322,23 @@ def test_valfit_cross_fits_on_validation_and_deploys_the_mean_of_its_folds(tiny_
     # the thresholds come from out-of-fold validation scores: each keeps its target there
     kept = (scores["val"] < np.asarray(record.decision_thresholds)[:, None]).mean(-1)
     np.testing.assert_allclose(kept, (0.3, 0.7), atol=1 / 150)
+
+
+def test_out_of_fold_runs_leave_their_fold_out(fashion_mnist_ready):
+    from ddnn_jax.core.config import TrainConfig
+    from ddnn_jax.core.variants.out_of_fold import fold_of
+    from ddnn_jax.rundir import run_data
+
+    assignment = fold_of(300, 3, seed=4)
+    assert np.bincount(assignment).tolist() == [100, 100, 100]
+    assert not np.array_equal(assignment, fold_of(300, 3, seed=5))
+    config = TrainConfig(limit_train=300, limit_eval=64, seed=4)
+    whole = run_data(config)
+    seen = []
+    for k in range(3):
+        fold = run_data(dataclasses.replace(config, holdout_fold=k, holdout_folds=3))
+        np.testing.assert_array_equal(fold.train.labels, whole.train.labels[assignment != k])
+        np.testing.assert_array_equal(fold.val.labels, whole.val.labels)  # the same validation split
+        np.testing.assert_allclose(fold.mean, whole.mean)  # and the same normalisation
+        seen.append(set(np.flatnonzero(assignment != k)))
+    assert set.intersection(*seen) == set()  # every sample is held out by exactly one fold run

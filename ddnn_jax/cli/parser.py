@@ -28,7 +28,7 @@ from ddnn_jax.cli.flags import (
 from ddnn_jax.core.families import OBJECTIVES
 from ddnn_jax.core.meta import LABELLINGS, labellings_for
 from ddnn_jax.core.router_losses import LOSSES
-from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
+from ddnn_jax.core.router_net import DEPTH_PRESETS, FIT_SPLITS, RouterConfig
 from ddnn_jax.stages.evaluate import EvaluationConfig
 
 DESCRIPTION = "``ddnn``: one thin command per stage. Bad input exits 2 with one line on stderr."
@@ -82,8 +82,9 @@ def _add_route(commands) -> None:
     route.add_argument(
         "--fit-split",
         default=RouterConfig.fit_split,
-        choices=("train", "val"),
-        help="the split whose meta-data the routers learn: train, or val (cross-fitted on its folds)",
+        choices=FIT_SPLITS,
+        help="whose meta-data the routers learn: the train split's, val's (cross-fitted on its folds), "
+        "or oof (the train split's out-of-fold outputs, which 'ddnn run --families logits-oof' makes)",
     )
     route.add_argument(
         "--focal-gamma",

@@ -47,6 +47,10 @@ class TrainConfig:
     conv: str = "auto"  # convolution: 'im2col' (a matmul; fast on CPU), 'xla', or 'auto' (by backend)
     precision: str = "fp32"  # compute dtype: 'fp32', or 'bf16' (parameters, Adam state, loss: fp32)
     framework: str = "jax"  # what trains the DDNN: 'jax', or 'torch' (the reference PyTorch model)
+    # An out-of-fold DDNN (core.variants.out_of_fold): trained without this fold of the training
+    # split, cut into holdout_folds by the seed. None: the whole training split.
+    holdout_fold: int | None = None
+    holdout_folds: int = 3
 
     def validate(self) -> None:
         """Raises UsageError naming the first bad field and how to fix it."""
@@ -72,6 +76,13 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         parse_local_weight(self.local_weight)
+        if self.holdout_fold is not None and not (
+            self.holdout_folds >= 2 and 0 <= self.holdout_fold < self.holdout_folds
+        ):
+            raise UsageError(
+                f"holdout fold {self.holdout_fold} of {self.holdout_folds}: "
+                "give 2 folds or more and a fold from 0 to their number - 1"
+            )
         if self.framework not in FRAMEWORKS:
             raise UsageError(f"--backend must be one of {', '.join(FRAMEWORKS)}, got '{self.framework}'")
         if self.framework == "torch" and (self.precision != "fp32" or self.conv != "auto"):

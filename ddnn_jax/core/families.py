@@ -153,6 +153,7 @@ _BUILT_IN: tuple[Family, ...] = (
     Family("logits-hybrid", "logits-hybrid", default=False),
     Family("logits-budget", "logits", objective="budget", default=False),
     Family("logits-valfit", "logits", options=(("fit_split", "val"),), default=False),
+    Family("logits-oof", "logits", options=(("fit_split", "oof"),), default=False),
 )
 FAMILIES: dict[str, Family] = {}
 FAMILY_SETS = ("default", "variants", "all")  # what --families accepts besides family names

@@ -23,6 +23,10 @@ from ddnn_jax.core.models import batch_norm, conv3x3, dense
 from ddnn_jax.core.outputs import SplitOutputs
 from ddnn_jax.core.router_losses import RouterLoss, router_loss
 
+# 'train': the training split's outputs; 'val': the validation split's, cross-fitted on its
+# folds (core.variants.valfit); 'oof': the training split's out-of-fold outputs
+# (core.variants.out_of_fold)
+FIT_SPLITS = ("train", "val", "oof")
 DEFAULT_TARGETS = (0.1, 0.2, 0.3, 0.4, 0.5, REFERENCE_TARGET, 0.6, 0.7, 0.8, 0.9)
 # Hidden widths of the thesis's depth ablation, by number of Dense layers (the output included).
 DEPTH_PRESETS = {3: (128, 64), 5: (256, 128, 64, 32), 8: (512, 256, 256, 128, 128, 64, 32)}
@@ -54,8 +58,7 @@ class RouterConfig:
     objective: str = "grid"  # families.OBJECTIVES
     loss: str | None = None  # a key of router_losses.LOSSES that fits the objective; None: its default
     focal_gamma: float = 2.0  # the focal loss's exponent (loss 'focal' only)
-    # the split whose meta-data the routers learn: 'train', or 'val' (cross-fitted on its folds,
-    # labelled by its own costs; grid objective only)
+    # whose meta-data the routers learn (FIT_SPLITS; grid objective only for the last two)
     fit_split: str = "train"
 
     @property
@@ -85,12 +88,12 @@ class RouterConfig:
         router_loss(self.loss, self.objective)
         if self.objective == "budget" and self.kind.cnn:
             raise ValueError(f"a budget router reads flat inputs: input '{self.inputs}' is a CNN's")
-        if self.fit_split not in ("train", "val"):
-            raise ValueError(
-                f"fit_split '{self.fit_split}' is not a split routers learn from: use train or val"
-            )
-        if self.fit_split == "val" and self.objective != "grid":
-            raise ValueError("a router fit on the validation split is a grid router: use the grid objective")
+        if self.fit_split not in FIT_SPLITS:
+            raise ValueError(f"fit_split '{self.fit_split}': choose {', '.join(FIT_SPLITS)}")
+        if self.fit_split != "train" and self.objective != "grid":
+            raise ValueError(f"a router fit on '{self.fit_split}' is a grid router: use the grid objective")
+        if self.fit_split == "oof" and (self.kind.reads != "logits" or self.kind.from_features is not None):
+            raise ValueError("out-of-fold outputs hold logits only: an 'oof' router reads a logits kind")
         if self.focal_gamma < 0:
             raise ValueError(f"focal_gamma {self.focal_gamma} is negative: use 0 (BCE) or more")
         if not 0.0 <= self.dropout_rate < 1.0:

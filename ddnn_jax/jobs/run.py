@@ -20,6 +20,7 @@ from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.core.families import INPUT_KINDS, Family, select_families
 from ddnn_jax.core.mechanisms import HEADLINE_TARGETS, REFERENCE_TARGET
 from ddnn_jax.core.router_net import DEFAULT_TARGETS, DEPTH_PRESETS, RouterConfig
+from ddnn_jax.jobs.out_of_fold import out_of_fold
 from ddnn_jax.jobs.training import run_training, run_trainings
 from ddnn_jax.rundir import (
     RunDir,
@@ -186,6 +187,9 @@ def _run(config: TrainConfig, run: RunDir, plan: RunPlan, progress: Progress, cl
     if not outputs_complete(run, with_features=needs_features):
         collect(run, with_features=needs_features, progress=progress)
     clock.lap("ddnn collect")
+    if any(f.fit_split == "oof" for f in families.values()):
+        out_of_fold(run, together=together(plan), progress=progress)
+        clock.lap("out-of-fold DDNNs")
     outputs = read_outputs(run, need_features=needs_features)  # once, for every family
     clock.lap("read outputs")
     for name, family in families.items():

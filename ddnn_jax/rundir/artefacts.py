@@ -3,6 +3,7 @@ deployed routers of a family, and the run's images reloaded per data split."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple, cast
 
 import jax
@@ -14,7 +15,8 @@ from ddnn_jax.core.outputs import SplitOutputs
 from ddnn_jax.core.router_net import RouterConfig, build_router, router_scores
 from ddnn_jax.core.training import TrainState, create_train_state
 from ddnn_jax.core.variants.budget import with_budget
-from ddnn_jax.data import DataSplits, load_dataset
+from ddnn_jax.core.variants.out_of_fold import fold_of
+from ddnn_jax.data import DataSplits, Split, load_dataset
 from ddnn_jax.rundir import checkpoints
 from ddnn_jax.rundir.layout import SPLITS, FamilyDir, RunDir
 from ddnn_jax.rundir.records import RunRecord, outputs_source, read_family, read_run_record
@@ -136,8 +138,10 @@ def deployed_router(family: FamilyDir, index: int) -> DeployedRouter:
 
 
 def run_data(config: TrainConfig) -> DataSplits:
-    """The data a run of ``config`` trains on: its dataset, split by its seed, limited as it asks."""
-    return load_dataset(
+    """The data a run of ``config`` trains on: its dataset, split by its seed, limited as it asks,
+    and without its held-out fold of the training split (an out-of-fold run; the normalisation
+    stays the whole training split's, as the run it serves has it)."""
+    data = load_dataset(
         config.dataset,
         data_dir=config.data_dir,
         split_seed=config.seed,
@@ -145,6 +149,10 @@ def run_data(config: TrainConfig) -> DataSplits:
         limit_eval=config.limit_eval,
         download=config.download,
     )
+    if config.holdout_fold is None:
+        return data
+    keep = fold_of(len(data.train.labels), config.holdout_folds, config.seed) != config.holdout_fold
+    return dataclasses.replace(data, train=Split(data.train.images[keep], data.train.labels[keep]))
 
 
 def split_images(run: RunDir, outputs: dict[str, SplitOutputs]) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 TORCH_CHECKPOINTS = "torch_checkpoints"  # the torch backend's epoch-N.pt, for resuming
 OUTPUTS = "outputs"
+OUT_OF_FOLD = "oof"  # the out-of-fold DDNNs (fold_K/) and the training split's logits from them
 LOCK = ".lock"  # the run directory's exclusive lock (flock) and its holder
 ROUTERS = "routers"
 FAMILY_RECORD = "router.json"
@@ -135,6 +136,19 @@ class RunDir(_Directory):
     def sweep_runs(self) -> list[RunDir]:
         root = self.weight_sweep
         return [RunDir(d) for d in sorted(root.iterdir()) if d.is_dir()] if root.is_dir() else []
+
+    @property
+    def oof_dir(self) -> Path:
+        return self.root / OUT_OF_FOLD
+
+    def oof_run(self, fold: int) -> RunDir:
+        """The DDNN trained without fold ``fold`` of the training split."""
+        return RunDir(self.oof_dir / f"fold_{fold}")
+
+    @property
+    def oof_outputs(self) -> Path:
+        """The training split's outputs, each sample's from the DDNN that did not train on it."""
+        return self.oof_dir / "train.npz"
 
     @property
     def bench_inference(self) -> Path:

@@ -213,23 +213,51 @@ def check_for_training(run: RunDir) -> bool:
 # outputs/{split}.npz
 
 
+def _output_arrays(o: SplitOutputs) -> dict[str, Any]:
+    arrays: dict[str, Any] = {
+        "local_logits": o.local_logits.astype(np.float32),
+        "cloud_logits": o.cloud_logits.astype(np.float32),
+        "labels": o.labels.astype(np.int32),
+        "epoch": np.int32(o.epoch),
+        "checkpoint": np.str_(o.checkpoint),
+    }
+    if o.features is not None:
+        arrays["features"] = o.features.astype(np.float32)
+    return arrays
+
+
+def write_oof_outputs(run: RunDir, outputs: SplitOutputs) -> Path:
+    """oof/train.npz, atomically. ``checkpoint`` names the fold DDNNs' weights it came from."""
+    return save_npz(run.oof_outputs, _output_arrays(outputs))
+
+
+def read_oof_outputs(run: RunDir) -> SplitOutputs:
+    """oof/train.npz, or a UsageError saying how to make it."""
+    remedy = f"run 'ddnn run' with --families logits-oof on {run}"
+    if not run.oof_outputs.is_file():
+        raise UsageError(f"{run.oof_outputs} is missing: {remedy}")
+    try:
+        with np.load(run.oof_outputs) as arrays:
+            return SplitOutputs(
+                local_logits=arrays["local_logits"],
+                cloud_logits=arrays["cloud_logits"],
+                labels=arrays["labels"],
+                epoch=int(arrays["epoch"]),
+                checkpoint=str(arrays["checkpoint"]),
+            )
+    except NPZ_ERRORS as err:
+        raise UsageError(
+            f"{run.oof_outputs} is damaged ({type(err).__name__}): delete it and {remedy}"
+        ) from None
+
+
 def write_outputs(run: RunDir, outputs: dict[str, SplitOutputs]) -> dict[str, Path]:
     """Every split's outputs, replacing outputs/ as a whole: a reader never sees splits of two
     collections."""
     with atomic_dir(run.outputs_dir) as staging:
         for split in SPLITS:
-            o = outputs[split]
-            arrays: dict[str, Any] = {
-                "local_logits": o.local_logits.astype(np.float32),
-                "cloud_logits": o.cloud_logits.astype(np.float32),
-                "labels": o.labels.astype(np.int32),
-                "epoch": np.int32(o.epoch),
-                "checkpoint": np.str_(o.checkpoint),
-            }
-            if o.features is not None:
-                arrays["features"] = o.features.astype(np.float32)
             with open(staging / run.outputs(split).name, "wb") as f:
-                np.savez(f, **arrays)
+                np.savez(f, **_output_arrays(outputs[split]))
     return {split: run.outputs(split) for split in SPLITS}
 
 

@@ -45,6 +45,7 @@ from ddnn_jax.rundir import (
     outputs_fingerprint,
     read_family,
     read_family_scores,
+    read_oof_outputs,
     read_outputs,
     read_run_record,
     split_images,
@@ -200,8 +201,10 @@ def _route(
         return run.family(family_name)
     images = split_images(run, outputs) if config.kind.needs_images else {}
 
-    inputs = {s: raw_inputs(config.kind, outputs[s], images.get(s)) for s in SPLITS}
-    mean, std = channel_statistics(inputs[config.fit_split])
+    # an out-of-fold family learns from the training split's out-of-fold logits
+    source = {**outputs, "train": read_oof_outputs(run)} if config.fit_split == "oof" else outputs
+    inputs = {s: raw_inputs(config.kind, source[s], images.get(s)) for s in SPLITS}
+    mean, std = channel_statistics(inputs["val" if config.fit_split == "val" else "train"])
     inputs = {s: (x - mean) / std for s, x in inputs.items()}
     if config.fit_split == "val":
         meta = meta_labels({"train": outputs["val"]}, targets, config)  # its own costs and B*
@@ -210,7 +213,7 @@ def _route(
         )
         kept = np.arange(len(targets))
     else:
-        meta = meta_labels(outputs, targets, config)
+        meta = meta_labels(source, targets, config)
         result, compile_seconds, train_seconds = _train_grid(config, inputs, meta, progress, family_name)
         result, kept = select_candidates(result, meta.candidates.target_of)
         predict = make_grid_predictor(config)
