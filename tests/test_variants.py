@@ -326,19 +326,23 @@ def test_valfit_cross_fits_on_validation_and_deploys_the_mean_of_its_folds(tiny_
 
 def test_out_of_fold_runs_leave_their_fold_out(fashion_mnist_ready):
     from ddnn_jax.core.config import TrainConfig
-    from ddnn_jax.core.variants.out_of_fold import fold_of
+    from ddnn_jax.core.variants.out_of_fold import fold_of, trained_on
     from ddnn_jax.rundir import run_data
 
-    assignment = fold_of(300, 3, seed=4)
-    assert np.bincount(assignment).tolist() == [100, 100, 100]
-    assert not np.array_equal(assignment, fold_of(300, 3, seed=5))
-    config = TrainConfig(limit_train=300, limit_eval=64, seed=4)
+    assignment = fold_of(302, 3, seed=4)
+    assert np.bincount(assignment).tolist() == [101, 101, 100]
+    assert not np.array_equal(assignment, fold_of(302, 3, seed=5))
+    sizes = {int(trained_on(302, 3, 4, k).sum()) for k in range(3)}
+    assert sizes == {200}  # equal: one compiled program for every fold run
+    config = TrainConfig(limit_train=302, limit_eval=64, seed=4)
     whole = run_data(config)
     seen = []
     for k in range(3):
         fold = run_data(dataclasses.replace(config, holdout_fold=k, holdout_folds=3))
-        np.testing.assert_array_equal(fold.train.labels, whole.train.labels[assignment != k])
+        kept = trained_on(302, 3, 4, k)
+        assert not (kept & (assignment == k)).any()  # never its own fold
+        np.testing.assert_array_equal(fold.train.labels, whole.train.labels[kept])
         np.testing.assert_array_equal(fold.val.labels, whole.val.labels)  # the same validation split
         np.testing.assert_allclose(fold.mean, whole.mean)  # and the same normalisation
-        seen.append(set(np.flatnonzero(assignment != k)))
-    assert set.intersection(*seen) == set()  # every sample is held out by exactly one fold run
+        seen.append(set(np.flatnonzero(kept)))
+    assert set.intersection(*seen) == set()  # no sample is trained on by every fold run

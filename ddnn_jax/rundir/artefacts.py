@@ -15,7 +15,7 @@ from ddnn_jax.core.outputs import SplitOutputs
 from ddnn_jax.core.router_net import RouterConfig, build_router, router_scores
 from ddnn_jax.core.training import TrainState, create_train_state
 from ddnn_jax.core.variants.budget import with_budget
-from ddnn_jax.core.variants.out_of_fold import fold_of
+from ddnn_jax.core.variants.out_of_fold import trained_on
 from ddnn_jax.data import DataSplits, Split, load_dataset
 from ddnn_jax.rundir import checkpoints
 from ddnn_jax.rundir.layout import SPLITS, FamilyDir, RunDir
@@ -151,7 +151,7 @@ def run_data(config: TrainConfig) -> DataSplits:
     )
     if config.holdout_fold is None:
         return data
-    keep = fold_of(len(data.train.labels), config.holdout_folds, config.seed) != config.holdout_fold
+    keep = trained_on(len(data.train.labels), config.holdout_folds, config.seed, config.holdout_fold)
     return dataclasses.replace(data, train=Split(data.train.images[keep], data.train.labels[keep]))
 
 

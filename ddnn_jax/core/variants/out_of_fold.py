@@ -25,3 +25,13 @@ def fold_of(n: int, folds: int, seed: int) -> np.ndarray:
     assignment = np.empty(n, np.int64)
     assignment[np.random.default_rng([seed, folds]).permutation(n)] = np.arange(n) % folds
     return assignment
+
+
+def trained_on(n: int, folds: int, seed: int, fold: int) -> np.ndarray:
+    """[n] bool: the samples the run without ``fold`` trains on. Every fold run trains on
+    (folds - 1) * (n // folds) samples, so all of them are one compiled program: the n % folds
+    samples dealt last are left out of every fold run (and predicted by their own fold's)."""
+    order = np.random.default_rng([seed, folds]).permutation(n)
+    spare = np.zeros(n, bool)
+    spare[order[n - n % folds :]] = True
+    return (fold_of(n, folds, seed) != fold) & ~spare
