@@ -346,3 +346,49 @@ def test_out_of_fold_runs_leave_their_fold_out(fashion_mnist_ready):
         np.testing.assert_allclose(fold.mean, whole.mean)  # and the same normalisation
         seen.append(set(np.flatnonzero(kept)))
     assert set.intersection(*seen) == set()  # no sample is trained on by every fold run
+
+
+@pytest.mark.slow
+def test_a_cotrained_router_trains_resumes_and_is_a_family(pristine, tmp_path):
+    import ddnn_jax as ddnn
+    from ddnn_jax.core.config import TrainConfig
+    from ddnn_jax.core.router_net import edge_inputs
+    from ddnn_jax.jobs.training import run_training
+
+    plain = [json.loads(line) for line in (pristine / "metrics.jsonl").read_text().splitlines()]
+    ddnn_only = lambda rows: [
+        {k: v for k, v in r.items() if k not in ("seconds", "router_loss")} for r in rows
+    ]
+    base = TrainConfig(epochs=2, batch_size=128, seed=0, limit_train=512, limit_eval=2000, cotrain_warmup=1)
+
+    class Crash(Exception):
+        pass
+
+    def crash_in_epoch_2(epoch):  # before epoch 2 is checkpointed, as a kill would
+        if epoch == 2:
+            raise Crash
+
+    detached = tmp_path / "detached"
+    config = dataclasses.replace(base, cotrain_router="detached")
+    with pytest.raises(Crash):
+        run_training(config, detached, on_epoch_trained=crash_in_epoch_2)
+    run_training(config, detached)  # resumes from epoch 1
+    rows = [json.loads(line) for line in (detached / "metrics.jsonl").read_text().splitlines()]
+    assert ddnn_only(rows) == ddnn_only(plain)  # the DDNN trains exactly as without the router
+    assert rows[1]["router_loss"] > 0
+
+    ddnn.collect(detached)
+    family = ddnn.RunDir(detached).family("cotrain")
+    scores = ddnn.read_family_scores(family)
+    outputs = ddnn.read_outputs(detached)
+    inputs = edge_inputs(input_kind("logits"), outputs["test"].local_logits, None, None)
+    deployed = ddnn.deployed_router(family, 0)
+    np.testing.assert_allclose(np.asarray(deployed.logits(jnp.asarray(inputs))), scores["test"][0], atol=1e-5)
+    results = ddnn.evaluate(detached)
+    assert "oracle_gap_recovered" in results["summary"]["router_cotrain_calibrated"]
+
+    joint = tmp_path / "joint"
+    run_training(dataclasses.replace(base, cotrain_router="joint", cotrain_weight=0.5), joint)
+    rows = [json.loads(line) for line in (joint / "metrics.jsonl").read_text().splitlines()]
+    assert ddnn_only(rows)[0] == ddnn_only(plain)[0]  # the warm-up epoch: the router not yet on
+    assert rows[1]["train_loss"] != plain[1]["train_loss"]  # then its loss moves the edge

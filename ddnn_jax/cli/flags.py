@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ddnn_jax.common import runtime
 from ddnn_jax.common.errors import UsageError
-from ddnn_jax.core.config import FRAMEWORKS, TrainConfig
+from ddnn_jax.core.config import COTRAIN_MODES, FRAMEWORKS, TrainConfig
 from ddnn_jax.core.models import CONV_CHOICES, PRECISIONS
 from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
 from ddnn_jax.data import DATASETS
@@ -192,6 +192,26 @@ def add_training_flags(train: argparse.ArgumentParser, study: bool = False) -> N
         type=integer,
         default=DEFAULTS.limit_eval,
         help="validate and test on the first N images of each only (default: all)",
+    )
+    train.add_argument(
+        "--cotrain-router",
+        choices=COTRAIN_MODES,
+        default=DEFAULTS.cotrain_router,
+        help="train a router inside the training, on each batch's live costs (docs/variants.md): "
+        "detached (the DDNN trains as without it) or joint (its loss reaches the edge)",
+    )
+    train.add_argument(
+        "--warmup",
+        dest="cotrain_warmup",
+        type=integer,
+        default=DEFAULTS.cotrain_warmup,
+        help="epochs before the co-trained router's loss counts",
+    )
+    train.add_argument(
+        "--cotrain-weight",
+        type=number,
+        default=DEFAULTS.cotrain_weight,
+        help="weight of the co-trained router's loss on the edge (joint only)",
     )
     train.add_argument(
         "--edge-channels",

@@ -16,6 +16,7 @@ from ddnn_jax.data import check_dataset_name
 LOCAL_WEIGHT_MODES = ("per-run", "per-batch")
 # Frameworks that train the DDNN (``--backend``); ``jobs.training`` maps each to its trainer.
 FRAMEWORKS = ("jax", "torch")
+COTRAIN_MODES = ("detached", "joint")  # core.variants.cotrain
 
 # Streams of the run's root key (jax.random.fold_in), one per use, so no key is ever reused.
 STREAM_INIT, STREAM_LOCAL_WEIGHT, STREAM_SHUFFLE, STREAM_STEP = range(4)
@@ -51,6 +52,12 @@ class TrainConfig:
     # split, cut into holdout_folds by the seed. None: the whole training split.
     holdout_fold: int | None = None
     holdout_folds: int = 3
+    # A router trained inside the training (core.variants.cotrain): None, 'detached' (it alone
+    # learns from its loss) or 'joint' (the edge learns from it too, at cotrain_weight), from
+    # the epoch after cotrain_warmup epochs.
+    cotrain_router: str | None = None
+    cotrain_warmup: int = 5
+    cotrain_weight: float = 0.1
 
     def validate(self) -> None:
         """Raises UsageError naming the first bad field and how to fix it."""
@@ -83,6 +90,20 @@ class TrainConfig:
                 f"holdout fold {self.holdout_fold} of {self.holdout_folds}: "
                 "give 2 folds or more and a fold from 0 to their number - 1"
             )
+        if self.cotrain_router is not None:
+            if self.cotrain_router not in COTRAIN_MODES:
+                raise UsageError(
+                    f"--cotrain-router must be one of {', '.join(COTRAIN_MODES)}, got '{self.cotrain_router}'"
+                )
+            if not 0 <= self.cotrain_warmup < self.epochs:
+                raise UsageError(
+                    f"--warmup {self.cotrain_warmup} leaves the router no epoch of the {self.epochs}: "
+                    "give fewer warm-up epochs than --epochs"
+                )
+            if self.cotrain_weight < 0:
+                raise UsageError(f"--cotrain-weight must not be negative, got {self.cotrain_weight}")
+            if self.framework != "jax":
+                raise UsageError("--cotrain-router trains inside the JAX training: drop --backend torch")
         if self.framework not in FRAMEWORKS:
             raise UsageError(f"--backend must be one of {', '.join(FRAMEWORKS)}, got '{self.framework}'")
         if self.framework == "torch" and (self.precision != "fp32" or self.conv != "auto"):

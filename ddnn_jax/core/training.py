@@ -23,6 +23,7 @@ from ddnn_jax.core import optim
 from ddnn_jax.core.config import STREAM_INIT, STREAM_SHUFFLE, STREAM_STEP, TrainConfig
 from ddnn_jax.core.models import DDNN
 from ddnn_jax.core.retrace import trace_once
+from ddnn_jax.core.variants import cotrain
 from ddnn_jax.data import augment, normalize
 
 DATA_AXIS = "data"
@@ -46,8 +47,21 @@ class TrainState(train_state.TrainState):
 
 
 def build_model(config: TrainConfig, num_classes: int) -> DDNN:
-    """The run's network. Equal architectures get the same module object, so that the states of
-    two runs have equal static parts (``apply_fn``) and share compiled programs."""
+    """The run's network (with its co-trained router, if it has one). Equal architectures get
+    the same module object, so that the states of two runs have equal static parts
+    (``apply_fn``) and share compiled programs."""
+    if config.cotrain_router is not None:
+        return _shared_cotrained(
+            num_classes=num_classes,
+            edge_channels=config.edge_channels,
+            local_hidden=config.local_hidden,
+            cloud_conv_channels=tuple(config.cloud_conv_channels),
+            cloud_dense_features=tuple(config.cloud_dense_features),
+            dropout_rate=config.dropout_rate,
+            conv=config.conv,
+            precision=config.precision,
+            detach=config.cotrain_router == "detached",
+        )
     return _shared_ddnn(
         num_classes=num_classes,
         edge_channels=config.edge_channels,
@@ -61,6 +75,7 @@ def build_model(config: TrainConfig, num_classes: int) -> DDNN:
 
 
 _shared_ddnn = functools.lru_cache(maxsize=16)(DDNN)
+_shared_cotrained = functools.lru_cache(maxsize=4)(cotrain.CotrainedDDNN)
 
 
 def plateau_schedule(config: TrainConfig) -> optax.GradientTransformationExtraArgs:
@@ -121,25 +136,41 @@ class RunConstants(NamedTuple):
     w: Any  # float32 scalar: the joint loss's local weight; NaN draws w ~ U(0, 1) per step
     mean: Any  # [C] float32: per-channel normalisation of x / 255
     std: Any  # [C] float32
+    # float32 scalars of a co-trained router: the optimizer step its loss counts from, and its
+    # weight on the edge ('joint')
+    router_from: Any = np.float32(np.inf)
+    router_weight: Any = np.float32(0.0)
 
 
-def run_constants(local_weight: float | None, mean, std) -> RunConstants:
-    """A run's constants: its fixed weight (None: drawn at every step) and its normalisation."""
+def run_constants(
+    local_weight: float | None, mean, std, config: TrainConfig | None = None, steps_per_epoch: int = 0
+) -> RunConstants:
+    """A run's constants: its fixed weight (None: drawn at every step), its normalisation and,
+    for a run with a co-trained router (``config``), the step its loss starts from (after the
+    warm-up epochs of ``steps_per_epoch``) and its weight on the edge."""
+    router_from, weight = np.inf, 0.0
+    if config is not None and config.cotrain_router is not None:
+        router_from, weight = config.cotrain_warmup * steps_per_epoch, config.cotrain_weight
     return RunConstants(
         w=np.float32(np.nan if local_weight is None else local_weight),
         mean=np.asarray(mean, np.float32),
         std=np.asarray(std, np.float32),
+        router_from=np.float32(router_from),
+        router_weight=np.float32(weight),
     )
 
 
 def train_step_fn(
-    *, horizontal_flip: bool, crop_padding: int
+    *, horizontal_flip: bool, crop_padding: int, cotrained: bool = False
 ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array, RunConstants], tuple[TrainState, dict]]:
     """The pure ``step(state, images, labels, rng, constants) -> (state, metrics)`` of one run.
 
     Args:
       horizontal_flip: whether augmentation flips images.
       crop_padding: the random crop's shift in pixels.
+      cotrained: the model has a co-trained router (``core.variants.cotrain``): from step
+        ``constants.router_from`` on, the loss adds the router's (weighted 1 for the router,
+        ``constants.router_weight`` where it reaches the edge) and the metrics its value.
     """
 
     def step(
@@ -151,24 +182,32 @@ def train_step_fn(
         w = jnp.where(jnp.isnan(constants.w), jax.random.uniform(weight_rng), constants.w)
 
         def loss_fn(params):
-            (local_logits, cloud_logits, _), updates = state.apply_fn(
+            (local_logits, cloud_logits, third), updates = state.apply_fn(
                 {"params": params, "batch_stats": state.batch_stats},
                 images,
                 train=True,
                 rngs={"dropout": dropout_rng},
                 mutable=["batch_stats"],
+                **({"method": "with_router", "edge_weight": constants.router_weight} if cotrained else {}),
             )
             loss = joint_loss(local_logits, cloud_logits, labels, w)
-            return loss, (local_logits, cloud_logits, updates["batch_stats"])
+            extra = {}
+            if cotrained:
+                on = (state.step >= constants.router_from).astype(jnp.float32)
+                extra["router_loss"] = cotrain.router_loss(third, local_logits, cloud_logits, labels)
+                loss_with_router = loss + on * extra["router_loss"]
+                return loss_with_router, (loss, local_logits, cloud_logits, updates["batch_stats"], extra)
+            return loss, (loss, local_logits, cloud_logits, updates["batch_stats"], extra)
 
-        (loss, (local_logits, cloud_logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
+        (_, (loss, local_logits, cloud_logits, batch_stats, extra)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.params)
         state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         metrics = {
             "loss": loss,
             "correct_local": (local_logits.argmax(-1) == labels).sum(),
             "correct_cloud": (cloud_logits.argmax(-1) == labels).sum(),
+            **extra,
         }
         return state, metrics
 

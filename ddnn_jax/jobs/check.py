@@ -12,6 +12,7 @@ from typing import Any
 
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
+from ddnn_jax.core.variants import cotrain
 from ddnn_jax.jobs.run import RunPlan, planned_families
 from ddnn_jax.rundir import (
     FamilyDir,
@@ -91,7 +92,9 @@ def _recorded_config(run: RunDir, family: FamilyDir) -> RouterConfig:
 
 def _family_repair(run: RunDir, family: FamilyDir, planned: dict[str, RouterConfig]) -> str:
     """The command that trains the family again: its configuration from the run plan, its
-    record or results.json, whichever is readable."""
+    record or results.json, whichever is readable; a co-trained router's is collect's."""
+    if family.name in cotrain.FAMILY.values():
+        return f"ddnn collect --run {run}"
     config = planned.get(family.name)
     if config is None:
         try:

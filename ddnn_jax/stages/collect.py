@@ -27,6 +27,7 @@ from ddnn_jax.rundir import (
     run_data,
     write_outputs,
 )
+from ddnn_jax.stages.cotrained import write_cotrained_family
 
 
 def collect(
@@ -70,4 +71,7 @@ def _collect(run: RunDir, with_features: bool, progress: Progress) -> dict[str, 
                 features=out[2] if with_features else None,
                 checkpoint=digest,
             )
-    return write_outputs(run, outputs)
+    paths = write_outputs(run, outputs)
+    if config.cotrain_router is not None:  # its router is one more family, scored on these outputs
+        write_cotrained_family(run, record, state, outputs)
+    return paths

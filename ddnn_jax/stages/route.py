@@ -90,7 +90,7 @@ def meta_labels(outputs: dict[str, SplitOutputs], targets: np.ndarray, config: R
     return meta_set(entry, per_split, targets, budget_input=config.objective == "budget")
 
 
-def _config_json(config: RouterConfig) -> dict:
+def config_record(config: RouterConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 
 
@@ -221,7 +221,7 @@ def _route(
         members = 1
 
     record = FamilyRecord(
-        config=_config_json(config),
+        config=config_record(config),
         made_from=made_from,
         outputs_epoch=outputs["test"].epoch,
         benefit_thresholds=meta.thresholds.tolist(),

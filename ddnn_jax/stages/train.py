@@ -117,6 +117,9 @@ class _Resumed:
             download=False,
             limit_train=None,
             limit_eval=None,
+            holdout_fold=None,  # which fold is left out is data; the fold runs' sizes are equal
+            cotrain_warmup=0,  # a co-trained router's warm-up and weight are data (RunConstants)
+            cotrain_weight=0.0,
         )
         return (
             same,
@@ -229,7 +232,11 @@ def _train_group(
     calls = 1 if on_step is None else TICKS_PER_EPOCH
     key = (group[0].shapes(), runs, calls)
     if key not in programs:
-        step = train_step_fn(horizontal_flip=data.horizontal_flip, crop_padding=data.crop_padding)
+        step = train_step_fn(
+            horizontal_flip=data.horizontal_flip,
+            crop_padding=data.crop_padding,
+            cotrained=config.cotrain_router is not None,
+        )
         programs[key] = TrainEpoch(
             step, mesh, batch_size=config.batch_size, steps_per_epoch=steps, runs=runs, calls=calls
         )
@@ -241,7 +248,14 @@ def _train_group(
         place(mesh, along([jax.random.key_data(jax.random.key(r.job.config.seed)) for r in group]), runs)
     )
     constants = place(
-        mesh, along([run_constants(r.job.local_weight, r.job.data.mean, r.job.data.std) for r in group]), runs
+        mesh,
+        along(
+            [
+                run_constants(r.job.local_weight, r.job.data.mean, r.job.data.std, r.job.config, steps)
+                for r in group
+            ]
+        ),
+        runs,
     )
     state = place(mesh, along([r.state for r in group]), runs)
     seen = steps * config.batch_size
@@ -293,6 +307,12 @@ def epoch_row(
         "val_accuracy_mean": (val_local + val_cloud) / 2,
         "learning_rate": learning_rate,
         "seconds": time.perf_counter() - started,
+        # a co-trained router's squared error on the live benefit (its warm-up epochs included)
+        **(
+            {"router_loss": float(step_metrics["router_loss"].mean())}
+            if "router_loss" in step_metrics
+            else {}
+        ),
     }
 
 
