@@ -50,19 +50,7 @@ def build_model(config: TrainConfig, num_classes: int) -> DDNN:
     """The run's network (with its co-trained router, if it has one). Equal architectures get
     the same module object, so that the states of two runs have equal static parts
     (``apply_fn``) and share compiled programs."""
-    if config.cotrain_router is not None:
-        return _shared_cotrained(
-            num_classes=num_classes,
-            edge_channels=config.edge_channels,
-            local_hidden=config.local_hidden,
-            cloud_conv_channels=tuple(config.cloud_conv_channels),
-            cloud_dense_features=tuple(config.cloud_dense_features),
-            dropout_rate=config.dropout_rate,
-            conv=config.conv,
-            precision=config.precision,
-            detach=config.cotrain_router == "detached",
-        )
-    return _shared_ddnn(
+    architecture = dict(
         num_classes=num_classes,
         edge_channels=config.edge_channels,
         local_hidden=config.local_hidden,
@@ -72,6 +60,9 @@ def build_model(config: TrainConfig, num_classes: int) -> DDNN:
         conv=config.conv,
         precision=config.precision,
     )
+    if config.cotrain_router is not None:
+        return _shared_cotrained(**architecture, detach=config.cotrain_router == "detached")
+    return _shared_ddnn(**architecture)
 
 
 _shared_ddnn = functools.lru_cache(maxsize=16)(DDNN)
