@@ -77,11 +77,6 @@ def oracle_labels(c: Correctness, thresholds: jax.Array) -> jax.Array:
     return jnp.where(only_cloud, 1, jnp.where(only_local, 0, by_cost)).astype(jnp.int32)
 
 
-def labels_of_kind(kind: str, c: Correctness, thresholds: jax.Array) -> jax.Array:
-    """[G, N] labels of the named kind: 'cost' (B >= B*) or 'oracle' (correctness first)."""
-    return cost_labels(c.benefit, thresholds) if kind == "cost" else oracle_labels(c, thresholds)
-
-
 def decision_accuracy(c: Correctness, offload: jax.Array) -> jax.Array:
     """Classification accuracy of the mixed system for offload decisions of shape [..., N]."""
     return jnp.where(offload.astype(bool), c.cloud_correct, c.local_correct).mean(-1)
