@@ -89,8 +89,9 @@ def configure(
     flags = [f for f in flags if not f.startswith("--xla_gpu_deterministic_ops")]
     if deterministic:
         flags.append(DETERMINISTIC_FLAG)
-        # cuBLAS's deterministic workspace, which PyTorch needs on CUDA (the torch backend)
-        os.environ.setdefault(CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC)
+        # cuBLAS's deterministic workspace, which PyTorch needs on CUDA (the torch backend);
+        # cuBLAS reads only the environment, so the runtime sets it, as it sets XLA_FLAGS
+        os.environ[CUBLAS_WORKSPACE] = CUBLAS_DETERMINISTIC
     os.environ["XLA_FLAGS"] = " ".join(flags)
     if processes is not None:
         jax.distributed.initialize(processes.coordinator, processes.count, processes.index)
