@@ -4,6 +4,7 @@ Tiny runs (batch 8, 2 steps, 1 repeat): they check what is printed, never how fa
 """
 
 import json
+import statistics
 
 import pytest
 
@@ -36,23 +37,30 @@ def _over_best_torch(lines: list[dict]) -> dict[str, dict]:
     return {line["contender"]: line for line in lines if line.get("over") == "best_torch"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path")
 def test_lines_name_every_contender_and_the_best_torch(capsys):
-    bench.main([*TINY, "--contenders", "jax_epoch,jax_epoch_bf16,torch,torch_cudagraphs"])
+    """Every CPU contender in one bench: torch.compile's CPU backend needs a C++ compiler (about
+    40 s of compiling on 2 cores); CUDA graphs are skipped."""
+    contenders = ("jax_epoch", "jax_epoch_bf16", "torch", "torch_compile", "torch_cudagraphs")
+    bench.main([*TINY, "--contenders", ",".join(contenders)])
     lines = _lines(capsys)
     throughput = _throughput(lines)
-    assert set(throughput) == {"jax_epoch", "jax_epoch_bf16", "torch", "torch_cudagraphs"}
-    for name in ("jax_epoch", "jax_epoch_bf16", "torch"):
-        assert throughput[name]["images_per_s"] > 0 and len(throughput[name]["runs"]) == 1
+    assert set(throughput) == set(contenders)
+    for name in contenders[:4]:
+        assert throughput[name]["images_per_s"] > 0 and len(throughput[name]["runs"]) == 1, name
     assert "CUDA" in throughput["torch_cudagraphs"]["skipped"]
     assert "images_per_s" not in throughput["torch_cudagraphs"]
     best = _over_best_torch(lines)
-    assert set(best) == {"jax_epoch", "jax_epoch_bf16"} and best["jax_epoch"]["best_torch"] == "torch"
-    # the ratio over eager PyTorch is still there, and equal: eager is the only PyTorch that ran
-    over_torch = next(
-        line for line in lines if line.get("over") == "torch" and line["contender"] == "jax_epoch"
-    )
-    assert over_torch["ratio"] == best["jax_epoch"]["ratio"]
+    assert set(best) == {"jax_epoch", "jax_epoch_bf16"}
+    fastest = max(("torch", "torch_compile"), key=lambda name: throughput[name]["images_per_s"])
+    assert best["jax_epoch"]["best_torch"] == fastest
+    # the ratio over eager PyTorch (a baseline) is there too; both come from the medians (the
+    # printed runs are rounded to 0.1 image/s)
+    over_torch = next(x for x in lines if x.get("over") == "torch" and x["contender"] == "jax_epoch")
+    rate = lambda name: statistics.median(throughput[name]["runs"])
+    assert over_torch["ratio"] == pytest.approx(rate("jax_epoch") / rate("torch"), rel=0.01)
+    assert best["jax_epoch"]["ratio"] == pytest.approx(rate("jax_epoch") / rate(fastest), rel=0.01)
     for line in lines:
         assert all(line[key] for key in ENVIRONMENT) and all(key in line for key in PRECISION), line
         # nothing switched on the CPU: PyTorch keeps full float32 products
@@ -129,14 +137,3 @@ def test_sweep_is_the_issue_grid():
     assert len(cases) == 4 and all(case.steps == 5 and case.torch_device == "cpu" for case in cases)
     (single,) = bench.cases(bench._parse(["--batch-size", "64", "--image-shape", "32,32,3"]), "cpu")
     assert (single.batch_size, single.image_shape) == (64, (32, 32, 3))
-
-
-@pytest.mark.slow
-def test_torch_compile_runs_on_this_cpu(capsys):
-    """torch.compile's CPU backend needs a C++ compiler; about 40 s of compiling on 2 cores."""
-    bench.main([*TINY, "--contenders", "jax_epoch,torch,torch_compile"])
-    lines = _lines(capsys)
-    throughput = _throughput(lines)
-    assert "skipped" not in throughput["torch_compile"], throughput["torch_compile"]
-    assert throughput["torch_compile"]["images_per_s"] > 0
-    assert _over_best_torch(lines)["jax_epoch"]["best_torch"] in ("torch", "torch_compile")

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import PRISTINE_FLAGS
+from ddnn_jax import cli
 from ddnn_jax.core.families import input_kind
 from ddnn_jax.core.labels import correctness
 from ddnn_jax.core.meta import LABELLINGS, meta_set
@@ -27,7 +29,6 @@ from ddnn_jax.core.router_training import (
     select_candidates,
 )
 from ddnn_jax.core.variants import border, budget
-from tests.conftest import PRISTINE_FLAGS, run_cli
 
 
 def _exits(n=400, seed=0, classes=5):
@@ -227,8 +228,7 @@ def test_every_variant_trains_through_ddnn_run_and_is_summarised(pristine, tmp_p
         "none",
     ]
     plan += ["--no-inference-timing", "--quiet", "--families", "variants"]
-    done = run_cli("run", *PRISTINE_FLAGS, *plan, "--out", str(run))
-    assert done.returncode == 0, done.stderr
+    assert cli.main(["run", *PRISTINE_FLAGS, *plan, "--out", str(run)]) == 0
     results = json.loads((run / "results.json").read_text())
     summary, curves = results["summary"], results["curves"]
     variants = [f for f in FAMILIES.values() if not f.default]
