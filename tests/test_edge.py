@@ -21,6 +21,7 @@ from conftest import PRISTINE_EVAL
 from ddnn_jax import cli
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
+from ddnn_jax.core.guarantees import Guarantee
 from ddnn_jax.deploy import wire
 from ddnn_jax.deploy.cloud import BackgroundServer, CloudHalf, cloud_app, make_app
 from ddnn_jax.deploy.edge import EdgeConfig, run_edge
@@ -89,6 +90,28 @@ def test_fp32_accuracy_equals_results_json(pristine, server, tmp_path, mechanism
     # 64 fp32 samples (25108 to 1605652 bytes) has 4 to 6 digits more than that of an empty body
     fixed = requests * (post_bytes(server, 0) + HEADER) + offloads * PAYLOAD["fp32"]
     assert fixed + 4 * requests <= bytes_["uplink"] <= fixed + 6 * requests
+
+
+@pytest.mark.parametrize("mechanism", ["router", "entropy"])
+def test_a_guaranteed_threshold_is_the_one_results_json_scored(pristine, server, tmp_path, mechanism):
+    guarantee = Guarantee(epsilon=0.01, delta=0.05)
+    # results.json's guaranteed curves are the evaluate stage's guarantee: evaluate with this one
+    run = tmp_path / "run"
+    shutil.copytree(pristine, run)
+    assert cli.main(["evaluate", "--run", str(run), "--epsilon", "0.01", "--delta", "0.05"]) == 0
+    config = _config(server, mechanism=mechanism, guarantee=guarantee, limit=None)
+    _, report = run_edge(run, config, out=tmp_path / "r.json")
+    curve = read_results(RunDir(run))["curves"][report["in_process"]["curve"]]
+    point = next(p for p in curve if p["target"] == TARGET)
+    assert report["in_process"]["curve"].endswith("_guaranteed")
+    assert report["threshold"] == point["threshold"] and report["accuracy"] == point["accuracy"]
+    assert report["in_process"]["results_json_accuracy"] == point["accuracy"]
+    assert report["guarantee"] == {
+        "kind": "local-rate",
+        "epsilon": 0.01,
+        "delta": 0.05,
+        "certified_bound": point["certified_bound"],
+    }
 
 
 def test_batch_one_decides_alike_and_counts_headers(pristine, server, tmp_path):

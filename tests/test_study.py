@@ -74,8 +74,16 @@ def test_aggregate_is_recomputable_from_the_runs(three_seeds):
     edge = [r["edge_only_accuracy"] for r in runs]
     rho = study["local_weight"]["spearman"]["edge-only"]
     assert rho["rho"] == pytest.approx(scipy.stats.spearmanr(weights, edge).statistic)
+    reliability = study["reliability"]
+    aurc = [r["selective"]["router_logits"]["aurc"] for r in runs]
+    assert reliability["selective"]["router_logits"]["aurc"]["mean"] == pytest.approx(np.mean(aurc))
+    ece = [r["calibration"]["local"]["test"]["after"]["ece"] for r in runs]
+    assert reliability["calibration"]["local"]["ece_after"]["mean"] == pytest.approx(np.mean(ece))
+    rates = [r["guarantees"]["check"]["guaranteed_violation_rate"] for r in runs]
+    assert reliability["violation_rates"]["guaranteed"]["mean"] == pytest.approx(np.mean(rates))
     report = (three_seeds / "study.md").read_text()
     assert "figures/study_curves.png" in report and "router_logits_calibrated" in report
+    assert "## Selective prediction of the local exit" in report
 
 
 def test_aggregate_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, capsys):

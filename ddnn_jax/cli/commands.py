@@ -9,6 +9,7 @@ from ddnn_jax.cli.bench import BENCHMARKS
 from ddnn_jax.cli.configs import (
     evaluation_config_from,
     given_thresholds,
+    guarantee_from,
     progress_from,
     router_config_from,
     router_inputs_from,
@@ -112,6 +113,7 @@ def _edge(args) -> None:
         timeout_s=args.timeout,
         limit=args.limit,
         images=args.images,
+        guarantee=guarantee_from(args) if args.guarantee else None,
     )
     if args.sweep:
         print(f"sweep: {sweep(args.run, config, out=args.out, progress=progress_from(args))}")

@@ -12,6 +12,7 @@ from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.config import TrainConfig, parse_local_weight
 from ddnn_jax.core.families import input_kind, select_families
+from ddnn_jax.core.guarantees import Guarantee
 from ddnn_jax.core.labels import check_targets
 from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
 from ddnn_jax.jobs.run import RunPlan
@@ -102,8 +103,17 @@ def router_config_from(args, inputs: str) -> RouterConfig:
     return config
 
 
+def guarantee_from(args) -> Guarantee:
+    guarantee = Guarantee(args.guarantee, args.epsilon, args.delta)
+    try:
+        guarantee.check()
+    except ValueError as err:
+        raise UsageError(f"--guarantee: {err}") from None
+    return guarantee
+
+
 def evaluation_config_from(args) -> EvaluationConfig:
-    return EvaluationConfig(border_tau=args.tau)
+    return EvaluationConfig(border_tau=args.tau, guarantee=guarantee_from(args))
 
 
 def given_thresholds(path: Path | None) -> dict[str, list[float]] | None:

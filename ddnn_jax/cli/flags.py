@@ -11,6 +11,7 @@ from pathlib import Path
 from ddnn_jax.common import runtime
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.config import COTRAIN_MODES, FRAMEWORKS, TrainConfig
+from ddnn_jax.core.guarantees import GUARANTEES, Guarantee
 from ddnn_jax.core.models import CONV_CHOICES, PRECISIONS
 from ddnn_jax.core.router_net import DEPTH_PRESETS, RouterConfig
 from ddnn_jax.data import DATASETS
@@ -89,6 +90,28 @@ def grid_text(values: tuple[float, ...]) -> str:
 
 def add_run_dir(command: argparse.ArgumentParser) -> None:
     command.add_argument("--run", required=True, type=Path, help="run directory")
+
+
+def add_guarantee_flags(command: argparse.ArgumentParser, kind: str | None = Guarantee.kind) -> None:
+    """What a guaranteed threshold promises (core.guarantees); ``kind`` None: no guarantee
+    unless asked for."""
+    command.add_argument(
+        "--guarantee",
+        choices=GUARANTEES,
+        default=kind,
+        help="local-rate: local rate >= L0 - epsilon; accuracy-drop: accuracy lost against "
+        "cloud-only <= epsilon, keeping as many local as allowed"
+        + ("" if kind else " (default: the threshold calibrated on validation, no guarantee)"),
+    )
+    command.add_argument(
+        "--epsilon", type=number, default=Guarantee.epsilon, help="the guarantee's slack or allowed drop"
+    )
+    command.add_argument(
+        "--delta",
+        type=number,
+        default=Guarantee.delta,
+        help="the promise may fail with at most this probability over the validation draw",
+    )
 
 
 def add_quiet(command: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from ddnn_jax.cli.flags import (
     Help,
     Parser,
     add_data_flags,
+    add_guarantee_flags,
     add_plan_flags,
     add_quiet,
     add_router_flags,
@@ -140,6 +141,7 @@ def _add_evaluate_report(commands) -> None:
         help="JSON file {family: [threshold per target]}: decide with these (a deployed router's) "
         "instead of the thresholds calibrated on validation",
     )
+    add_guarantee_flags(evaluate)
     report = commands.add_parser(
         "report", help="figures and report.md from results.json", formatter_class=Help
     )
@@ -318,6 +320,7 @@ def _add_deployment(commands) -> None:
         help="instead of one live run: entropy and the router at every target over every wire "
         "-> RUN_DIR/edge/sweep.json (the report's accuracy-vs-bytes figure)",
     )
+    add_guarantee_flags(edge, kind=None)
     add_quiet(edge)
 
 

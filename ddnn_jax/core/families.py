@@ -78,6 +78,19 @@ def calibrated(curve: str) -> str:
     return f"{curve}_calibrated"
 
 
+def guaranteed(curve: str) -> str:
+    """The curve of a mechanism's decisions at guaranteed thresholds (core.guarantees)."""
+    return f"{curve}_guaranteed"
+
+
+def reference_row(objective: str, targets, reference_target: float) -> int:
+    """The score row that stands for a family where one score is needed: its one score, or the
+    router of the target nearest the reference budget."""
+    if objective == "score":
+        return 0
+    return int(min(range(len(targets)), key=lambda g: abs(targets[g] - reference_target)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """A router family of ``ddnn run``: how it differs from the default router, and the studies

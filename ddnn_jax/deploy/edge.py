@@ -23,7 +23,8 @@ import numpy as np
 
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
-from ddnn_jax.core.mechanisms import REFERENCE_TARGET, ROUTER, edge_mechanisms
+from ddnn_jax.core.guarantees import Guarantee
+from ddnn_jax.core.mechanisms import REFERENCE_TARGET, ROUTER, deployable_rules, edge_mechanisms
 from ddnn_jax.deploy import wire
 from ddnn_jax.deploy.client import FAILURES, Answer, CloudClient, parse_server
 from ddnn_jax.deploy.edge_half import EdgeHalf, EdgeInputs, load_inputs, made_from
@@ -44,6 +45,8 @@ class EdgeConfig:
     timeout_s: float = 5.0  # a request not answered by then falls back to the local answer
     limit: int | None = None  # the first N images only (default: all)
     images: str | None = None  # a folder of images instead of the test split (data.read_image_folder)
+    # deploy a guaranteed threshold (core.guarantees) instead of the calibrated one
+    guarantee: Guarantee | None = None
 
     def check(self) -> None:
         """Raises UsageError naming the first bad field."""
@@ -61,6 +64,13 @@ class EdgeConfig:
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be at least 1, got {self.limit}")
         parse_server(self.server)
+        if self.guarantee is not None:
+            if self.mechanism not in (ROUTER, *deployable_rules()):
+                raise UsageError(f"--guarantee needs a thresholded mechanism, not '{self.mechanism}'")
+            try:
+                self.guarantee.check()
+            except ValueError as err:
+                raise UsageError(f"--guarantee: {err}") from None
 
 
 def check_server(health: dict[str, Any] | None, edge: EdgeHalf, progress: Progress, server: str) -> None:
@@ -165,7 +175,7 @@ def _in_process(inputs: EdgeInputs, rule: Rule, config: EdgeConfig, stream: _Str
         "curve": rule.curve,
         "accuracy": accuracy,
         "local_rate": float(1.0 - rule.reference.mean()),
-        "results_json_accuracy": _results_point(inputs, rule.curve, config.target)
+        "results_json_accuracy": _results_point(inputs, rule.curve, rule.level)
         if inputs.test_split
         else None,
         "decisions_differing": int((stream.offloaded != rule.reference).sum()),
@@ -216,7 +226,7 @@ def run_edge(
     """
     config.check()
     inputs = load_inputs(run_dir, config.images, config.limit, progress)
-    rule = build_rule(inputs, config.mechanism, config.target, config.family)
+    rule = build_rule(inputs, config.mechanism, config.target, config.family, config.guarantee)
     client = CloudClient(config.server, config.timeout_s)
     server = client.health()
     check_server(server, inputs.edge, progress, config.server)
@@ -252,6 +262,10 @@ def _report(
         "offloaded": offloads,
         "answered_by_cloud": int(stream.answered_by_cloud.sum()),
         "threshold": rule.threshold,
+        # the promise the threshold holds (None: calibrated on validation, no guarantee)
+        "guarantee": None
+        if config.guarantee is None
+        else {**dataclasses.asdict(config.guarantee), "certified_bound": rule.certified_bound},
         "fallback_rate": fallbacks / n,
         "fallbacks": {
             f: {"samples": k, "reason": stream.reasons.get(f, "")} for f, k in stream.fallbacks.items() if k

@@ -5,6 +5,10 @@ own from edge-only information, so the same decisions come whatever the batch.
   the threshold calibrated on validation (results.json curve ``router_<family>_calibrated``);
 * ``entropy``: normalised entropy of the local softmax against its threshold calibrated on
   validation the same way (curve ``entropy_calibrated``);
+* either of those two with a guarantee (``core.guarantees``): the threshold chosen on validation
+  by Learn-then-Test instead (curves ``router_<family>_guaranteed``, ``entropy_guaranteed``);
+  the accuracy-drop guarantee decides with the family's one score or its router at the
+  reference budget, as results.json's curve does, whatever the target;
 * ``random``: the evaluate stage's random ranking of the evaluated samples, a function of the run
   seed and the sample's index (curve ``random``);
 * ``oracle``: the budgeted oracle's choice, read from the run's collected outputs: a reference
@@ -22,10 +26,12 @@ import numpy as np
 
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.decisions import calibrated_thresholds, oracle_offload
-from ddnn_jax.core.families import calibrated, curve_name
+from ddnn_jax.core.families import calibrated, curve_name, guaranteed, reference_row
+from ddnn_jax.core.guarantees import ACCURACY_DROP, Guarantee, guaranteed_threshold
 from ddnn_jax.core.labels import correctness
 from ddnn_jax.core.mechanisms import (
     RANDOM,
+    REFERENCE_TARGET,
     ROUTER,
     STREAM_RANDOM_RULE,
     decision_rule,
@@ -53,9 +59,29 @@ class Rule(NamedTuple):
     reference: np.ndarray  # [N] the in-process offload mask of the evaluated samples
     curve: str  # the results.json curve of this rule
     threshold: float | None  # on the rule's score (router logit, normalised entropy)
+    level: float  # the curve's point it is: the target, or a guarantee's allowed accuracy drop
+    certified_bound: float | None = None  # what a guaranteed threshold certifies
 
 
-def build_rule(inputs: EdgeInputs, mechanism: str, target: float, family: str) -> Rule:
+def _threshold(val_scores, target: float, inputs: EdgeInputs, guarantee: Guarantee | None):
+    """The calibrated threshold, or the guaranteed one and its certified bound."""
+    if guarantee is None:
+        return float(calibrated_thresholds(val_scores, [target])[0]), None
+    val = inputs.outputs["val"]
+    c = correctness(val.local_logits, val.cloud_logits, val.labels)
+    certified = guaranteed_threshold(
+        val_scores, target, (np.asarray(c.local_correct), np.asarray(c.cloud_correct)), guarantee
+    )
+    return certified.threshold, certified.bound
+
+
+def _curve(name: str, guarantee: Guarantee | None) -> str:
+    return calibrated(name) if guarantee is None else guaranteed(name)
+
+
+def build_rule(
+    inputs: EdgeInputs, mechanism: str, target: float, family: str, guarantee: Guarantee | None = None
+) -> Rule:
     """The rule of ``mechanism`` at local rate ``target`` for the evaluated images.
 
     Args:
@@ -63,29 +89,34 @@ def build_rule(inputs: EdgeInputs, mechanism: str, target: float, family: str) -
       mechanism: one of ``core.mechanisms.edge_mechanisms()``.
       target: L0, the local rate the rule was calibrated for.
       family: the router family (mechanism 'router' only).
+      guarantee: deploy a guaranteed threshold (router and deployable rules only).
     """
     if mechanism == ROUTER:
-        return _router_rule(inputs, target, family)
+        return _router_rule(inputs, target, family, guarantee)
     if mechanism in deployable_rules():
-        return _score_rule(inputs, mechanism, target)
+        return _score_rule(inputs, mechanism, target, guarantee)
     if mechanism == RANDOM:
-        return _planned(_random_plan(inputs, target), mechanism)
-    return _planned(_oracle_plan(inputs, target), mechanism)
+        return _planned(_random_plan(inputs, target), mechanism, target)
+    return _planned(_oracle_plan(inputs, target), mechanism, target)
 
 
-def _score_rule(inputs: EdgeInputs, mechanism: str, target: float) -> Rule:
-    """A score of the local logits against its threshold calibrated on validation."""
+def _level(target: float, guarantee: Guarantee | None) -> float:
+    return guarantee.epsilon if guarantee is not None and guarantee.kind == ACCURACY_DROP else target
+
+
+def _score_rule(inputs: EdgeInputs, mechanism: str, target: float, guarantee: Guarantee | None) -> Rule:
+    """A score of the local logits against its threshold chosen on validation."""
     rule = decision_rule(mechanism)
     val_scores = rule.offload_scores(inputs.outputs["val"].local_logits)
-    threshold = float(calibrated_thresholds(val_scores, [target])[0])
+    threshold, bound = _threshold(val_scores, target, inputs, guarantee)
     decide = lambda index, logits, z, x: rule.offload_scores(logits) >= threshold
     reference = decide(None, inputs.reference.local_logits, None, None)
-    return Rule(decide, reference, calibrated(mechanism), threshold)
+    return Rule(decide, reference, _curve(mechanism, guarantee), threshold, _level(target, guarantee), bound)
 
 
-def _planned(plan: np.ndarray, mechanism: str) -> Rule:
+def _planned(plan: np.ndarray, mechanism: str, target: float) -> Rule:
     """A rule that reads each sample's decision from a plan made before the stream."""
-    return Rule(lambda index, logits, z, x: plan[index], plan, mechanism, None)
+    return Rule(lambda index, logits, z, x: plan[index], plan, mechanism, None, target)
 
 
 def _random_plan(inputs: EdgeInputs, target: float) -> np.ndarray:
@@ -112,7 +143,7 @@ def router_family(run: RunDir, name: str) -> tuple[FamilyDir, FamilyRecord]:
     return family, read_family(family)
 
 
-def _router_rule(inputs: EdgeInputs, target: float, family_name: str) -> Rule:
+def _router_rule(inputs: EdgeInputs, target: float, family_name: str, guarantee: Guarantee | None) -> Rule:
     run, n = inputs.run, len(inputs.images)
     family, record = router_family(run, family_name)
     if record.made_from != outputs_fingerprint(inputs.outputs):
@@ -129,7 +160,13 @@ def _router_rule(inputs: EdgeInputs, target: float, family_name: str) -> Rule:
             f"not {target:g}: choose one of them"
         )
     g = matches[0]
-    threshold = float(record.decision_thresholds[g])
+    if guarantee is not None and guarantee.kind == ACCURACY_DROP:
+        g = reference_row(router.objective, targets, REFERENCE_TARGET)
+    if guarantee is None:
+        threshold, bound = float(record.decision_thresholds[g]), None
+    else:
+        val_scores = read_family_scores(family)["val"]
+        threshold, bound = _threshold(val_scores[min(g, len(val_scores) - 1)], target, inputs, guarantee)
     deployed = deployed_router(family, 0 if router.objective == "score" else g)
     score = jax.jit(deployed.logits)
 
@@ -142,4 +179,5 @@ def _router_rule(inputs: EdgeInputs, target: float, family_name: str) -> Rule:
     else:
         ref = inputs.reference
         reference = decide(None, ref.local_logits, ref.features, inputs.images)
-    return Rule(decide, reference, calibrated(curve_name(family_name)), threshold)
+    curve = _curve(curve_name(family_name), guarantee)
+    return Rule(decide, reference, curve, threshold, _level(target, guarantee), bound)

@@ -28,6 +28,7 @@ from ddnn_jax.jobs.study_stats import (
     curves_over_seeds,
     gap_recovered_differences,
     local_weight_over_seeds,
+    reliability_over_seeds,
     summary_over_seeds,
 )
 from ddnn_jax.jobs.training import run_trainings
@@ -204,6 +205,7 @@ def aggregate(study_dir: Path, seeds: Sequence[int] | None = None) -> Path:
         "gap_recovered_differences": gap_recovered_differences(all_results, summary),
         "comparisons": comparisons_over_seeds(all_results),
         "local_weight": local_weight_over_seeds(all_results, found_seeds),
+        "reliability": reliability_over_seeds(all_results),
     }
     write_json(study.results, value)
     return write_study_report(study, value)

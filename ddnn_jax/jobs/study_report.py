@@ -164,6 +164,7 @@ def write_study_report(study: StudyDir, value: dict[str, Any]) -> Path:
         f"![local weight]({study.figure('local_weight').relative_to(study.root)})",
         "",
         *_correlation_table(value),
+        *_reliability_section(value.get("reliability")),
     ]
     write_text(study.report, "\n".join(lines) + "\n")
     return study.report
@@ -215,4 +216,33 @@ def _correlation_table(value: dict[str, Any]) -> list[str]:
         interval = _interval(c["ci95"], 3) or ("– (needs 4 runs)" if c["n"] < 4 else "–")
         p_value = "–" if c["p_value"] is None else f"{c['p_value']:.3g}"
         rows.append(f"| {measure} | {rho} | {interval} | {p_value} | {c['n']} |")
+    return rows
+
+
+def _reliability_section(reliability: dict[str, Any] | None) -> list[str]:
+    """Calibration, AURC and the guarantee's violation rates over seeds (none for runs evaluated
+    before they existed)."""
+    if reliability is None:
+        return []
+    pm = lambda v: _pm(v["mean"], v["ci95"])
+    rows = ["", "## Calibration of the exits (test)", "", "| exit | T | ECE % before | ECE % after |"]
+    rows.append("|---|---|---|---|")
+    for exit_name, c in reliability["calibration"].items():
+        t = c["temperature"]
+        rows.append(
+            f"| {exit_name} | {t['mean']:.3f} {_interval(t['ci95'], 3)} | {pm(c['ece_before'])} | "
+            f"{pm(c['ece_after'])} |"
+        )
+    rows += ["", "## Selective prediction of the local exit (test, lower is better)", ""]
+    rows += ["| score | AURC % | E-AURC % |", "|---|---|---|"]
+    ranked = sorted(reliability["selective"].items(), key=lambda kv: kv[1]["aurc"]["mean"])
+    rows += [f"| {name} | {pm(v['aurc'])} | {pm(v['e_aurc'])} |" for name, v in ranked]
+    g, rates = reliability["guarantee"], reliability["violation_rates"]
+    rows += [
+        "",
+        f"## Guaranteed thresholds ({g['kind']}, epsilon {g['epsilon']}, delta {g['delta']})",
+        "",
+        f"Share of drawn validation sets whose threshold broke the promise: guaranteed "
+        f"{pm(rates['guaranteed'])} %, plug-in {pm(rates['plug_in'])} %.",
+    ]
     return rows

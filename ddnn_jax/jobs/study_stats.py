@@ -193,3 +193,36 @@ def local_weight_over_seeds(all_results: list[Results], seeds: list[int]) -> dic
         pairs = [(row["local_weight"], row[measure]) for row in known if row[measure] is not None]
         correlations[measure] = rank_correlation([w for w, _ in pairs], [v for _, v in pairs])
     return {"runs": rows, "spearman": correlations}
+
+
+def reliability_over_seeds(all_results: list[Results]) -> dict[str, Any] | None:
+    """Calibration (temperature, test ECE before and after, per exit), each scored mechanism's
+    AURC and E-AURC, and the guarantee check's violation rates, as means with intervals over
+    seeds; None when any run's results.json predates these records."""
+    if not all("calibration" in r and "selective" in r and "guarantees" in r for r in all_results):
+        return None
+    over = lambda values: dict(zip(("mean", "ci95"), mean_interval(values), strict=True))
+    calibration = {
+        exit_name: {
+            "temperature": over([r["calibration"][exit_name]["temperature"] for r in all_results]),
+            **{
+                f"ece_{when}": over([r["calibration"][exit_name]["test"][when]["ece"] for r in all_results])
+                for when in ("before", "after")
+            },
+        }
+        for exit_name in all_results[0]["calibration"]
+    }
+    scored = [n for n in all_results[0]["selective"] if all(n in r["selective"] for r in all_results)]
+    selective = {
+        name: {m: over([r["selective"][name][m] for r in all_results]) for m in ("aurc", "e_aurc")}
+        for name in scored
+    }
+    checks = [r["guarantees"]["check"] for r in all_results]
+    return {
+        "calibration": calibration,
+        "selective": selective,
+        "guarantee": {k: v for k, v in all_results[0]["guarantees"].items() if k != "check"},
+        "violation_rates": {
+            rule: over([c[f"{rule}_violation_rate"] for c in checks]) for rule in ("guaranteed", "plug_in")
+        },
+    }

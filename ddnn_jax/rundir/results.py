@@ -21,6 +21,13 @@ class Point(TypedDict):
     best_epoch: NotRequired[int]
     epochs_run: NotRequired[int]
     threshold: NotRequired[float]  # calibrated routers: offload iff logit >= threshold
+    # guaranteed curves (*_guaranteed): the guarantee, its epsilon and delta, the bound it
+    # certifies (local rate from below, accuracy drop from above) and the validation local rate
+    guarantee: NotRequired[str]
+    epsilon: NotRequired[float]
+    delta: NotRequired[float]
+    certified_bound: NotRequired[float]
+    val_local_rate: NotRequired[float]
 
 
 class UnconstrainedPoint(TypedDict):
@@ -107,6 +114,15 @@ class Results(TypedDict):
     timing: dict[str, Any]
     evaluation_config: dict[str, Any]
     inference: list[dict[str, Any]] | None  # the lines of bench_inference.json
+    # per exit ('local', 'cloud'): temperature fitted on val, ECE/NLL/Brier before and after
+    # on val and test, the test split's reliability bins (core.calibration); absent in results
+    # written before they existed
+    calibration: NotRequired[dict[str, dict[str, Any]]]
+    # per mechanism with a score: aurc, e_aurc, risk_coverage [{coverage, risk}] on test
+    selective: NotRequired[dict[str, dict[str, Any]]]
+    # the guarantee of the *_guaranteed curves (kind, epsilon, delta) and the check of its
+    # promise on the pooled val+test outputs (core.guarantees.violation_rates)
+    guarantees: NotRequired[dict[str, Any]]
 
 
 def write_results(run: RunDir, results: Results) -> None:

@@ -27,6 +27,7 @@ from ddnn_jax.core.comparisons import paired_comparisons
 from ddnn_jax.core.curves import latency_model
 from ddnn_jax.core.decisions import unconstrained_oracle_offload
 from ddnn_jax.core.families import calibrated, curve_name
+from ddnn_jax.core.guarantees import Guarantee
 from ddnn_jax.core.labels import DEFAULT_BORDER_TAU, Correctness
 from ddnn_jax.core.mechanisms import (
     ENTROPY,
@@ -69,6 +70,14 @@ from ddnn_jax.stages.analyses import (
     training_label_analysis,
     weight_sweep_run,
 )
+from ddnn_jax.stages.reliability import (
+    exit_calibration,
+    guarantee_check,
+    guaranteed_curves,
+    offload_scores,
+    scaled_rule_curves,
+    selective_metrics,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +91,9 @@ class EvaluationConfig:
     bootstrap_resamples: int = 2000  # paired bootstrap of each router-vs-baseline difference
     bootstrap_seed: int = 0  # numpy Generator seed of the bootstrap resamples
     comparison_baselines: tuple[str, ...] = (ENTROPY, RANDOM)
+    guarantee: Guarantee = Guarantee()  # of the *_guaranteed curves (core.guarantees)
+    guarantee_draws: int = 1000  # validation sets drawn to check the guarantee's promise
+    guarantee_seed: int = 0
 
 
 def evaluate(
@@ -101,6 +113,10 @@ def evaluate(
     """
     if not np.isfinite(config.border_tau) or config.border_tau < 0:
         raise UsageError(f"--tau must be a non-negative number, got {config.border_tau}")
+    try:
+        config.guarantee.check()
+    except ValueError as err:
+        raise UsageError(f"--guarantee: {err}") from None
     if config.bootstrap_resamples < 2000:
         raise UsageError(f"the bootstrap needs at least 2000 resamples, got {config.bootstrap_resamples}")
     run = as_run(run_dir)
@@ -286,6 +302,20 @@ def _results(inputs: _Inputs, config: EvaluationConfig, thresholds: dict[str, li
         inputs.families, c_test, local_logits, key, config, thresholds
     )
     curves = _curves(c_test, outputs, routers, key)
+    calibration = exit_calibration(outputs)
+    temperature = calibration["local"]["temperature"]
+    curves |= scaled_rule_curves(c_test, local_logits, temperature, key)
+    scores = offload_scores(outputs, inputs.families, temperature, config.reference_target, key)
+    c_val = correctness_of(outputs["val"])
+    curves |= guaranteed_curves(scores, inputs.families, c_val, c_test, config.guarantee)
+    check = guarantee_check(
+        scores[ENTROPY],
+        outputs,
+        config.reference_target,
+        config.guarantee,
+        draws=config.guarantee_draws,
+        seed=config.guarantee_seed,
+    )
     return {
         "dataset": record.dataset,
         "seed": record.seed,
@@ -314,6 +344,9 @@ def _results(inputs: _Inputs, config: EvaluationConfig, thresholds: dict[str, li
             "router_training_seconds": {name: r["seconds"]["train"] for name, r in routers.items()},
         },
         # Thresholds given instead of calibrated ones are part of how the run was evaluated.
+        "calibration": calibration,
+        "selective": selective_metrics(scores, c_test),
+        "guarantees": {**dataclasses.asdict(config.guarantee), "check": {"mechanism": ENTROPY, **check}},
         "evaluation_config": {**dataclasses.asdict(config), "given_thresholds": thresholds},
         "inference": inputs.inference,
     }

@@ -25,6 +25,7 @@ from ddnn_jax.rundir import (
     write_text,
 )
 from ddnn_jax.stages.figures import FIGURES, nearest_point
+from ddnn_jax.stages.figures_reliability import RELIABILITY_FIGURES
 from ddnn_jax.stages.plotting import draw_figure, pct
 from ddnn_jax.stages.report_deployment import deployment_section
 
@@ -71,7 +72,7 @@ def _report(run: RunDir) -> Path:
 def _figures_section(run: RunDir, results: Results) -> list[str]:
     """One section per thesis figure: drawn with its table, or the command that makes its inputs."""
     lines = []
-    for fig_id, title, build, how in FIGURES:
+    for fig_id, title, build, how in [*FIGURES, *RELIABILITY_FIGURES]:
         lines.append(f"## Fig. {fig_id}: {title}\n")
         built = build(results)
         if built is None:
