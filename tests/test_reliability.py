@@ -88,3 +88,13 @@ def test_guaranteed_thresholds_recompute_from_the_validation_scores(pristine, re
     report = (pristine / "report.md").read_text()
     for figure in ("R.1", "R.2", "R.3"):
         assert f"figures/fig_{figure.replace('.', '_')}.png" in report
+
+
+def test_results_written_before_these_records_are_still_read(tmp_path):
+    from ddnn_jax.rundir import RunDir, read_results, write_results
+    from ddnn_jax.rundir.results import Results
+
+    run = RunDir(tmp_path)
+    write_results(run, {key: None for key in Results.__required_keys__})  # type: ignore[arg-type]
+    assert set(read_results(run)) == set(Results.__required_keys__)
+    assert {"calibration", "selective", "guarantees"} <= Results.__optional_keys__

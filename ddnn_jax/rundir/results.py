@@ -1,7 +1,8 @@
 """results.json, the schema the evaluate stage writes and the report reads, and the readers of
 the other measurements in a run: edge reports, the edge sweep and the inference timings."""
 
-from __future__ import annotations
+# No postponed annotations in this module: TypedDict tells NotRequired keys from required ones
+# only when its annotations are evaluated, and read_results checks the required ones.
 
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
