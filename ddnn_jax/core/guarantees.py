@@ -32,6 +32,7 @@ exact and tighter.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import scipy.stats
@@ -74,6 +75,14 @@ def lower_bound(count, n: int, delta: float) -> np.ndarray:
     return np.where(count <= 0, 0.0, bound)
 
 
+@functools.lru_cache(maxsize=16)
+def _bounds(n: int, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """The upper and lower bounds of every count 0..n: a threshold's test then indexes them
+    (the check draws a thousand validation sets of one size)."""
+    counts = np.arange(n + 1)
+    return upper_bound(counts, n, delta), lower_bound(counts, n, delta)
+
+
 def _candidates(scores: np.ndarray) -> np.ndarray:
     """Every distinct split of the scores (offload iff score >= threshold), ascending: below
     the smallest, the midpoints between distinct values, above the largest."""
@@ -104,7 +113,7 @@ def local_rate_threshold(val_scores, target: float, guarantee: Guarantee) -> Cer
     n = scores.size
     thresholds = _candidates(scores)[::-1]  # from keeping everything local downwards
     offloaded = n - np.searchsorted(np.sort(scores), thresholds, side="left")
-    upper = upper_bound(offloaded, n, guarantee.delta)
+    upper = _bounds(n, guarantee.delta)[0][offloaded]
     j = max(_last_rejected(upper <= 1.0 - target + guarantee.epsilon), 0)
     return Certified(float(thresholds[j]), float(1.0 - upper[j]), float(1.0 - offloaded[j] / n))
 
@@ -128,7 +137,8 @@ def accuracy_drop_threshold(val_scores, local_correct, cloud_correct, guarantee:
     n = np.size(val_scores)
     # from offloading everything upwards
     thresholds, kept, harm, help_ = _drop_counts(val_scores, local_correct, cloud_correct)
-    drop_bound = upper_bound(harm, n, guarantee.delta / 2) - lower_bound(help_, n, guarantee.delta / 2)
+    upper, lower = _bounds(n, guarantee.delta / 2)
+    drop_bound = upper[harm] - lower[help_]
     j = max(_last_rejected(drop_bound <= guarantee.epsilon), 0)
     return Certified(float(thresholds[j]), float(drop_bound[j]), float(kept[j] / n))
 
