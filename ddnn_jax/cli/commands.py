@@ -192,6 +192,29 @@ def _study(args) -> None:
     print(f"study: {run_study(config, args.seeds, args.out, plan, progress=progress_from(args))}")
 
 
+def _bottleneck(args) -> None:
+    from ddnn_jax.core.bottleneck import BottleneckConfig
+    from ddnn_jax.rundir.bottlenecks import read_bottleneck
+    from ddnn_jax.stages.bottleneck import bottleneck
+
+    config = BottleneckConfig(
+        channels=args.channels,
+        bits=args.bits,
+        stride=args.stride,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+    )
+    written = bottleneck(args.run, config, progress=progress_from(args))
+    record = read_bottleneck(written)
+    print(
+        f"bottleneck {written.name}: {record.payload_bytes} B per offload, "
+        f"val cloud accuracy {record.val_accuracy_cloud:.4f} (epoch {record.best_epoch})"
+    )
+    print(f"written: {written.root}")
+
+
 def _compare(args) -> None:
     from ddnn_jax.jobs.compare import compare
     from ddnn_jax.jobs.compare_report import row_line
@@ -207,6 +230,7 @@ COMMANDS: dict[str, Callable[..., int | None]] = {
     "train": _train,
     "collect": _collect,
     "route": _route,
+    "bottleneck": _bottleneck,
     "evaluate": _evaluate,
     "report": _report,
     "check": _check,

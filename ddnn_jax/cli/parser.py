@@ -26,6 +26,7 @@ from ddnn_jax.cli.flags import (
     numbers,
     seeds,
 )
+from ddnn_jax.core.bottleneck import BITS, STRIDES, BottleneckConfig
 from ddnn_jax.core.families import OBJECTIVES
 from ddnn_jax.core.meta import LABELLINGS, labellings_for
 from ddnn_jax.core.router_losses import LOSSES
@@ -121,6 +122,37 @@ def _add_route(commands) -> None:
         "--name", default=None, help="directory under routers/ (one input only; default: from the inputs)"
     )
     add_quiet(route)
+
+
+def _add_bottleneck(commands) -> None:
+    command = commands.add_parser(
+        "bottleneck",
+        help="fine-tune a learned bottleneck at the split on a trained run -> RUN_DIR/bottlenecks/",
+        formatter_class=Help,
+    )
+    add_run_dir(command)
+    command.add_argument(
+        "--channels", type=integer, default=BottleneckConfig.channels, help="channels k of the codes"
+    )
+    command.add_argument(
+        "--bits", type=integer, choices=BITS, default=BottleneckConfig.bits, help="bits per code value"
+    )
+    command.add_argument(
+        "--stride",
+        type=integer,
+        choices=STRIDES,
+        default=BottleneckConfig.stride,
+        help="spatial reduction of z (2: half its height and width)",
+    )
+    command.add_argument("--epochs", type=integer, default=BottleneckConfig.epochs, help="fine-tuning epochs")
+    command.add_argument("--batch-size", type=integer, default=BottleneckConfig.batch_size)
+    command.add_argument(
+        "--learning-rate", type=number, default=BottleneckConfig.learning_rate, help="Adam's"
+    )
+    command.add_argument(
+        "--seed", type=integer, default=BottleneckConfig.seed, help="initialisation and batch order"
+    )
+    add_quiet(command)
 
 
 def _add_evaluate_report(commands) -> None:
@@ -335,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_collect,
         _add_route,
+        _add_bottleneck,
         _add_evaluate_report,
         _add_deployment,
         _add_interop,

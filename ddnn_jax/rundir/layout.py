@@ -19,6 +19,9 @@ ROUTERS = "routers"
 FAMILY_RECORD = "router.json"
 FAMILY_SCORES = "scores.npz"
 FAMILY_VARIABLES = "variables"
+BOTTLENECKS = "bottlenecks"  # learned bottlenecks at the split (ddnn bottleneck), one folder each
+BOTTLENECK_RECORD = "bottleneck.json"
+BOTTLENECK_CLOUD = "cloud_logits.npz"  # per split, the cloud exit's logits behind the bottleneck
 RUN_PLAN = "run_plan.json"
 WEIGHT_SWEEP = "weight_sweep"
 BENCH_INFERENCE = "bench_inference.json"
@@ -57,6 +60,32 @@ class FamilyDir:
 
     def is_complete(self) -> bool:
         return self.record.is_file() and self.scores.is_file() and self.variables.is_dir()
+
+
+@dataclasses.dataclass(frozen=True)
+class BottleneckDir:
+    """``RUN_DIR/bottlenecks/NAME/``: one learned bottleneck and the cloud's answers through it."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def record(self) -> Path:
+        return self.root / BOTTLENECK_RECORD
+
+    @property
+    def cloud_logits(self) -> Path:
+        return self.root / BOTTLENECK_CLOUD
+
+    @property
+    def variables(self) -> Path:
+        return self.root / FAMILY_VARIABLES
+
+    def is_complete(self) -> bool:
+        return self.record.is_file() and self.cloud_logits.is_file() and self.variables.is_dir()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +150,17 @@ class RunDir(_Directory):
             return {}
         found = (FamilyDir(d) for d in sorted(self.routers.iterdir()) if not d.name.startswith("."))
         return {f.name: f for f in found if f.is_complete()}
+
+    def bottleneck(self, name: str) -> BottleneckDir:
+        return BottleneckDir(self.root / BOTTLENECKS / name)
+
+    def bottlenecks(self) -> dict[str, BottleneckDir]:
+        """Every complete bottleneck, by name (directories being built are hidden)."""
+        root = self.root / BOTTLENECKS
+        if not root.is_dir():
+            return {}
+        found = (BottleneckDir(d) for d in sorted(root.iterdir()) if not d.name.startswith("."))
+        return {b.name: b for b in found if b.is_complete()}
 
     @property
     def run_plan(self) -> Path:

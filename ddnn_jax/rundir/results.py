@@ -124,6 +124,9 @@ class Results(TypedDict):
     # the guarantee of the *_guaranteed curves (kind, epsilon, delta) and the check of its
     # promise on the pooled val+test outputs (core.guarantees.violation_rates)
     guarantees: NotRequired[dict[str, Any]]
+    # per learned bottleneck (RUN_DIR/bottlenecks/NAME): config, payload_bytes, code_shape,
+    # cloud_only_accuracy, and the curves and summary of the DDNN with it (same edge decisions)
+    bottlenecks: NotRequired[dict[str, dict[str, Any]]]
 
 
 def write_results(run: RunDir, results: Results) -> None:

@@ -28,7 +28,7 @@ from ddnn_jax.core.curves import latency_model
 from ddnn_jax.core.decisions import unconstrained_oracle_offload
 from ddnn_jax.core.families import calibrated, curve_name
 from ddnn_jax.core.guarantees import Guarantee
-from ddnn_jax.core.labels import DEFAULT_BORDER_TAU, Correctness
+from ddnn_jax.core.labels import DEFAULT_BORDER_TAU, Correctness, correctness
 from ddnn_jax.core.mechanisms import (
     ENTROPY,
     RANDOM,
@@ -59,6 +59,7 @@ from ddnn_jax.rundir import (
     read_run_record,
     write_results,
 )
+from ddnn_jax.rundir.bottlenecks import BottleneckRecord, read_bottleneck, read_bottleneck_logits
 from ddnn_jax.stages.analyses import (
     Decisions,
     correctness_of,
@@ -141,6 +142,8 @@ class _Inputs(NamedTuple):
     sweep_runs: list[tuple[RunRecord, SplitOutputs]]  # each finished sweep run's test outputs
     training_seconds: float | None
     inference: list[dict[str, Any]] | None  # bench_inference.json
+    # each learned bottleneck's record and the cloud exit's logits through it, by split
+    bottlenecks: dict[str, tuple[BottleneckRecord, dict[str, np.ndarray]]]
 
 
 def _read_inputs(run: RunDir, thresholds: dict[str, list[float]]) -> _Inputs:
@@ -155,7 +158,23 @@ def _read_inputs(run: RunDir, thresholds: dict[str, list[float]]) -> _Inputs:
         sweep_runs=_read_sweep_runs(run),
         training_seconds=_training_seconds(run, record),
         inference=read_inference_timings(run),
+        bottlenecks=_read_bottlenecks(run, outputs),
     )
+
+
+def _read_bottlenecks(run: RunDir, outputs: dict[str, SplitOutputs]):
+    """Every bottleneck of the run, refused when it was fine-tuned on another checkpoint than
+    the one these outputs come from."""
+    found = {}
+    for name, directory in run.bottlenecks().items():
+        record = read_bottleneck(directory)
+        if record.made_from != outputs["test"].checkpoint:
+            raise UsageError(
+                f"bottleneck {name} was fine-tuned on another checkpoint than {run}'s outputs come "
+                f"from: delete {directory.root} and run 'ddnn bottleneck' again"
+            )
+        found[name] = (record, read_bottleneck_logits(directory))
+    return found
 
 
 def _read_families(
@@ -290,6 +309,30 @@ def _curves(
     return curves
 
 
+def _bottleneck_results(inputs: _Inputs, decisions: dict[str, Decisions], key) -> dict[str, dict[str, Any]]:
+    """The DDNN with each bottleneck: the same edge decisions (rules, calibrated routers), the
+    cloud's answers through the bottleneck; its cloud-only accuracy, curves and their summary."""
+    out = {}
+    for name, (record, cloud_logits) in inputs.bottlenecks.items():
+        test, val = inputs.outputs["test"], inputs.outputs["val"]  # the local exit is the run's
+        c_test = correctness(test.local_logits, cloud_logits["test"], test.labels)
+        curves = mechanism_curves(c_test, test.local_logits, val.local_logits, key)
+        for curve, (targets, offload) in decisions.items():
+            if curve.endswith("_calibrated"):
+                curves[curve] = points(c_test, offload, targets)
+        edge_only = float(np.asarray(c_test.local_correct).mean())
+        cloud_only = float(np.asarray(c_test.cloud_correct).mean())
+        out[name] = {
+            "config": record.config,
+            "payload_bytes": record.payload_bytes,
+            "code_shape": record.code_shape,
+            "cloud_only_accuracy": cloud_only,
+            "curves": curves,
+            "summary": summary(curves, edge_only, cloud_only),
+        }
+    return out
+
+
 def _results(inputs: _Inputs, config: EvaluationConfig, thresholds: dict[str, list[float]]) -> Results:
     """results.json from what the stage read."""
     record, outputs = inputs.record, inputs.outputs
@@ -344,6 +387,7 @@ def _results(inputs: _Inputs, config: EvaluationConfig, thresholds: dict[str, li
             "router_training_seconds": {name: r["seconds"]["train"] for name, r in routers.items()},
         },
         # Thresholds given instead of calibrated ones are part of how the run was evaluated.
+        "bottlenecks": _bottleneck_results(inputs, decisions, key),
         "calibration": calibration,
         "selective": selective_metrics(scores, c_test),
         "guarantees": {**dataclasses.asdict(config.guarantee), "check": {"mechanism": ENTROPY, **check}},

@@ -1,0 +1,130 @@
+"""The learned bottleneck at the split: its quantiser, its shapes and codes, and its fine-tuning
+on the pristine run with the edge frozen."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddnn_jax import cli
+from ddnn_jax.core.bottleneck import (
+    BottleneckConfig,
+    BottleneckedCloud,
+    Decoder,
+    Encoder,
+    from_codes,
+    quantize,
+    to_codes,
+)
+from ddnn_jax.core.models import CloudCNN
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_the_quantiser_rounds_forward_and_passes_the_gradient_straight_through(bits):
+    u = jnp.linspace(0.0, 1.0, 101)
+    q = quantize(u, bits)
+    levels = 2**bits - 1
+    np.testing.assert_allclose(q * levels, np.round(np.asarray(u) * levels), atol=1e-5)
+    assert np.max(np.abs(np.asarray(q - u))) <= 0.5 / levels + 1e-6
+    grad = jax.grad(lambda x: (quantize(x, bits) * jnp.arange(101.0)).sum())(u)
+    np.testing.assert_array_equal(grad, np.arange(101.0))  # as if rounding were the identity
+    codes = to_codes(q, bits)
+    assert codes.dtype == jnp.uint8 and int(codes.max()) == levels
+    np.testing.assert_allclose(from_codes(codes, bits), q, atol=1e-6)  # the wire's round trip
+
+
+@pytest.mark.parametrize("z_shape", [(14, 14, 32), (16, 16, 32)])
+@pytest.mark.parametrize("channels", [1, 2, 4, 8])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_encoder_and_decoder_shapes_and_payload(z_shape, channels, stride):
+    config = BottleneckConfig(channels=channels, bits=4, stride=stride)
+    z = jax.ShapeDtypeStruct((3, *z_shape), jnp.float32)
+    encoder, decoder = Encoder(channels, 4, stride), Decoder(z_shape)
+    values = jax.eval_shape(lambda z: encoder.init_with_output(jax.random.key(1), z)[0], z)
+    assert values.shape == (3, *config.code_shape(z_shape))
+    decoded = jax.eval_shape(lambda v: decoder.init_with_output(jax.random.key(2), v)[0], values)
+    assert decoded.shape == (3, *z_shape)
+    h, w = -(-z_shape[0] // stride), -(-z_shape[1] // stride)
+    assert config.payload_bytes(z_shape) == -(-h * w * channels * 4 // 8)
+
+
+def test_the_whole_cloud_side_maps_z_to_logits_through_integer_codes():
+    config = BottleneckConfig(channels=2, bits=8, stride=2)
+    cloud = CloudCNN(10, conv_channels=(8, 8, 8, 8), dense_features=(16, 8))
+    net = BottleneckedCloud(config, (14, 14, 32), cloud)
+    z = jax.random.normal(jax.random.key(0), (4, 14, 14, 32))
+    variables = jax.jit(net.init)(jax.random.key(1), z)
+    assert set(variables["params"]) == {"encoder", "decoder", "cloud"}
+    values = jax.jit(lambda v, z: net.apply(v, z, method=net.encode))(variables, z)
+    received = from_codes(to_codes(values, 8), 8)  # what the cloud decodes from the wire
+    direct = jax.jit(net.apply)(variables, z)
+    through_wire = jax.jit(lambda v, x: net.apply(v, x, method=net.decode_head))(variables, received)
+    np.testing.assert_allclose(direct, through_wire, atol=1e-5)
+    assert direct.shape == (4, 10)
+    assert float(values.min()) >= 0.0 and float(values.max()) <= 1.0
+
+
+def test_bad_configs_are_refused():
+    for bad, fragment in (
+        (BottleneckConfig(channels=0), "--channels"),
+        (BottleneckConfig(bits=3), "--bits"),
+        (BottleneckConfig(stride=3), "--stride"),
+        (BottleneckConfig(epochs=0), "--epochs"),
+    ):
+        with pytest.raises(ValueError, match=fragment):
+            bad.check()
+
+
+@pytest.mark.slow
+def test_a_frozen_edge_fine_tune_changes_only_the_cloud(pristine, tmp_path, capsys):
+    from ddnn_jax.core.training import build_model, make_predict_fn
+    from ddnn_jax.rundir import RunDir, checkpoints, read_run_record, restore_best, run_data
+    from ddnn_jax.rundir.bottlenecks import deployed_bottleneck, read_bottleneck_logits
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(pristine, run.root)
+    before = checkpoints.state_digest(restore_best(run)[1])
+    args = ["bottleneck", "--run", str(run.root), "--channels", "2", "--bits", "4", "--stride", "2"]
+    assert cli.main([*args, "--epochs", "2", "--quiet"]) == 0
+    assert "B per offload" in capsys.readouterr().out
+    _, state, _ = restore_best(run)
+    assert checkpoints.state_digest(state) == before  # the run itself is untouched
+    deployed = deployed_bottleneck(run, "k2-b4-s2")
+    record = deployed.record
+    assert record.made_from == before and record.payload_bytes == 7 * 7 * 2 * 4 // 8
+    assert len(record.history) == 2 and record.best_epoch in (1, 2)
+    assert set(deployed.variables["params"]) == {"encoder", "decoder", "cloud"}  # nothing of the edge
+    logits = read_bottleneck_logits(run.bottleneck("k2-b4-s2"))
+    labels = np.load(run.outputs("val"))["labels"]
+    assert float((logits["val"].argmax(-1) == labels).mean()) == pytest.approx(record.val_accuracy_cloud)
+    # the stored logits are what the deployed bottleneck computes from the frozen edge's z,
+    # through integer codes, as the wire will carry them
+    run_record = read_run_record(run)
+    predict = make_predict_fn(build_model(run_record.train, 10), run_record.mean, run_record.std, True)
+    images = run_data(run_record.train).test.images[:64]
+    local, _, z = predict({"params": state.params, "batch_stats": state.batch_stats}, images)
+    codes = deployed.codes(z)
+    assert codes.dtype == jnp.uint8 and codes.shape == (64, 7, 7, 2) and int(codes.max()) <= 15
+    np.testing.assert_allclose(np.asarray(deployed.cloud_logits(codes)), logits["test"][:64], atol=1e-4)
+    # the local exit is the run's: bit-identical to its collected outputs
+    np.testing.assert_array_equal(np.asarray(local), np.load(run.outputs("test"))["local_logits"][:64])
+
+    # evaluate scores the DDNN with it: the run's edge decisions, the bottleneck's cloud answers
+    assert cli.main(["evaluate", "--run", str(run.root)]) == 0
+    results = json.loads(run.results.read_text())
+    scored = results["bottlenecks"]["k2-b4-s2"]
+    test = np.load(run.outputs("test"))
+    cloud_right = logits["test"].argmax(-1) == test["labels"]
+    local_right = test["local_logits"].argmax(-1) == test["labels"]
+    assert scored["cloud_only_accuracy"] == pytest.approx(cloud_right.mean())
+    assert scored["payload_bytes"] == 49
+    plain = results["curves"]["router_logits_calibrated"][0]
+    thresholds = plain["threshold"]
+    offload = np.load(run.family("logits").scores)["test"][0] >= thresholds
+    (point,) = scored["curves"]["router_logits_calibrated"]
+    assert point["local_rate"] == plain["local_rate"]  # the same decisions
+    assert point["accuracy"] == pytest.approx(np.where(offload, cloud_right, local_right).mean())
+    assert "entropy_calibrated" in scored["curves"] and "oracle" in scored["summary"]
