@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 SPLITS = ("train", "val", "test")
 
@@ -37,10 +38,13 @@ STUDY_REPORT = "study.md"
 
 
 @dataclasses.dataclass(frozen=True)
-class FamilyDir:
-    """``RUN_DIR/routers/NAME/``: one trained router family."""
+class _Artefact:
+    """A trained artefact's folder: a JSON record, one array file and a variables folder, built
+    beside its final place and renamed in (so a folder whose name starts with '.' is unfinished)."""
 
     root: Path
+    RECORD = ""  # the file names each kind sets
+    ARRAYS = ""
 
     @property
     def name(self) -> str:
@@ -48,44 +52,42 @@ class FamilyDir:
 
     @property
     def record(self) -> Path:
-        return self.root / FAMILY_RECORD
+        return self.root / self.RECORD
+
+    @property
+    def variables(self) -> Path:
+        return self.root / FAMILY_VARIABLES
+
+    def is_complete(self) -> bool:
+        return self.record.is_file() and (self.root / self.ARRAYS).is_file() and self.variables.is_dir()
+
+    @classmethod
+    def complete_in(cls, parent: Path) -> dict[str, Any]:
+        """Every complete artefact of this kind under ``parent``, by name."""
+        if not parent.is_dir():
+            return {}
+        found = (cls(d) for d in sorted(parent.iterdir()) if not d.name.startswith("."))
+        return {a.name: a for a in found if a.is_complete()}
+
+
+class FamilyDir(_Artefact):
+    """``RUN_DIR/routers/NAME/``: one trained router family."""
+
+    RECORD, ARRAYS = FAMILY_RECORD, FAMILY_SCORES
 
     @property
     def scores(self) -> Path:
         return self.root / FAMILY_SCORES
 
-    @property
-    def variables(self) -> Path:
-        return self.root / FAMILY_VARIABLES
 
-    def is_complete(self) -> bool:
-        return self.record.is_file() and self.scores.is_file() and self.variables.is_dir()
-
-
-@dataclasses.dataclass(frozen=True)
-class BottleneckDir:
+class BottleneckDir(_Artefact):
     """``RUN_DIR/bottlenecks/NAME/``: one learned bottleneck and the cloud's answers through it."""
 
-    root: Path
-
-    @property
-    def name(self) -> str:
-        return self.root.name
-
-    @property
-    def record(self) -> Path:
-        return self.root / BOTTLENECK_RECORD
+    RECORD, ARRAYS = BOTTLENECK_RECORD, BOTTLENECK_CLOUD
 
     @property
     def cloud_logits(self) -> Path:
         return self.root / BOTTLENECK_CLOUD
-
-    @property
-    def variables(self) -> Path:
-        return self.root / FAMILY_VARIABLES
-
-    def is_complete(self) -> bool:
-        return self.record.is_file() and self.cloud_logits.is_file() and self.variables.is_dir()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,21 +148,14 @@ class RunDir(_Directory):
 
     def families(self) -> dict[str, FamilyDir]:
         """Every complete router family, by name (directories being built are hidden)."""
-        if not self.routers.is_dir():
-            return {}
-        found = (FamilyDir(d) for d in sorted(self.routers.iterdir()) if not d.name.startswith("."))
-        return {f.name: f for f in found if f.is_complete()}
+        return FamilyDir.complete_in(self.routers)
 
     def bottleneck(self, name: str) -> BottleneckDir:
         return BottleneckDir(self.root / BOTTLENECKS / name)
 
     def bottlenecks(self) -> dict[str, BottleneckDir]:
         """Every complete bottleneck, by name (directories being built are hidden)."""
-        root = self.root / BOTTLENECKS
-        if not root.is_dir():
-            return {}
-        found = (BottleneckDir(d) for d in sorted(root.iterdir()) if not d.name.startswith("."))
-        return {b.name: b for b in found if b.is_complete()}
+        return BottleneckDir.complete_in(self.root / BOTTLENECKS)
 
     @property
     def run_plan(self) -> Path:
