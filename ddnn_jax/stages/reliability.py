@@ -54,10 +54,10 @@ def offload_scores(
     offload = lambda priority: -np.asarray(priority, np.float64)
     for split in ("val", "test"):
         logits = np.asarray(outputs[split].local_logits, np.float64)
+        plain, scaled = jnp.asarray(logits, jnp.float32), jnp.asarray(logits / temperature, jnp.float32)
         for name, rule in RULES.items():
-            scores.setdefault(name, {})[split] = offload(rule.priority(jnp.asarray(logits, jnp.float32), key))
+            scores.setdefault(name, {})[split] = offload(rule.priority(plain, key))
             if name != RANDOM:
-                scaled = jnp.asarray(logits / temperature, jnp.float32)
                 scores.setdefault(f"{name}{TS}", {})[split] = offload(rule.priority(scaled, key))
         for family, (record, family_scores) in families.items():
             row = family_scores[split][
