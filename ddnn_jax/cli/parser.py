@@ -145,9 +145,11 @@ def _add_bottleneck(commands) -> None:
         help="spatial reduction of z (2: half its height and width)",
     )
     command.add_argument("--epochs", type=integer, default=BottleneckConfig.epochs, help="fine-tuning epochs")
-    command.add_argument("--batch-size", type=integer, default=BottleneckConfig.batch_size)
     command.add_argument(
-        "--learning-rate", type=number, default=BottleneckConfig.learning_rate, help="Adam's"
+        "--batch-size", type=integer, default=BottleneckConfig.batch_size, help="images per fine-tuning step"
+    )
+    command.add_argument(
+        "--learning-rate", type=number, default=BottleneckConfig.learning_rate, help="Adam's learning rate"
     )
     command.add_argument(
         "--seed", type=integer, default=BottleneckConfig.seed, help="initialisation and batch order"
