@@ -112,6 +112,11 @@ def test_a_guaranteed_threshold_is_the_one_results_json_scored(pristine, server,
         "delta": 0.05,
         "certified_bound": point["certified_bound"],
     }
+    if mechanism == "entropy":  # a guarantee results.json did not score is compared with nothing
+        other = dataclasses.replace(guarantee, kind="accuracy-drop", epsilon=0.05)
+        _, report = run_edge(run, dataclasses.replace(config, guarantee=other), out=tmp_path / "o.json")
+        assert report["in_process"]["curve"] == "entropy_guaranteed"
+        assert report["in_process"]["results_json_accuracy"] is None  # not its 0.05 local-rate point
 
 
 def test_batch_one_decides_alike_and_counts_headers(pristine, server, tmp_path):

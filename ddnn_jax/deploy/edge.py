@@ -175,7 +175,7 @@ def _in_process(inputs: EdgeInputs, rule: Rule, config: EdgeConfig, stream: _Str
         "curve": rule.curve,
         "accuracy": accuracy,
         "local_rate": float(1.0 - rule.reference.mean()),
-        "results_json_accuracy": _results_point(inputs, rule.curve, rule.level)
+        "results_json_accuracy": _results_point(inputs, rule.curve, rule.level, config.guarantee)
         if inputs.test_split
         else None,
         "decisions_differing": int((stream.offloaded != rule.reference).sum()),
@@ -188,8 +188,11 @@ def _accuracy(predictions: np.ndarray, labels: np.ndarray | None) -> float | Non
     return None if labels is None else float((predictions == labels).mean())
 
 
-def _results_point(inputs: EdgeInputs, curve: str, target: float) -> float | None:
-    """results.json's accuracy of ``curve`` at ``target``, when it scored these outputs, all of them."""
+def _results_point(
+    inputs: EdgeInputs, curve: str, target: float, guarantee: Guarantee | None
+) -> float | None:
+    """results.json's accuracy of ``curve`` at ``target``, when it scored these outputs, all of
+    them (and, for a guaranteed curve, under this very guarantee)."""
     run = inputs.run
     if (
         not inputs.test_split
@@ -201,6 +204,9 @@ def _results_point(inputs: EdgeInputs, curve: str, target: float) -> float | Non
     if results["made_from"] != outputs_fingerprint(inputs.outputs):
         return None
     points = results["curves"].get(curve, [])
+    if guarantee is not None:
+        asked = (guarantee.kind, guarantee.epsilon, guarantee.delta)
+        points = [p for p in points if (p.get("guarantee"), p.get("epsilon"), p.get("delta")) == asked]
     return next((p["accuracy"] for p in points if abs(p["target"] - target) < 1e-9), None)
 
 
