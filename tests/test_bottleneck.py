@@ -15,9 +15,12 @@ from ddnn_jax.core.bottleneck import (
     BottleneckedCloud,
     Decoder,
     Encoder,
+    coded_bytes,
     from_codes,
+    pack_codes,
     quantize,
     to_codes,
+    unpack_codes,
 )
 from ddnn_jax.core.models import CloudCNN
 
@@ -128,3 +131,18 @@ def test_a_frozen_edge_fine_tune_changes_only_the_cloud(pristine, tmp_path, caps
     assert point["local_rate"] == plain["local_rate"]  # the same decisions
     assert point["accuracy"] == pytest.approx(np.where(offload, cloud_right, local_right).mean())
     assert "entropy_calibrated" in scored["curves"] and "oracle" in scored["summary"]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("code_shape", [(7, 7, 2), (14, 14, 1), (7, 7, 3)])
+def test_codes_pack_to_their_bits_and_back(bits, code_shape):
+    codes = np.random.default_rng(0).integers(0, 2**bits, (5, *code_shape)).astype(np.uint8)
+    packed = pack_codes(codes, bits)
+    assert packed.shape == (5, -(-int(np.prod(code_shape)) * bits // 8))
+    np.testing.assert_array_equal(unpack_codes(packed, bits, code_shape), codes)
+    if bits == 4:  # two values a byte, the first in the high half
+        assert packed[0, 0] == codes.reshape(5, -1)[0, 0] << 4 | codes.reshape(5, -1)[0, 1]
+    # entropy coding never costs more than its flag byte, and wins on redundant codes
+    assert (coded_bytes(codes, bits) <= packed.shape[1] + 1).all()
+    constant = np.zeros_like(codes)
+    assert (coded_bytes(constant, bits) < packed.shape[1] / 4).all()

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ddnn_jax.core.models import DDNN, LEAKY_SLOPE, PRECISIONS, CloudCNN, torch_bias_init, torch_kernel_init
 
@@ -163,3 +165,28 @@ class BottleneckedCloud(nn.Module):
 
     def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
         return self.decode_head(self.encode(z), train)
+
+
+def pack_codes(codes, bits: int) -> np.ndarray:
+    """[n, B] uint8: each sample's integer codes packed ``bits`` to a value, in C order (at 4 bits
+    two to a byte, the first in the high half; an odd count pads the last byte with zero)."""
+    flat = np.asarray(codes, np.uint8).reshape(len(codes), -1)
+    if bits == 8:
+        return flat
+    padded = np.pad(flat, ((0, 0), (0, flat.shape[1] % 2)))
+    return (padded[:, 0::2] << 4 | padded[:, 1::2]).astype(np.uint8)
+
+
+def unpack_codes(packed, bits: int, code_shape: Sequence[int]) -> np.ndarray:
+    """``pack_codes``'s inverse: [n, h, w, k] uint8 codes of [n, B] packed bytes."""
+    packed = np.asarray(packed, np.uint8)
+    if bits == 4:
+        packed = np.stack([packed >> 4, packed & 0x0F], axis=-1).reshape(len(packed), -1)
+    return packed[:, : math.prod(code_shape)].reshape(len(packed), *code_shape)
+
+
+def coded_bytes(codes, bits: int) -> np.ndarray:
+    """[n] bytes of each sample's packed codes after raw DEFLATE (zlib, level 9) where that is
+    shorter, plus one byte saying which: the payload of an entropy-coded offload."""
+    packed = pack_codes(codes, bits)
+    return np.asarray([1 + min(len(row), len(zlib.compress(row.tobytes(), 9, wbits=-15))) for row in packed])
