@@ -28,7 +28,6 @@ from jax.experimental.compilation_cache import compilation_cache
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "ddnn-jax" / "xla"
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
-CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC = "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax._src.dispatch
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
@@ -89,9 +88,6 @@ def configure(
     flags = [f for f in flags if not f.startswith("--xla_gpu_deterministic_ops")]
     if deterministic:
         flags.append(DETERMINISTIC_FLAG)
-        # cuBLAS's deterministic workspace, which PyTorch needs on CUDA (the torch backend);
-        # cuBLAS reads only the environment, so the runtime sets it, as it sets XLA_FLAGS
-        os.environ[CUBLAS_WORKSPACE] = CUBLAS_DETERMINISTIC
     os.environ["XLA_FLAGS"] = " ".join(flags)
     if processes is not None:
         jax.distributed.initialize(processes.coordinator, processes.count, processes.index)
