@@ -24,14 +24,27 @@ SHARED_ENV = "DDNN_TEST_SHARED"  # trained runs that every pytest-xdist worker r
 SESSION_DIRS = {CACHE_ENV: "ddnn-jax-xla-cache-", TFDS_ENV: "ddnn-jax-tfds-", SHARED_ENV: "ddnn-jax-shared-"}
 
 
+# The suite's time is mostly XLA compiling tiny programs, half of it in LLVM's optimisation
+# passes: tests (and the interpreters they start) compile at LLVM's -O1 instead of XLA's default
+# -O2. The programs compute the same numbers to float rounding; only their speed, which no test
+# asserts, differs. Benchmarks and real runs keep the default.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
+
+
 def pytest_configure(config):
     """Before any test module imports jax or tfds: one persistent XLA compilation cache for the
-    session, shared with the CLI subprocesses (which would otherwise compile the same programs
-    again in every interpreter), and a temporary tfds data directory, so that no test prepares a
-    dataset in the user's ~/tensorflow_datasets."""
+    session, which keeps every program compiled in any test process and gives it to the others
+    (workers and CLI subprocesses would otherwise compile the same programs again), a temporary
+    tfds data directory, so that no test prepares a dataset in the user's ~/tensorflow_datasets,
+    and the tests' XLA flags."""
     config.ddnn_made = [name for name in SESSION_DIRS if name not in os.environ]
     for name in config.ddnn_made:
         os.environ[name] = tempfile.mkdtemp(prefix=SESSION_DIRS[name])
+    # every program into the cache, however quick to compile, as the CLI's runtime does
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if TEST_XLA_FLAGS not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {TEST_XLA_FLAGS}".strip()
 
 
 # The longest tests (a minute or more on 2 cores): started first, never left for the end.

@@ -18,6 +18,15 @@ def _assert_usage_error(result, fragment: str):
     assert lines[0].startswith("ddnn: error:") and fragment in lines[0], lines[0]
 
 
+def _main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``ddnn ARGS`` in this process (what ``run_cli`` runs in a fresh one), as a finished process."""
+    from ddnn_jax import cli
+
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["ddnn", *args], code, out, err)
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -70,13 +79,13 @@ def test_an_empty_grid_is_refused(tmp_path, capsys, grid):
     assert "expected comma-separated numbers" in capsys.readouterr().err
 
 
-def test_unwritable_run_dir():
-    _assert_usage_error(run_cli("train", "--out", "/proc/ddnn-run", "--epochs", "1"), "cannot write")
+def test_unwritable_run_dir(capsys):
+    _assert_usage_error(_main(capsys, "train", "--out", "/proc/ddnn-run", "--epochs", "1"), "cannot write")
 
 
-def test_non_run_directory_is_not_overwritten(tmp_path):
+def test_non_run_directory_is_not_overwritten(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("keep me")
-    _assert_usage_error(run_cli("train", "--out", str(tmp_path)), "holds no ddnn run")
+    _assert_usage_error(_main(capsys, "train", "--out", str(tmp_path)), "holds no ddnn run")
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
@@ -87,8 +96,8 @@ def test_missing_data_says_how_to_get_it(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_collect_needs_a_training_run(tmp_path):
-    _assert_usage_error(run_cli("collect", "--run", str(tmp_path)), "ddnn train")
+def test_collect_needs_a_training_run(tmp_path, capsys):
+    _assert_usage_error(_main(capsys, "collect", "--run", str(tmp_path)), "ddnn train")
 
 
 TRAIN = ["train", *PRISTINE_FLAGS, "--seed", "0"]  # what the pristine run trained: 2 epochs of 512 images
@@ -112,7 +121,7 @@ def two_epoch_run(tmp_path_factory, pristine):
 
 
 @pytest.mark.slow
-def test_train_collect_end_to_end_and_conflicting_rerun(two_epoch_run):
+def test_train_collect_end_to_end_and_conflicting_rerun(two_epoch_run, capsys):
     run_dir = two_epoch_run
     config = json.loads((run_dir / "config.json").read_text())
     assert config["dataset"] == "fashion_mnist" and config["epochs"] == 2 and config["seed"] == 0
@@ -124,7 +133,7 @@ def test_train_collect_end_to_end_and_conflicting_rerun(two_epoch_run):
     for key in ("train_loss", "val_accuracy_local", "val_accuracy_cloud", "learning_rate"):
         assert all(np.isfinite(r[key]) for r in rows)
 
-    result = run_cli("collect", "--run", str(run_dir), "--features")
+    result = _main(capsys, "collect", "--run", str(run_dir), "--features")
     assert result.returncode == 0, result.stderr
     sizes = {"train": 512, "val": PRISTINE_EVAL, "test": PRISTINE_EVAL}
     for split, n in sizes.items():
@@ -142,7 +151,7 @@ def test_train_collect_end_to_end_and_conflicting_rerun(two_epoch_run):
             assert np.isclose(collected, best[f"val_accuracy_{exit_name}"], atol=1e-3)
 
     before = (run_dir / "config.json").read_text()
-    result = run_cli(*TRAIN, "--epochs", "2", "--out", str(run_dir), "--local-weight", "0.3")
+    result = _main(capsys, *TRAIN, "--epochs", "2", "--out", str(run_dir), "--local-weight", "0.3")
     _assert_usage_error(result, "another configuration")
     assert (run_dir / "config.json").read_text() == before
 
@@ -166,14 +175,14 @@ run_training(config, Path(sys.argv[1]), on_epoch_trained=kill)
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_metrics(tmp_path, two_epoch_run):
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, two_epoch_run, capsys):
     killed = tmp_path / "killed"
     crash = subprocess.run(
         [sys.executable, "-c", KILLED_IN_EPOCH_2, str(killed)], capture_output=True, text=True, timeout=900
     )
     assert crash.returncode == -9, crash.stderr
     assert [r["epoch"] for r in _metrics(killed)] == [1]
-    resumed = run_cli(*TRAIN, "--epochs", "2", "--out", str(killed))
+    resumed = _main(capsys, *TRAIN, "--epochs", "2", "--out", str(killed))
     assert resumed.returncode == 0, resumed.stderr
     assert _metrics(killed) == _metrics(two_epoch_run)
 

@@ -1,6 +1,8 @@
 """PyTorch parity: ported weights give the same logits, gradients and batch-norm updates both
 ways, and ``ddnn import-torch`` / ``export-torch`` round-trip real runs."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,11 +196,13 @@ def test_import_collect_export_on_fashion_mnist(tmp_path, fashion_mnist_ready):
     paths = _save_parts(model, tmp_path)
     run = tmp_path / "run"
     mean, std = 0.25, 0.4
-    assert main(_import_args(paths, run, "--mean", str(mean), "--std", str(std), "--limit-train", "256")) == 0
+    limits = ["--limit-train", "256", "--limit-eval", "1000"]
+    assert main(_import_args(paths, run, "--mean", str(mean), "--std", str(std), *limits)) == 0
     assert main(["collect", "--run", str(run)]) == 0
     assert len(np.load(run / "outputs" / "train.npz")["labels"]) == 256
 
-    test = load_dataset("fashion_mnist").test
+    test = load_dataset("fashion_mnist", limit_eval=1000).test
+    assert json.loads((run / "config.json").read_text())["split_sizes"]["test"] == len(test.labels) == 1000
     x = (test.images.astype(np.float32) / 255 - mean) / std
     with torch.no_grad():
         want = [t.numpy() for t in model(_nchw(x))]

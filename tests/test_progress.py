@@ -15,7 +15,7 @@ from ddnn_jax.core.training import TrainEpoch, create_train_state, replicate, ru
 from ddnn_jax.stages.train import train
 
 
-def _epoch_losses(on_step, steps=8):
+def _epoch_losses(on_step, steps=5):
     import ddnn_jax.stages.train as train_module
     from ddnn_jax.core.training import data_mesh
 
@@ -34,14 +34,15 @@ def _epoch_losses(on_step, steps=8):
 def test_the_epoch_reports_its_steps_and_computes_the_same(monkeypatch):
     import ddnn_jax.stages.train as train_module
 
-    # 7 steps, 3 ticks asked: a report every 2 steps, and one after the short last chunk
-    monkeypatch.setattr(train_module, "TICKS_PER_EPOCH", 3)
-    expected = [2, 4, 6, 7]
+    # 5 steps (_tiny_data's), 2 ticks asked: a report every 2 steps, and one after the short
+    # last chunk
+    monkeypatch.setattr(train_module, "TICKS_PER_EPOCH", 2)
+    expected = [2, 4, 5]
     seen = []
-    with_bar = _epoch_losses(lambda done, loss: seen.append((int(done), float(loss))), 7)
+    with_bar = _epoch_losses(lambda done, loss: seen.append((int(done), float(loss))))
     jax.effects_barrier()
     assert [done for done, _ in seen] == expected
-    np.testing.assert_array_equal(with_bar, _epoch_losses(None, 7))
+    np.testing.assert_array_equal(with_bar, _epoch_losses(None))
     assert [loss for _, loss in seen] == [float(with_bar[done - 1]) for done in expected]
 
 
@@ -69,7 +70,10 @@ def test_the_router_grid_reports_each_epoch_and_trains_the_same():
 
 
 @pytest.mark.slow
-def test_training_shows_a_bar_with_rate_when_asked_and_nothing_when_quiet(tmp_path, capsys):
+def test_training_shows_a_bar_with_rate_when_asked_and_nothing_when_quiet(tmp_path, capsys, monkeypatch):
+    import ddnn_jax.stages.train as train_module
+
+    monkeypatch.setattr(train_module, "TICKS_PER_EPOCH", 2)  # the chunks of the test above
     config = dataclasses.replace(TINY, epochs=1)
     train(config, _tiny_data(), tmp_path / "loud", local_weight=0.5, progress=Progress(bars=True))
     loud = capsys.readouterr()

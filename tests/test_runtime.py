@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import CACHE_ENV, PRISTINE_FLAGS, PRISTINE_PLAN, run_cli
 from ddnn_jax.common import runtime
 
 
@@ -69,41 +69,35 @@ def test_an_unusable_cache_directory_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-# One epoch on 256 images and one router family (that families differing in data only share one
-# program is test_router's test_families_that_differ_in_data_only_share_one_compiled_program).
-RUN = ["--dataset", "fashion_mnist", "--epochs", "1", "--limit-train", "256", "--limit-eval", "500"]
-RUN += ["--inputs", "logits", "--families", "logits"]
-RUN += ["--grid", "0.5", "--no-ablations", "--sweep-weights", "none", "--no-inference-timing", "--quiet"]
-
-
-def _bench_run(out, cache):
-    result = run_cli("bench", "run", "--out", str(out), "--compile-cache", str(cache), *RUN)
+def _bench_run(out, cache, *plan):
+    """``ddnn bench run`` of the pristine run's flags in a fresh interpreter: its stage lines
+    and its total."""
+    result = run_cli("bench", "run", "--out", str(out), "--compile-cache", str(cache), *PRISTINE_FLAGS, *plan)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     return [line for line in lines if line["measure"] == "run_stage"], lines[-1]
 
 
 @pytest.mark.slow
-def test_a_second_identical_run_compiles_nothing_and_gives_the_same_numbers(tmp_path, fashion_mnist_ready):
-    cache = tmp_path / "xla-cache"
-    first_stages, first = _bench_run(tmp_path / "first", cache)
-    second_stages, second = _bench_run(tmp_path / "second", cache)
-    assert first["compiled_programs"] > 0
-    assert second["compiled_programs"] == 0 and second["programs_from_cache"] > 0
-    for total, stages in ((first, first_stages), (second, second_stages)):
-        assert 0 < total["stages_seconds"] <= total["wall_seconds"]  # consecutive stages within the run
-        assert {"ddnn train", "ddnn collect", "evaluate", "report"} <= {s["stage"] for s in stages}
-    assert "router logits" in {s["stage"] for s in second_stages}
-    # Bit for bit: the same seed gives the same numbers, run after run.
-    a, b = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("first", "second"))
+def test_a_second_identical_run_compiles_nothing_and_gives_the_same_numbers(tmp_path, pristine):
+    """The session's pristine run, made in a test process, put every program it compiled into
+    the session's cache (conftest keeps them all): the same run in a new interpreter compiles
+    none of them and computes the same numbers, bit for bit."""
+    cache = os.environ[CACHE_ENV]
+    stages, total = _bench_run(tmp_path / "again", cache, *PRISTINE_PLAN)
+    assert total["compiled_programs"] == 0 and total["programs_from_cache"] > 0
+    assert 0 < total["stages_seconds"] <= total["wall_seconds"]  # consecutive stages within the run
+    expected = {"ddnn train", "ddnn collect", "router logits", "evaluate", "report"}
+    assert expected <= {s["stage"] for s in stages}
+    a, b = (json.loads((root / "results.json").read_text()) for root in (pristine, tmp_path / "again"))
     assert a["curves"] == b["curves"] and a["comparisons"] == b["comparisons"]
     metrics = [
         [
             {k: v for k, v in json.loads(row).items() if k != "seconds"}
-            for row in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+            for row in (root / "metrics.jsonl").read_text().splitlines()
         ]
-        for name in ("first", "second")
+        for root in (pristine, tmp_path / "again")
     ]
     assert metrics[0] == metrics[1]
-    config = json.loads((tmp_path / "second" / "config.json").read_text())
+    config = json.loads((tmp_path / "again" / "config.json").read_text())
     assert config["runtime"]["compilation_cache"] == str(cache) and config["runtime"]["deterministic"]

@@ -1,15 +1,19 @@
 """Data parallelism: the compiled epoch on a 4-device mesh computes what it computes on one.
 
 XLA's host platform is split into 4 CPU devices in a fresh interpreter (the flag must be set
-before JAX starts), and the same epochs run there on a mesh of 4 and of 1 device.
+before JAX starts). There the same epochs run on a mesh of 4 and of 1 device, then runs trained
+together on a (run, data) mesh and each alone: one interpreter for both tests.
 """
 
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from conftest import SHARED_ENV, one_worker_at_a_time
 
 SCRIPT = r"""
 import json, sys
@@ -37,31 +41,7 @@ for n in (4, 1):
         losses += np.asarray(metrics["loss"]).tolist()
     out[n] = {"losses": losses, "devices": len(state.params["cloud"]["fc1"]["kernel"].sharding.device_set),
               "kernel": np.asarray(state.params["cloud"]["fc1"]["kernel"]).ravel()[:20].tolist()}
-print(json.dumps(out))
 """
-
-
-def _on_four_devices(script: str) -> dict:
-    """Runs ``script`` in a fresh interpreter whose CPU is split into 4 XLA devices (the flag
-    must be set before JAX starts); its last stdout line, as JSON."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-c", script]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.slow
-def test_four_devices_follow_the_one_device_loss_trajectory():
-    out = _on_four_devices(SCRIPT)
-    four, one = out["4"], out["1"]
-    assert (four["devices"], one["devices"]) == (4, 1)
-    assert len(four["losses"]) == 18
-    assert four["losses"][-1] < four["losses"][0]  # it trains
-    for a, b in zip(four["losses"], one["losses"], strict=False):
-        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (four["losses"], one["losses"])
-    for a, b in zip(four["kernel"], one["kernel"], strict=False):
-        assert abs(a - b) <= 1e-4
 
 
 RUNS_SCRIPT = r"""
@@ -89,13 +69,43 @@ jobs = lambda kind: [S.TrainJob(dataclasses.replace(config, seed=s), data, RunDi
 mesh = T.train_mesh(16, 2)
 together = S.train_jobs(jobs("together"), together=True)
 alone = [S.train_jobs([job])[0] for job in jobs("alone")]
-print(json.dumps({"mesh": dict(mesh.shape), "together": together, "alone": alone}))
+runs = {"mesh": dict(mesh.shape), "together": together, "alone": alone}
+print(json.dumps({"epochs": out, "runs": runs}))
 """
 
 
+@pytest.fixture(scope="session")
+def four_devices() -> dict:
+    """Runs SCRIPT, then RUNS_SCRIPT, in one fresh interpreter whose CPU is split into 4 XLA
+    devices (the flag must be set before JAX starts): its last stdout line, as JSON, read by
+    every worker from the session's shared directory."""
+    saved = Path(os.environ[SHARED_ENV]) / "four_devices.json"
+    with one_worker_at_a_time("four_devices"):
+        if not saved.is_file():
+            flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+            env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+            command = [sys.executable, "-c", SCRIPT + RUNS_SCRIPT]
+            result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+            assert result.returncode == 0, result.stderr[-3000:]
+            saved.write_text(result.stdout.strip().splitlines()[-1])
+    return json.loads(saved.read_text())
+
+
 @pytest.mark.slow
-def test_runs_together_split_over_a_run_by_data_mesh_compute_what_they_compute_alone():
-    out = _on_four_devices(RUNS_SCRIPT)
+def test_four_devices_follow_the_one_device_loss_trajectory(four_devices):
+    four, one = four_devices["epochs"]["4"], four_devices["epochs"]["1"]
+    assert (four["devices"], one["devices"]) == (4, 1)
+    assert len(four["losses"]) == 18
+    assert four["losses"][-1] < four["losses"][0]  # it trains
+    for a, b in zip(four["losses"], one["losses"], strict=False):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (four["losses"], one["losses"])
+    for a, b in zip(four["kernel"], one["kernel"], strict=False):
+        assert abs(a - b) <= 1e-4
+
+
+@pytest.mark.slow
+def test_runs_together_split_over_a_run_by_data_mesh_compute_what_they_compute_alone(four_devices):
+    out = four_devices["runs"]
     assert out["mesh"] == {"run": 2, "data": 2}  # 2 runs, each over 2 devices
     for together, alone in zip(out["together"], out["alone"], strict=True):
         assert len(together) == len(alone) == 2

@@ -39,7 +39,8 @@ def _batch(seed=0, n=16):
     return {"image": images, "label": labels}
 
 
-def _tiny_data(n=64) -> DataSplits:
+def _tiny_data(n=80) -> DataSplits:
+    """5 batches of 16: the compiled epoch of TINY, shared by the tests that train it."""
     batch = _batch(1, n)
     split = Split(batch["image"], batch["label"])
     mean, std = np.array([0.5], np.float32), np.array([0.3], np.float32)
@@ -104,7 +105,7 @@ GOLDEN_LOSS_AFTER_3_STEPS = 1.122724
 def test_checkpoint_round_trip(tmp_path: Path):
     state = create_train_state(TINY, SHAPE, 3)
     step = make_train_step(
-        local_weight=0.5, mean=np.array([0.5]), std=np.array([0.3]), horizontal_flip=False, crop_padding=2
+        local_weight=0.5, mean=np.array([0.5]), std=np.array([0.3]), horizontal_flip=True, crop_padding=2
     )
     state, _ = step(state, _batch(), jax.random.key(0))
     manager = checkpoints.manager(tmp_path, keep=2)
@@ -175,12 +176,17 @@ def test_runs_trained_together_compute_what_each_computes_alone(tmp_path: Path):
     data = _tiny_data()
     alone = [train_jobs([job])[0] for job in _jobs(tmp_path / "alone", data)]
     together = train_jobs(_jobs(tmp_path / "together", data), together=True)
+    # to float tolerance: an accuracy may then differ by the one sample whose logits are tied
+    one_sample = 1.0 / len(data.val)
     for a, b in zip(alone, together, strict=True):
         assert [r["epoch"] for r in b] == [1, 2]
         for ra, rb in zip(_strip(a), _strip(b), strict=True):
             assert ra.keys() == rb.keys()
             for key in ra:
-                assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5), key
+                if "accuracy" in key:
+                    assert abs(ra[key] - rb[key]) <= one_sample + 1e-9, key
+                else:
+                    assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5), key
     assert _strip(alone[0]) != _strip(alone[1])  # the runs differ: seeds and weights reach the program
 
 

@@ -158,6 +158,7 @@ def _import_torch(args) -> None:
         download=args.download,
         seed=args.seed,
         limit_train=args.limit_train,
+        limit_eval=args.limit_eval,
     )
     print(f"imported: {out} (next: ddnn collect --run {out})")
 

@@ -220,6 +220,12 @@ def _add_interop(commands) -> None:
         default=None,
         help="collect only the first N training images (the routers' training set)",
     )
+    importer.add_argument(
+        "--limit-eval",
+        type=integer,
+        default=None,
+        help="validate and collect on the first N validation and N test images only (default: all)",
+    )
     add_data_flags(importer)
     exporter = commands.add_parser(
         "export-torch", formatter_class=Help, help="write a run's best weights as PyTorch state dicts"

@@ -207,13 +207,17 @@ def train_step_fn(
 
 def make_train_step(*, local_weight: float | None, mean, std, horizontal_flip: bool, crop_padding: int):
     """One jitted optimizer step, ``(state, {"image", "label"}, rng) -> (state, metrics)``,
-    driven from Python: for tests and for benchmarking against the compiled epoch."""
+    driven from Python: for tests and for benchmarking against the compiled epoch. The weight
+    and the normalisation are data: steps that differ only in them share one program."""
+    step = _jitted_step(horizontal_flip, crop_padding)
+    constants = jax.device_put(run_constants(local_weight, mean, std))
+    return lambda state, batch, rng: step(state, batch["image"], batch["label"], rng, constants)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_step(horizontal_flip: bool, crop_padding: int):
     step = train_step_fn(horizontal_flip=horizontal_flip, crop_padding=crop_padding)
-    constants = run_constants(local_weight, mean, std)
-    return jax.jit(
-        lambda state, batch, rng: step(state, batch["image"], batch["label"], rng, constants),
-        donate_argnums=0,
-    )
+    return jax.jit(step, donate_argnums=0)
 
 
 def data_mesh(batch_size: int) -> Mesh:

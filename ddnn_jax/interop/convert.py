@@ -257,6 +257,7 @@ def import_torch(
     download: bool = False,
     seed: int = 0,
     limit_train: int | None = None,
+    limit_eval: int | None = None,
 ) -> Path:
     """Makes a run directory from PyTorch weights that ``collect``/``route``/``evaluate``/
     ``report`` accept; returns it.
@@ -271,12 +272,15 @@ def import_torch(
       seed: seeds the train/validation split of the run's outputs.
       limit_train: ``collect`` keeps only the first N training images (the routers' training
         set); the default normalisation still comes from the whole training split.
+      limit_eval: validate (the import's accuracies) and collect on the first N validation and
+        N test images only.
     """
     if check_for_training(RunDir(out)):
         raise UsageError(f"--out {out} already holds a run: choose a new or empty directory")
-    if limit_train is not None and limit_train <= 0:
-        raise UsageError(f"--limit-train must be positive, got {limit_train}")
-    state_dicts, arch, data = _weights_and_data(paths, dataset, data_dir, seed, download)
+    for flag, limit in (("--limit-train", limit_train), ("--limit-eval", limit_eval)):
+        if limit is not None and limit <= 0:
+            raise UsageError(f"{flag} must be positive, got {limit}")
+    state_dicts, arch, data = _weights_and_data(paths, dataset, data_dir, seed, download, limit_eval)
     num_classes = data.num_classes
     channels = data.image_shape[-1]
     mean = data.mean if mean is None else _channel_values("--mean", mean, channels, False)
@@ -288,6 +292,7 @@ def import_torch(
         data_dir=data_dir,
         download=download,
         limit_train=limit_train,
+        limit_eval=limit_eval,
         **arch,
     )
     state = _imported_state(state_dicts, config, data)
@@ -324,13 +329,13 @@ def import_torch(
     return out
 
 
-def _weights_and_data(paths, dataset: str, data_dir, seed: int, download: bool):
+def _weights_and_data(paths, dataset: str, data_dir, seed: int, download: bool, limit_eval: int | None):
     """The state dicts, the TrainConfig architecture fields they imply, and the dataset, after
     checking that the weights' class count is the dataset's."""
     state_dicts = load_state_dicts(paths)
     arch = architecture(state_dicts)
     num_classes = arch.pop("num_classes")
-    data = load_dataset(dataset, data_dir=data_dir, split_seed=seed, download=download)
+    data = load_dataset(dataset, data_dir=data_dir, split_seed=seed, download=download, limit_eval=limit_eval)
     if num_classes != data.num_classes:
         raise UsageError(
             f"the PyTorch weights predict {num_classes} classes but {dataset} has "
