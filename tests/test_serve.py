@@ -10,6 +10,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
+from aiohttp import web
 from http_fakes import SilentServer, post_bytes
 
 from ddnn_jax.deploy import wire
@@ -123,6 +124,36 @@ def test_a_failing_cloud_answers_500_and_the_next_batch_is_served():
         status, text = _post(url, wire.encode_features(_features(), "fp32"))
         assert status == 500 and text.decode() == "the cloud failed: RuntimeError: device lost\n"
         _answers(url)
+
+
+def test_non_finite_logits_are_a_500_and_the_edge_client_falls_back():
+    """Finite features can overflow a head (z near 3e38): the server refuses to pass on what it
+    computed, and the client takes such an answer, if it came, for a server fault."""
+
+    def overflowing(features):
+        logits = cloud(features)
+        logits[0, 1] = np.nan
+        return logits
+
+    with BackgroundServer(make_app(overflowing, INFO)) as url:
+        status, text = _post(url, wire.encode_features(_features(), "fp32"))
+        assert status == 500 and text.decode() == "the cloud computed non-finite logits for 1 of 2 samples\n"
+        answer = CloudClient(url, timeout_s=10).infer(wire.encode_features(_features(), "fp32"), 2, CLASSES)
+        assert answer.logits is None and answer.failure == "server_error" and "HTTP 500" in answer.reason
+        health = CloudClient(url, timeout_s=10).health()
+        assert health is not None and (health["failed"], health["samples"]) == (2, 0)
+
+    async def nan_answer(request):  # a server that does send them
+        await request.read()
+        nan = wire.encode_logits(np.full((2, CLASSES), np.nan, np.float32))
+        return web.Response(body=nan, content_type=wire.LOGITS_CONTENT_TYPE)
+
+    other = web.Application()
+    other.router.add_post(wire.CLOUD_PATH, nan_answer)
+    with BackgroundServer(other) as url:
+        answer = CloudClient(url, timeout_s=10).infer(wire.encode_features(_features(), "fp32"), 2, CLASSES)
+        assert answer.logits is None and answer.failure == "server_error"
+        assert answer.reason == "the answer holds non-finite logits for 2 of 2 samples"
 
 
 def test_health_answers_while_a_batch_computes():

@@ -110,6 +110,10 @@ def test_logits_round_trip_and_a_wrong_answer_is_refused():
         wire.decode_logits(body, 2, 10)
     with pytest.raises(wire.WireError, match="truncated answer"):
         wire.decode_logits(body[:5], 3, 10)
+    poisoned = logits.copy()
+    poisoned[0, 4], poisoned[2, :] = np.nan, np.inf
+    with pytest.raises(wire.WireError, match="non-finite logits for 2 of 3 samples"):
+        wire.decode_logits(wire.encode_logits(poisoned), 3, 10)
 
 
 def test_an_unknown_wire_is_refused_on_encoding():

@@ -164,6 +164,10 @@ def make_app(cloud: Callable[[np.ndarray], np.ndarray], info: dict[str, Any]) ->
         except Exception as err:  # the cloud failed on this batch; the next one may be fine
             counters.failed += 1
             return _refuse(500, f"the cloud failed: {type(err).__name__}: {err}")
+        bad = int((~np.isfinite(logits)).any(axis=1).sum())
+        if bad:  # never an answer the edge would take for a prediction
+            counters.failed += 1
+            return _refuse(500, f"the cloud computed non-finite logits for {bad} of {n} samples")
         counters.samples += n
         return web.Response(body=wire.encode_logits(logits), content_type=wire.LOGITS_CONTENT_TYPE)
 

@@ -152,7 +152,8 @@ def encode_logits(logits: np.ndarray) -> bytes:
 
 
 def decode_logits(body: bytes, n: int, classes: int) -> np.ndarray:
-    """The float32 logits [n, classes] of a response body that must hold exactly that."""
+    """The float32 logits [n, classes] of a response body that must hold exactly that, every
+    one finite (a NaN's argmax would be class 0, a wrong answer the edge could not tell)."""
     if len(body) < _RESPONSE.size:
         raise WireError(f"truncated answer: {len(body)} bytes")
     magic, version, _, got_classes, got_n = _RESPONSE.unpack_from(body)
@@ -160,4 +161,8 @@ def decode_logits(body: bytes, n: int, classes: int) -> np.ndarray:
         raise WireError("the answer is not ddnn logits of this version")
     if (got_n, got_classes) != (n, classes) or len(body) != _RESPONSE.size + n * classes * 4:
         raise WireError(f"the answer holds {got_n}x{got_classes} logits, expected {n}x{classes}")
-    return np.frombuffer(body, "<f4", offset=_RESPONSE.size).reshape(n, classes).astype(np.float32)
+    logits = np.frombuffer(body, "<f4", offset=_RESPONSE.size).reshape(n, classes).astype(np.float32)
+    bad = int((~np.isfinite(logits)).any(axis=1).sum())
+    if bad:
+        raise WireError(f"the answer holds non-finite logits for {bad} of {n} samples")
+    return logits
