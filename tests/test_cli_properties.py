@@ -14,7 +14,7 @@ from ddnn_jax import cli
 from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.core.families import INPUT_KINDS
 from ddnn_jax.core.meta import LABELLINGS, labellings_for
-from ddnn_jax.core.router_net import DEPTH_PRESETS
+from ddnn_jax.core.router_net import DEPTH_PRESETS, MAX_EPOCHS
 from ddnn_jax.data import DATASETS
 
 # Text without a digit is neither an integer nor a number (nor 'none', 'nan' or 'inf').
@@ -66,7 +66,10 @@ CASES = {
     ("route", "--grid"): (GRIDS, ("--grid", "target")),
     ("route", "--inputs"): (BAD_INPUTS, ("--inputs", "router input")),
     ("route", "--dropout"): (_numbers_outside(lambda x: 0.0 <= x < 1.0), ("--dropout", "dropout")),
-    ("route", "--max-epochs"): (_integers_below(1), ("--max-epochs", "max_epochs")),
+    ("route", "--max-epochs"): (
+        _integers_below(1) | st.integers(min_value=MAX_EPOCHS + 1).map(str),
+        ("--max-epochs", "max_epochs"),
+    ),
     ("route", "--depth"): (
         st.integers().filter(lambda d: d not in DEPTH_PRESETS).map(str) | NON_INTEGERS,
         ("--depth",),

@@ -69,6 +69,23 @@ def test_a_second_writer_gets_one_line_naming_the_holder(tiny_run, capsys):
     assert not (tiny_run / "routers").exists() and not (tiny_run / "results.json").exists()
 
 
+def test_a_reader_that_closed_stdout_ends_the_command_quietly(tiny_run, capsys, monkeypatch):
+    """`ddnn check ... | head -1`: the pipe's reader has gone when check prints its lines."""
+    import sys
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert cli.main(["check", "--run", str(tiny_run)]) == 141
+    assert capsys.readouterr().err == ""
+
+
 def test_download_without_network_fails_at_once(tmp_path, capsys, monkeypatch):
     pytest.importorskip("tensorflow")
     monkeypatch.setattr(data, "NETWORK_PROBE", ("127.0.0.1", 9))  # nothing listens there

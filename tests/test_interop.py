@@ -246,6 +246,10 @@ def test_import_rejects_a_file_that_is_not_a_state_dict(tmp_path, capsys):
         (lambda sd: sd.__setitem__("fc.weight", torch.zeros(2, 2)), "unexpected entry 'fc.weight'"),
         (lambda sd: sd.__setitem__("conv1.weight", torch.tensor(1.0)), "has 0 dimensions, 4 expected"),
         (lambda sd: sd["conv1.weight"].view(-1).__setitem__(0, float("nan")), "holds NaN or infinite"),
+        (
+            lambda sd: sd.__setitem__("conv1.weight", sd["conv1.weight"].round().to(torch.int64)),
+            "'conv1.weight' holds int64 values, not floating-point ones",
+        ),
     ],
 )
 def test_import_refuses_entries_that_are_not_reference_weights(tmp_path, capsys, change, fragment):

@@ -13,9 +13,10 @@ import pytest
 from aiohttp import web
 from http_fakes import SilentServer, post_bytes
 
+from ddnn_jax.deploy import cloud as cloud_module
 from ddnn_jax.deploy import wire
 from ddnn_jax.deploy.client import CloudClient
-from ddnn_jax.deploy.cloud import BackgroundServer, batch_sizes, make_app
+from ddnn_jax.deploy.cloud import BackgroundServer, CloudHalf, batch_sizes, make_app
 
 SHAPE = (4, 4, 3)
 CLASSES = 5
@@ -236,3 +237,21 @@ def test_a_server_that_never_answers_is_a_timeout_that_counts_what_was_sent():
     assert health.startswith(b"GET /health HTTP/1.1\r\n")
     # every byte the client counted reached the server, and is the request as written by hand
     assert answer.bytes_up == len(post) == post_bytes(silent.url, len(body)) and post.endswith(body)
+
+
+def test_bytes_for_a_server_that_cannot_be_reached_are_not_counted():
+    from conftest import free_port
+
+    client = CloudClient(f"http://127.0.0.1:{free_port()}", timeout_s=10)
+    answer = client.infer(wire.encode_features(_features(), "fp32"), 2, CLASSES)
+    assert answer.failure == "unreachable" and "ConnectionRefusedError" in answer.reason
+    assert (answer.bytes_up, answer.bytes_down) == (0, 0)
+
+
+@pytest.mark.parametrize("max_batch", [0, cloud_module.MAX_BATCH + 1])
+def test_a_max_batch_outside_its_bounds_is_refused_before_anything_loads(tmp_path, max_batch):
+    from ddnn_jax.common.errors import UsageError
+
+    bound = cloud_module.MAX_BATCH
+    with pytest.raises(UsageError, match=rf"--max-batch must lie in 1\.\.{bound}, got {max_batch}"):
+        CloudHalf.load(tmp_path / "no-run", max_batch)

@@ -3,6 +3,7 @@ wrong into an exit status with one line on stderr (a bug keeps its traceback).""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -14,6 +15,7 @@ from ddnn_jax.cli.parser import build_parser
 from ddnn_jax.common.errors import TrainingDiverged, UsageError
 
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell shows for a reader that went away
 
 
 def _one_line(text: str) -> str:
@@ -31,6 +33,14 @@ def _out_of_space(err: BaseException | None) -> bool:
             return True
         err = err.__cause__ or err.__context__
     return False
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null, so that the interpreter's last flush of what is still
+    buffered for the closed pipe does not print a second error on the way out."""
+    # no file descriptor (a test's capture, say): then nothing is flushed to the pipe either
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ddnn: interrupted; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout's reader has gone (`ddnn check ... | head -1`): end quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except Exception as err:
         if not _out_of_space(err):
             raise  # a bug: its traceback is what we need to fix it

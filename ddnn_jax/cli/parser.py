@@ -30,7 +30,7 @@ from ddnn_jax.core.bottleneck import BITS, STRIDES, BottleneckConfig
 from ddnn_jax.core.families import OBJECTIVES
 from ddnn_jax.core.meta import LABELLINGS, labellings_for
 from ddnn_jax.core.router_losses import LOSSES
-from ddnn_jax.core.router_net import DEPTH_PRESETS, FIT_SPLITS, RouterConfig
+from ddnn_jax.core.router_net import DEPTH_PRESETS, FIT_SPLITS, MAX_EPOCHS, RouterConfig
 from ddnn_jax.stages.evaluate import EvaluationConfig
 
 DESCRIPTION = "``ddnn``: one thin command per stage. Bad input exits 2 with one line on stderr."
@@ -116,7 +116,7 @@ def _add_route(commands) -> None:
         "--max-epochs",
         type=integer,
         default=RouterConfig.max_epochs,
-        help="epochs at most per target (early stopping may end sooner)",
+        help=f"epochs at most per target, up to {MAX_EPOCHS:,} (early stopping may end sooner)",
     )
     route.add_argument(
         "--name", default=None, help="directory under routers/ (one input only; default: from the inputs)"
@@ -296,7 +296,7 @@ def _add_compare(commands) -> None:
 
 def _add_deployment(commands) -> None:
     from ddnn_jax.core.mechanisms import edge_mechanisms
-    from ddnn_jax.deploy.cloud import DEFAULT_MAX_BATCH
+    from ddnn_jax.deploy.cloud import DEFAULT_MAX_BATCH, MAX_BATCH
     from ddnn_jax.deploy.edge import EdgeConfig
     from ddnn_jax.deploy.wire import WIRES
 
@@ -310,7 +310,7 @@ def _add_deployment(commands) -> None:
         "--max-batch",
         type=integer,
         default=DEFAULT_MAX_BATCH,
-        help="samples per request at most; sets the request size limit",
+        help=f"samples per request at most, up to {MAX_BATCH:,}; sets the request size limit",
     )
     add_runtime_flags(serve)
     edge = commands.add_parser(

@@ -27,6 +27,9 @@ from ddnn_jax.core.router_losses import RouterLoss, router_loss
 # folds (core.variants.valfit); 'oof': the training split's out-of-fold outputs
 # (core.variants.out_of_fold)
 FIT_SPLITS = ("train", "val", "oof")
+# The grid keeps a float per target and epoch of history, allocated up front: a bound on the
+# epochs bounds that memory (early stopping ends far sooner).
+MAX_EPOCHS = 10_000
 DEFAULT_TARGETS = (0.1, 0.2, 0.3, 0.4, 0.5, REFERENCE_TARGET, 0.6, 0.7, 0.8, 0.9)
 # Hidden widths of the thesis's depth ablation, by number of Dense layers (the output included).
 DEPTH_PRESETS = {3: (128, 64), 5: (256, 128, 64, 32), 8: (512, 256, 256, 128, 128, 64, 32)}
@@ -101,6 +104,8 @@ class RouterConfig:
         for name in ("batch_size", "max_epochs", "early_stopping_patience", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"router {name} must be positive, got {getattr(self, name)}")
+        if self.max_epochs > MAX_EPOCHS:
+            raise ValueError(f"router max_epochs must be at most {MAX_EPOCHS:,}, got {self.max_epochs:,}")
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> RouterConfig:

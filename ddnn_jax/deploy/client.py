@@ -32,13 +32,15 @@ def parse_server(url: str) -> urllib.parse.SplitResult:
 
 
 class _Counting:
-    """Counts every byte http.client hands to the socket: request line, headers and body."""
+    """Counts every byte http.client has handed to the socket: request line, headers and body,
+    once sent (http.client connects inside ``send``, so bytes for a server that cannot be
+    reached are never counted)."""
 
     sent = 0
 
     def send(self, data) -> None:
-        self.sent += len(data)
         super().send(data)  # type: ignore[misc]
+        self.sent += len(data)
 
 
 class _HTTP(_Counting, http.client.HTTPConnection):

@@ -43,6 +43,9 @@ from ddnn_jax.rundir import RunDir, as_run, read_run_record, restore_best
 from ddnn_jax.rundir.checkpoints import state_digest
 
 DEFAULT_MAX_BATCH = 256
+# Each power of two up to --max-batch is compiled before serving, and a request may be that many
+# fp32 samples: the bound keeps both to 13 programs and about 100 MB for Fashion-MNIST's z.
+MAX_BATCH = 4096
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -65,8 +68,8 @@ class CloudHalf:
     @classmethod
     def load(cls, run_dir: RunDir | Path, max_batch: int = DEFAULT_MAX_BATCH) -> CloudHalf:
         """Restores the run's best checkpoint and keeps the cloud's variables of it."""
-        if max_batch < 1:
-            raise UsageError(f"--max-batch must be at least 1, got {max_batch}")
+        if not 1 <= max_batch <= MAX_BATCH:
+            raise UsageError(f"--max-batch must lie in 1..{MAX_BATCH}, got {max_batch}")
         run = as_run(run_dir)
         read_run_record(run)
         record, state, epoch = restore_best(run)

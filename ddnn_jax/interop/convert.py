@@ -184,7 +184,8 @@ _WEIGHT_DIMS = {"conv": 4, "fc": 2, "bn": 1}
 
 def _check_entries(path: Path, state: Mapping[str, np.ndarray]) -> None:
     """UsageError naming the first entry that is not a layer of the reference architecture,
-    has the wrong number of dimensions, or holds NaN or infinite values."""
+    has the wrong number of dimensions, holds integers where weights are floats (they would
+    import as a model of chance accuracy), or holds NaN or infinite values."""
     for key, value in state.items():
         match = _ENTRY.fullmatch(key)
         if match is None:
@@ -195,6 +196,11 @@ def _check_entries(path: Path, state: Mapping[str, np.ndarray]) -> None:
             dims = _WEIGHT_DIMS[layer.rstrip("0123456789")]
         if value.ndim != dims:
             raise UsageError(f"{path}: '{key}' has {value.ndim} dimensions, {dims} expected: {_REFERENCE}")
+        if name != "num_batches_tracked" and value.dtype.kind != "f":
+            raise UsageError(
+                f"{path}: '{key}' holds {value.dtype} values, not floating-point ones: "
+                "save the weights of a trained float model"
+            )
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             raise UsageError(f"{path}: '{key}' holds NaN or infinite values: these weights cannot be used")
 
