@@ -15,6 +15,7 @@ from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.core.families import INPUT_KINDS
 from ddnn_jax.core.meta import LABELLINGS, labellings_for
 from ddnn_jax.core.router_net import DEPTH_PRESETS, MAX_EPOCHS
+from ddnn_jax.core.seeds import MAX_SEED
 from ddnn_jax.data import DATASETS
 
 # Text without a digit is neither an integer nor a number (nor 'none', 'nan' or 'inf').
@@ -55,7 +56,11 @@ CASES = {
     ("train", "--epochs"): (_integers_below(1), ("--epochs",)),
     ("train", "--batch-size"): (_integers_below(1), ("--batch-size",)),
     ("train", "--local-weight"): (_numbers_outside(IN_UNIT), ("--local-weight",)),
-    ("train", "--seed"): (_integers_below(0), ("--seed",)),
+    ("train", "--seed"): (_integers_below(0) | st.integers(min_value=MAX_SEED + 1).map(str), ("--seed",)),
+    ("route", "--router-seed"): (
+        _integers_below(0) | st.integers(min_value=MAX_SEED + 1).map(str),
+        ("--router-seed",),
+    ),
     ("train", "--edge-channels"): (_integers_below(1), ("--edge-channels",)),
     ("study", "--local-hidden"): (_integers_below(1), ("--local-hidden",)),
     ("train", "--limit-train"): (_integers_below(TrainConfig.batch_size), ("--limit-train",)),

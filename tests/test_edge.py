@@ -249,7 +249,9 @@ def test_bad_flags_exit_2_with_one_line(pristine, server, capsys):
         ("--server", server, "--target", "0.7"): "calibrated for L0 in 0.5, not 0.7",
         ("--server", server, "--family", "nope"): "no router family 'nope'",
         ("--server", server, "--batch", "0"): "--batch must be at least 1",
-        ("--server", server, "--timeout", "0"): "--timeout must be positive",
+        ("--server", server, "--timeout", "0"): "--timeout must lie in (0, 3600] seconds",
+        ("--server", server, "--timeout", "inf"): "--timeout must lie in (0, 3600] seconds",
+        ("--server", server, "--timeout", "nan"): "--timeout must lie in (0, 3600] seconds",
     }
     for flags, message in cases.items():
         assert cli.main(["edge", "--run", str(pristine), *flags]) == 2

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddnn_jax.core.models import DDNN, LEAKY_SLOPE, PRECISIONS, CloudCNN, torch_bias_init, torch_kernel_init
+from ddnn_jax.core.seeds import seed_problem
 
 BITS = (4, 8)
 STRIDES = (1, 2)
@@ -57,6 +58,8 @@ class BottleneckConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if (problem := seed_problem("--seed", self.seed)) is not None:
+            raise ValueError(problem)
 
     @property
     def name(self) -> str:

@@ -11,6 +11,7 @@ import jax
 
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.models import CONV_CHOICES, PRECISIONS
+from ddnn_jax.core.seeds import seed_problem
 from ddnn_jax.data import check_dataset_name
 
 LOCAL_WEIGHT_MODES = ("per-run", "per-batch")
@@ -73,8 +74,8 @@ class TrainConfig:
             )
         if self.limit_eval is not None and self.limit_eval <= 0:
             raise UsageError(f"--limit-eval must be a positive integer, got {self.limit_eval}")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be a non-negative integer, got {self.seed}")
+        if (problem := seed_problem("--seed", self.seed)) is not None:
+            raise UsageError(problem)
         for flag, value in (("--edge-channels", self.edge_channels), ("--local-hidden", self.local_hidden)):
             if value <= 0:
                 raise UsageError(f"{flag} must be a positive integer, got {value}")

@@ -22,6 +22,7 @@ from ddnn_jax.core.meta import labelling
 from ddnn_jax.core.models import batch_norm, conv3x3, dense
 from ddnn_jax.core.outputs import SplitOutputs
 from ddnn_jax.core.router_losses import RouterLoss, router_loss
+from ddnn_jax.core.seeds import seed_problem
 
 # 'train': the training split's outputs; 'val': the validation split's, cross-fitted on its
 # folds (core.variants.valfit); 'oof': the training split's out-of-fold outputs
@@ -104,6 +105,8 @@ class RouterConfig:
         for name in ("batch_size", "max_epochs", "early_stopping_patience", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"router {name} must be positive, got {getattr(self, name)}")
+        if (problem := seed_problem("--router-seed", self.seed)) is not None:
+            raise ValueError(problem)
         if self.max_epochs > MAX_EPOCHS:
             raise ValueError(f"router max_epochs must be at most {MAX_EPOCHS:,}, got {self.max_epochs:,}")
 

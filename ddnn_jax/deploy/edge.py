@@ -31,6 +31,8 @@ from ddnn_jax.deploy.edge_half import EdgeHalf, EdgeInputs, load_inputs, made_fr
 from ddnn_jax.deploy.rules import Rule, build_rule
 from ddnn_jax.rundir import RunDir, outputs_fingerprint, read_results, write_json
 
+MAX_TIMEOUT_S = 3600.0  # a request's wait; a socket's timeout must be finite
+
 
 @dataclasses.dataclass(frozen=True)
 class EdgeConfig:
@@ -59,8 +61,8 @@ class EdgeConfig:
             raise UsageError(f"--wire must be one of {', '.join(wire.WIRES)}, got '{self.wire}'")
         if self.batch < 1:
             raise UsageError(f"--batch must be at least 1, got {self.batch}")
-        if not self.timeout_s > 0:
-            raise UsageError(f"--timeout must be positive, got {self.timeout_s}")
+        if not 0 < self.timeout_s <= MAX_TIMEOUT_S:  # NaN and inf fail too
+            raise UsageError(f"--timeout must lie in (0, {MAX_TIMEOUT_S:g}] seconds, got {self.timeout_s}")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be at least 1, got {self.limit}")
         parse_server(self.server)
