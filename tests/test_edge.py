@@ -243,6 +243,23 @@ def test_a_server_of_another_model_is_refused_before_any_sample(pristine, cloud,
     assert not (tmp_path / "r.json").exists()
 
 
+def test_an_out_that_cannot_take_the_report_is_refused_before_any_request(pristine, tmp_path):
+    """Checked before the stream: no server listens at the address, so an error about the
+    server would mean the edge went that far first."""
+    from conftest import free_port
+
+    (tmp_path / "a-file").write_text("x")
+    cases = {
+        tmp_path: "is a directory: give the path of a file",
+        tmp_path / "a-file" / "report.json": "a-file is a file, not a directory",
+    }
+    nowhere = _config(f"http://127.0.0.1:{free_port()}")
+    for out, message in cases.items():
+        with pytest.raises(UsageError, match=message):
+            run_edge(pristine, nowhere, out=out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
 def test_bad_flags_exit_2_with_one_line(pristine, server, capsys):
     cases = {
         ("--server", "localhost:80"): "is not an http://HOST:PORT address",

@@ -29,7 +29,7 @@ from ddnn_jax.deploy import wire
 from ddnn_jax.deploy.client import FAILURES, Answer, CloudClient, parse_server
 from ddnn_jax.deploy.edge_half import EdgeHalf, EdgeInputs, load_inputs, made_from
 from ddnn_jax.deploy.rules import Rule, build_rule
-from ddnn_jax.rundir import RunDir, outputs_fingerprint, read_results, write_json
+from ddnn_jax.rundir import RunDir, outputs_fingerprint, prepare_file, read_results, write_json
 
 MAX_TIMEOUT_S = 3600.0  # a request's wait; a socket's timeout must be finite
 
@@ -234,6 +234,8 @@ def run_edge(
     """
     config.check()
     inputs = load_inputs(run_dir, config.images, config.limit, progress)
+    path = out or inputs.run.edge_report(default_name(config))
+    prepare_file(path)  # before the stream: a report that cannot be written loses all of it
     rule = build_rule(inputs, config.mechanism, config.target, config.family, config.guarantee)
     client = CloudClient(config.server, config.timeout_s)
     server = client.health()
@@ -246,8 +248,6 @@ def run_edge(
         client.close()
     seconds = time.perf_counter() - started
     report = _report(inputs, rule, config, server, stream, seconds)
-    path = out or inputs.run.edge_report(default_name(config))
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, report)
     return path, report
 

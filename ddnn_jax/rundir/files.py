@@ -187,6 +187,23 @@ def save_npz(path: Path, arrays: dict[str, Any]) -> Path:
     return path
 
 
+def prepare_file(path: Path, flag: str = "--out") -> None:
+    """Makes sure a file can be written at ``path`` later (its directory made now), or raises a
+    UsageError naming ``flag``: for commands that work long before they write their result."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory: give the path of a file to write")
+    existing = next(parent for parent in path.parents if parent.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: {existing} is a file, not a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(
+            f"cannot write {path} ({err.strerror}): choose an {flag} path you can write to"
+        ) from None
+    _check_writable(path.parent)
+
+
 def _check_writable(directory: Path) -> None:
     """Probes with a real file: permission bits say nothing for root or read-only mounts."""
     try:
