@@ -2,6 +2,7 @@
 ways, and ``ddnn import-torch`` / ``export-torch`` round-trip real runs."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -189,7 +190,7 @@ def _import_args(paths, out, *extra):
 
 
 @pytest.mark.slow
-def test_import_collect_export_on_fashion_mnist(tmp_path, fashion_mnist_ready):
+def test_import_collect_export_on_fashion_mnist(tmp_path, capsys, fashion_mnist_ready):
     from ddnn_jax.data import load_dataset
 
     model = _torch_model((28, 28, 1), 10, seed=3).eval()
@@ -218,6 +219,16 @@ def test_import_collect_export_on_fashion_mnist(tmp_path, fashion_mnist_ready):
         for key, value in getattr(model, part).state_dict().items():
             if not key.endswith("num_batches_tracked"):
                 torch.testing.assert_close(again[key], value, rtol=0, atol=0)
+    # an --out that cannot hold the files: one line, exit 2, before anything is written
+    (tmp_path / "a-file").write_text("x")
+    for out, message in (
+        (tmp_path / "a-file" / "w", "a-file is a file"),
+        (Path("/proc/ddnn"), "cannot write"),
+    ):
+        capsys.readouterr()
+        assert main(["export-torch", "--run", str(run), "--out", str(out)]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and message in error[0], error
     # An imported run is not trainable further: one line, exit 2, nothing changed.
     assert main(["train", "--out", str(run), "--epochs", "1"]) == 2
 

@@ -41,6 +41,7 @@ from ddnn_jax.rundir import (
     check_for_training,
     checkpoints,
     locked,
+    prepare_file,
     restore_best,
     write_json,
 )
@@ -375,6 +376,7 @@ def export_torch(run_dir: Path, out_dir: Path, force: bool = False) -> dict[str,
         raise UsageError(f"--out {out_dir} is not empty: choose a new directory, or add --force to overwrite")
     torch = require_torch()
     record, state, _ = restore_best(RunDir(run_dir))
+    prepare_file(out_dir / EXPORT_MANIFEST)  # --out made and writable, or one line
     state_dicts = flax_to_torch(
         {"params": state.params, "batch_stats": state.batch_stats}, steps=int(state.step)
     )
