@@ -1,6 +1,7 @@
 """``ddnn study``: aggregation over seeds, its statistics, and the input it refuses."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -96,6 +97,20 @@ def test_aggregate_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, caps
     make_tiny_run(tmp_path / "seed_1", seed=0)
     _usage_error(capsys, ["study", "--aggregate", str(tmp_path)], "both have seed 0")
     assert not (tmp_path / "study.json").exists()
+
+
+def test_aggregate_refuses_a_copy_of_a_run_with_its_seed_edited(tmp_path, capsys):
+    make_tiny_run(tmp_path / "seed_0", seed=0)
+    assert cli.main(["evaluate", "--run", str(tmp_path / "seed_0")]) == 0
+    shutil.copytree(tmp_path / "seed_0", tmp_path / "seed_1")
+    config = json.loads((tmp_path / "seed_1" / "config.json").read_text())
+    (tmp_path / "seed_1" / "config.json").write_text(json.dumps({**config, "seed": 1}))
+    _usage_error(capsys, ["study", "--aggregate", str(tmp_path)], "hold the same outputs")
+    assert not (tmp_path / "study.json").exists()
+    # and a run directory is no study's --out
+    before = sorted(p.name for p in (tmp_path / "seed_0").iterdir())
+    _usage_error(capsys, ["study", "--seeds", "0", "--out", str(tmp_path / "seed_0")], "is a run directory")
+    assert sorted(p.name for p in (tmp_path / "seed_0").iterdir()) == before
 
 
 def test_aggregate_needs_runs_and_results(tmp_path, capsys):

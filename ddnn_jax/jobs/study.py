@@ -109,6 +109,8 @@ def run_study(
     study = StudyDir(out)
     if study.root.exists() and not study.root.is_dir():
         raise UsageError(f"--out {out} is a file: give a directory for the study")
+    if RunDir(out).config.is_file():  # its seed_S runs would be written inside another run
+        raise UsageError(f"--out {out} is a run directory: give a new directory for the study")
     plan = dataclasses.replace(plan, inputs=plan.inputs or default_inputs())
     identity = study_identity(config, plan)
     if study.config.is_file():
@@ -212,8 +214,16 @@ def aggregate(study_dir: Path, seeds: Sequence[int] | None = None) -> Path:
 
 
 def read_evaluated_alike(runs: list[RunDir]) -> list[Results]:
-    """The runs' results, after refusing runs evaluated with different flags."""
+    """The runs' results, after refusing runs evaluated with different flags and runs that hold
+    the same outputs (a copy of one seed's run with its seed edited would count twice)."""
     all_results = [read_results(r) for r in runs]
+    made_from = [results["made_from"] for results in all_results]
+    for i, fingerprint in enumerate(made_from):
+        if made_from.index(fingerprint) != i:
+            raise UsageError(
+                f"{runs[made_from.index(fingerprint)]} and {runs[i]} hold the same outputs: "
+                "a study aggregates independent runs, so keep one"
+            )
     for other, results in zip(runs[1:], all_results[1:], strict=True):
         difference = first_difference(all_results[0]["evaluation_config"], results["evaluation_config"])
         if difference:
