@@ -255,3 +255,24 @@ def test_a_max_batch_outside_its_bounds_is_refused_before_anything_loads(tmp_pat
     bound = cloud_module.MAX_BATCH
     with pytest.raises(UsageError, match=rf"--max-batch must lie in 1\.\.{bound}, got {max_batch}"):
         CloudHalf.load(tmp_path / "no-run", max_batch)
+
+
+def _status_of(url: str, request: bytes) -> bytes:
+    """The status code a raw request gets (the socket waits 10 s at most)."""
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as raw:
+        raw.sendall(request)
+        return raw.recv(100).split(b" ")[1]
+
+
+def test_a_declared_body_too_large_or_too_slow_is_answered_and_let_go():
+    """A body over the limit is refused on its headers alone; one that does not arrive is a
+    408 after the body timeout, not a connection held open until shutdown."""
+    headers = "POST /v1/cloud HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ddnn-features\r\n"
+    with BackgroundServer(make_app(cloud, INFO, body_timeout_s=0.5)) as url:
+        huge = f"{headers}Content-Length: 1000000000\r\n\r\n".encode()
+        assert _status_of(url, huge) == b"413"
+        assert _status_of(url, f"{headers}Content-Length: 500\r\n\r\n".encode() + bytes(10)) == b"408"
+        _answers(url)
+        health = CloudClient(url, timeout_s=10).health()
+        assert health is not None and health["refused"] == 2

@@ -43,6 +43,9 @@ from ddnn_jax.rundir import RunDir, as_run, read_run_record, restore_best
 from ddnn_jax.rundir.checkpoints import state_digest
 
 DEFAULT_MAX_BATCH = 256
+# How long a request's body may take to arrive once its headers have: a client that declares a
+# body and then trickles or sends nothing is answered 408 and let go, not held until shutdown.
+BODY_TIMEOUT_S = 30.0
 # Each power of two up to --max-batch is compiled before serving, and a request may be that many
 # fp32 samples: the bound keeps both to 13 programs and about 100 MB for Fashion-MNIST's z.
 MAX_BATCH = 4096
@@ -111,20 +114,27 @@ class _Counters:
     failed: int = 0
 
 
-def _refuse(status: int, reason: str) -> web.Response:
-    """An error answer: the status and one line of reason."""
-    return web.Response(status=status, text=reason + "\n", content_type="text/plain")
+def _refuse(status: int, reason: str, *, close: bool = False) -> web.Response:
+    """An error answer: the status and one line of reason; ``close``: then the connection ends
+    (the body was not read, so the connection holds no next request)."""
+    response = web.Response(status=status, text=reason + "\n", content_type="text/plain")
+    if close:
+        response.force_close()
+    return response
 
 
 COUNTERS = web.AppKey("counters", _Counters)
 
 
-def make_app(cloud: Callable[[np.ndarray], np.ndarray], info: dict[str, Any]) -> web.Application:
+def make_app(
+    cloud: Callable[[np.ndarray], np.ndarray], info: dict[str, Any], body_timeout_s: float = BODY_TIMEOUT_S
+) -> web.Application:
     """The service around ``cloud`` (a CloudHalf, or anything with its call and ``info``'s keys).
 
     Args:
       cloud: float32 features [n, h, w, c] -> logits [n, classes]; run on one worker thread.
       info: ``feature_shape``, ``num_classes``, ``max_batch`` and whatever /health should add.
+      body_timeout_s: how long a request's body may take to arrive.
     """
     shape = tuple(info["feature_shape"])
     limit = wire.REQUEST_HEADER_BYTES + info["max_batch"] * wire.payload_bytes("fp32", shape)
@@ -142,14 +152,20 @@ def make_app(cloud: Callable[[np.ndarray], np.ndarray], info: dict[str, Any]) ->
         if request.content_type != wire.CONTENT_TYPE:
             counters.refused += 1
             return _refuse(415, f"send Content-Type {wire.CONTENT_TYPE}")
+        too_large = (
+            f"request body over {limit} bytes ({info['max_batch']} fp32 samples): send smaller batches"
+        )
+        if (request.content_length or 0) > limit:  # refused on its headers, before any byte of it
+            counters.refused += 1
+            return _refuse(413, too_large, close=True)
         try:
-            body = await request.read()
+            body = await asyncio.wait_for(request.read(), body_timeout_s)
         except web.HTTPRequestEntityTooLarge:
             counters.refused += 1
-            return _refuse(
-                413,
-                f"request body over {limit} bytes ({info['max_batch']} fp32 samples): send smaller batches",
-            )
+            return _refuse(413, too_large, close=True)
+        except TimeoutError:
+            counters.refused += 1
+            return _refuse(408, f"the request body did not arrive within {body_timeout_s:g} s", close=True)
         try:
             batch = wire.decode_features(body, shape)
         except wire.WireRefused as err:
