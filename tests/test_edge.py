@@ -325,7 +325,9 @@ def _start_server(run, *extra):
 def test_serve_stops_cleanly_on_sigterm(pristine):
     process, url = _start_server(pristine)
     with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
-        assert json.loads(response.read())["feature_shape"] == [14, 14, 32]
+        health = json.loads(response.read())
+    assert health["feature_shape"] == [14, 14, 32]
+    assert health["run"] == pristine.name and str(pristine.parent) not in json.dumps(health)  # no path
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err

@@ -82,7 +82,7 @@ class CloudHalf:
             variables["batch_stats"] = {"cloud": state.batch_stats["cloud"]}
         shape = feature_shape(model, record.image_shape)
         describe = {
-            "run": str(run),
+            "run": run.root.name,  # its name only: /health tells any client, not the disk's layout
             "dataset": record.dataset,
             "epoch": epoch,
             "checkpoint": state_digest(state),  # the edge checks it is the same model
