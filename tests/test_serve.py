@@ -6,6 +6,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 import urllib.parse
 
 import numpy as np
@@ -99,17 +100,25 @@ def test_a_bad_request_gets_one_line_and_the_next_is_served(server, body, conten
     _answers(server)
 
 
-def test_a_dropped_connection_mid_body_and_garbage_leave_the_server_serving(server):
+def test_a_dropped_connection_mid_body_and_garbage_leave_the_server_serving(server, caplog):
     parts = urllib.parse.urlsplit(server)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as raw:
         raw.sendall(
             b"POST /v1/cloud HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ddnn-features\r\n"
-            b"Content-Length: 5000\r\n\r\n" + bytes(100)
-        )  # then hang up, 4,900 bytes short
+            b"Content-Length: 500\r\n\r\n" + bytes(100)
+        )  # then hang up, 400 bytes short
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as raw:
         raw.sendall(b"\x00\x01garbage that is no HTTP\r\n\r\n")
         assert raw.recv(100).split(b" ")[1] == b"400"
     _answers(server)
+    # the hang-up is counted and is one line in the log, not aiohttp's traceback
+    for _ in range(200):  # the server sees the hang-up on its own loop: wait until it has
+        if CloudClient(server, timeout_s=10).health()["dropped"] == 1:
+            break
+        time.sleep(0.05)
+    (dropped,) = [r for r in caplog.records if "hung up" in r.getMessage()]
+    assert dropped.getMessage().count("\n") == 0 and dropped.exc_info is None
+    assert not [r for r in caplog.records if r.name == "aiohttp.server" and r.levelno >= 40]
 
 
 def test_a_failing_cloud_answers_500_and_the_next_batch_is_served():

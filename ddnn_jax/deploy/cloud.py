@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import logging
 import signal
 import threading
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from ddnn_jax.deploy import wire
 from ddnn_jax.rundir import RunDir, as_run, read_run_record, restore_best
 from ddnn_jax.rundir.checkpoints import state_digest
 
+LOG = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 256
 # How long a request's body may take to arrive once its headers have: a client that declares a
 # body and then trickles or sends nothing is answered 408 and let go, not held until shutdown.
@@ -112,6 +114,7 @@ class _Counters:
     samples: int = 0
     refused: int = 0
     failed: int = 0
+    dropped: int = 0  # clients that hung up before their body had arrived
 
 
 def _refuse(status: int, reason: str, *, close: bool = False) -> web.Response:
@@ -166,6 +169,10 @@ def make_app(
         except TimeoutError:
             counters.refused += 1
             return _refuse(408, f"the request body did not arrive within {body_timeout_s:g} s", close=True)
+        except ConnectionResetError as err:  # one line, where aiohttp would log a traceback
+            counters.dropped += 1
+            LOG.warning("ddnn serve: a client hung up mid-request (%s: %s)", type(err).__name__, err)
+            return _refuse(400, "the connection was lost mid-body", close=True)
         try:
             batch = wire.decode_features(body, shape)
         except wire.WireRefused as err:
