@@ -3,6 +3,7 @@ on made-up studies, and the refusals."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -80,6 +81,7 @@ def _made_up_study(root, pristine, shifts, **config_changes):
         (run / "config.json").write_text(json.dumps({**config, **config_changes, "seed": seed}))
         (run / "run_plan.json").write_text((pristine / "run_plan.json").read_text())
         made_up = json.loads(json.dumps(results))
+        made_up["made_from"] = hashlib.sha256(f"{run}".encode()).hexdigest()  # a run of its own
         made_up["edge_only_accuracy"] += shift / 100
         for points in made_up["curves"].values():
             for point in points:
