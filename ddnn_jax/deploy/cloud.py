@@ -141,6 +141,7 @@ def make_app(
     """
     shape = tuple(info["feature_shape"])
     limit = wire.REQUEST_HEADER_BYTES + info["max_batch"] * wire.payload_bytes("fp32", shape)
+    too_large = f"request body over {limit} bytes ({info['max_batch']} fp32 samples): send smaller batches"
     app = web.Application(client_max_size=limit)
     counters = _Counters()
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud")
@@ -155,9 +156,6 @@ def make_app(
         if request.content_type != wire.CONTENT_TYPE:
             counters.refused += 1
             return _refuse(415, f"send Content-Type {wire.CONTENT_TYPE}")
-        too_large = (
-            f"request body over {limit} bytes ({info['max_batch']} fp32 samples): send smaller batches"
-        )
         if (request.content_length or 0) > limit:  # refused on its headers, before any byte of it
             counters.refused += 1
             return _refuse(413, too_large, close=True)
@@ -190,7 +188,7 @@ def make_app(
         except Exception as err:  # the cloud failed on this batch; the next one may be fine
             counters.failed += 1
             return _refuse(500, f"the cloud failed: {type(err).__name__}: {err}")
-        bad = int((~np.isfinite(logits)).any(axis=1).sum())
+        bad = wire.non_finite_rows(logits)
         if bad:  # never an answer the edge would take for a prediction
             counters.failed += 1
             return _refuse(500, f"the cloud computed non-finite logits for {bad} of {n} samples")

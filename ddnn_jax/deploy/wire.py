@@ -162,7 +162,12 @@ def decode_logits(body: bytes, n: int, classes: int) -> np.ndarray:
     if (got_n, got_classes) != (n, classes) or len(body) != _RESPONSE.size + n * classes * 4:
         raise WireError(f"the answer holds {got_n}x{got_classes} logits, expected {n}x{classes}")
     logits = np.frombuffer(body, "<f4", offset=_RESPONSE.size).reshape(n, classes).astype(np.float32)
-    bad = int((~np.isfinite(logits)).any(axis=1).sum())
+    bad = non_finite_rows(logits)
     if bad:
         raise WireError(f"the answer holds non-finite logits for {bad} of {n} samples")
     return logits
+
+
+def non_finite_rows(logits: np.ndarray) -> int:
+    """Samples of logits [n, classes] with a NaN or an infinity: never an answer to pass on."""
+    return int((~np.isfinite(logits)).any(axis=1).sum())
