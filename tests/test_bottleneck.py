@@ -15,7 +15,8 @@ from ddnn_jax.core.bottleneck import (
     BottleneckedCloud,
     Decoder,
     Encoder,
-    coded_bytes,
+    entropy_code,
+    entropy_decode,
     from_codes,
     pack_codes,
     quantize,
@@ -23,6 +24,8 @@ from ddnn_jax.core.bottleneck import (
     unpack_codes,
 )
 from ddnn_jax.core.models import CloudCNN
+from ddnn_jax.deploy.cloud import BackgroundServer, CloudHalf, cloud_app
+from ddnn_jax.deploy.edge import EdgeConfig, run_edge
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -109,9 +112,10 @@ def test_a_frozen_edge_fine_tune_changes_only_the_cloud(pristine, tmp_path, caps
     predict = make_predict_fn(build_model(run_record.train, 10), run_record.mean, run_record.std, True)
     images = run_data(run_record.train).test.images[:64]
     local, _, z = predict({"params": state.params, "batch_stats": state.batch_stats}, images)
-    codes = deployed.codes(z)
+    codes = deployed.codes(deployed.variables, z)
     assert codes.dtype == jnp.uint8 and codes.shape == (64, 7, 7, 2) and int(codes.max()) <= 15
-    np.testing.assert_allclose(np.asarray(deployed.cloud_logits(codes)), logits["test"][:64], atol=1e-4)
+    through = deployed.logits_of_codes(deployed.variables, codes)
+    np.testing.assert_allclose(np.asarray(through), logits["test"][:64], atol=1e-4)
     # the local exit is the run's: bit-identical to its collected outputs
     np.testing.assert_array_equal(np.asarray(local), np.load(run.outputs("test"))["local_logits"][:64])
 
@@ -132,6 +136,21 @@ def test_a_frozen_edge_fine_tune_changes_only_the_cloud(pristine, tmp_path, caps
     assert point["accuracy"] == pytest.approx(np.where(offload, cloud_right, local_right).mean())
     assert "entropy_calibrated" in scored["curves"] and "oracle" in scored["summary"]
 
+    # served, its codes cross the wire, packed and entropy-coded, as results.json scored them
+    cloud = CloudHalf.load(run, max_batch=16)
+    cloud.warm_up()
+    with BackgroundServer(cloud_app(cloud)) as url:
+        for wire_name in ("bottleneck", "bottleneck-zlib"):
+            config = EdgeConfig(url, target=0.5, wire=wire_name, batch=16)
+            path, report = run_edge(run, config, out=tmp_path / f"{wire_name}.json")
+            in_process = report["in_process"]
+            assert report["fallback_rate"] == 0 and in_process["decisions_differing"] == 0
+            assert in_process["predictions_differing"] <= 2  # a code may round the other way
+            assert in_process["results_json_accuracy"] == point["accuracy"] == in_process["accuracy"]
+            assert report["uplink"]["route"] == "/v1/codes/k2-b4-s2" and report["uplink"]["param"] == 4
+            payload = report["bytes"]["payload_per_offload"]
+            assert payload == 49 if wire_name == "bottleneck" else 0 < payload <= 4 + 1 + 49
+
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("code_shape", [(7, 7, 2), (14, 14, 1), (7, 7, 3)])
@@ -142,7 +161,10 @@ def test_codes_pack_to_their_bits_and_back(bits, code_shape):
     np.testing.assert_array_equal(unpack_codes(packed, bits, code_shape), codes)
     if bits == 4:  # two values a byte, the first in the high half
         assert packed[0, 0] == codes.reshape(5, -1)[0, 0] << 4 | codes.reshape(5, -1)[0, 1]
-    # entropy coding never costs more than its flag byte, and wins on redundant codes
-    assert (coded_bytes(codes, bits) <= packed.shape[1] + 1).all()
-    constant = np.zeros_like(codes)
-    assert (coded_bytes(constant, bits) < packed.shape[1] / 4).all()
+    # entropy coding never costs more than its flag byte, wins on redundant codes, and decodes back
+    coded = entropy_code(codes, bits)
+    assert all(len(c) <= packed.shape[1] + 1 for c in coded)
+    assert [entropy_decode(c, packed.shape[1]).tolist() for c in coded] == packed.tolist()
+    constant = entropy_code(np.zeros_like(codes), bits)
+    assert all(len(c) < packed.shape[1] / 4 for c in constant)
+    assert not entropy_decode(constant[0], packed.shape[1]).any()

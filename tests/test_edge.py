@@ -23,7 +23,7 @@ from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.guarantees import Guarantee
 from ddnn_jax.deploy import wire
-from ddnn_jax.deploy.cloud import BackgroundServer, CloudHalf, cloud_app, make_app
+from ddnn_jax.deploy.cloud import BackgroundServer, CloudHalf, Route, cloud_app, make_app
 from ddnn_jax.deploy.edge import EdgeConfig, run_edge
 from ddnn_jax.deploy.sweep import sweep
 from ddnn_jax.rundir import RunDir, read_edge_sweep, read_results
@@ -92,6 +92,15 @@ def test_fp32_accuracy_equals_results_json(pristine, server, tmp_path, mechanism
     assert fixed + 4 * requests <= bytes_["uplink"] <= fixed + 6 * requests
 
 
+def test_png_offloads_the_image_and_changes_no_answer(pristine, server, tmp_path):
+    _, report = run_edge(pristine, _config(server, wire="png"), out=tmp_path / "r.json")
+    in_process = report["in_process"]
+    assert report["accuracy"] == in_process["accuracy"] == in_process["results_json_accuracy"]
+    assert in_process["predictions_differing"] == 0 and report["fallback_rate"] == 0.0
+    assert report["uplink"] == {"wire": "png", "route": "/v1/image", "param": 0, "label": "png"}
+    assert 0 < report["bytes"]["payload_per_offload"] < 28 * 28
+
+
 @pytest.mark.parametrize("mechanism", ["router", "entropy"])
 def test_a_guaranteed_threshold_is_the_one_results_json_scored(pristine, server, tmp_path, mechanism):
     guarantee = Guarantee(epsilon=0.01, delta=0.05)
@@ -140,10 +149,10 @@ def test_quantised_wires_cut_the_bytes_and_report_their_accuracy_change(pristine
         w: run_edge(
             pristine, _config(server, mechanism="entropy", wire=w, batch=1, limit=400), out=tmp_path / w
         )[1]
-        for w in wire.WIRES
+        for w in wire.wires_of(wire.FEATURES)
     }
     per_offload = {w: r["bytes"]["uplink_per_offload"] for w, r in reports.items()}
-    assert per_offload == {w: post_bytes(server, HEADER + PAYLOAD[w]) for w in wire.WIRES}
+    assert per_offload == {w: post_bytes(server, HEADER + PAYLOAD[w]) for w in wire.wires_of(wire.FEATURES)}
     assert {r["offloaded"] for r in reports.values()} == {reports["fp32"]["offloaded"]}  # same decisions
     for r in reports.values():
         in_process = r["in_process"]
@@ -219,10 +228,11 @@ def test_a_failing_server_costs_fallbacks_not_samples(pristine, cloud, tmp_path)
         batches.append(len(features))
         if len(batches) % 2:
             raise RuntimeError("out of memory")
-        return cloud(features)
+        return cloud.routes[wire.CLOUD_PATH].compute(features)
 
     info = {"feature_shape": list(cloud.feature_shape), "num_classes": 10, "max_batch": 64, **cloud.describe}
-    with BackgroundServer(make_app(every_other, info)) as url:
+    routes = {wire.CLOUD_PATH: Route(wire.FEATURES, cloud.feature_shape, every_other)}
+    with BackgroundServer(make_app(routes, info)) as url:
         _, report = run_edge(pristine, _config(url, mechanism="entropy", limit=640), out=tmp_path / "r.json")
     failed, answered = sum(batches[0::2]), sum(batches[1::2])
     fallbacks = report["fallbacks"]["server_error"]
@@ -235,11 +245,20 @@ def test_a_failing_server_costs_fallbacks_not_samples(pristine, cloud, tmp_path)
 def test_a_server_of_another_model_is_refused_before_any_sample(pristine, cloud, tmp_path):
     info = {"feature_shape": [14, 14, 16], "num_classes": 10, "max_batch": 64, **cloud.describe}
     shape = r"serves features of shape \[14, 14, 16\].*serve the same run"
-    with BackgroundServer(make_app(cloud, info)) as url, pytest.raises(UsageError, match=shape):
+    with BackgroundServer(make_app(cloud.routes, info)) as url, pytest.raises(UsageError, match=shape):
         run_edge(pristine, _config(url), out=tmp_path / "r.json")
     info = {**info, "feature_shape": [14, 14, 32], "checkpoint": "0" * 64}
-    with BackgroundServer(make_app(cloud, info)) as url, pytest.raises(UsageError, match="other weights"):
+    with (
+        BackgroundServer(make_app(cloud.routes, info)) as url,
+        pytest.raises(UsageError, match="other weights"),
+    ):
         run_edge(pristine, _config(url), out=tmp_path / "r.json")
+    features_only = {wire.CLOUD_PATH: cloud.routes[wire.CLOUD_PATH]}
+    with (
+        BackgroundServer(make_app(features_only, {**info, **cloud.describe})) as url,
+        pytest.raises(UsageError, match="has no /v1/image route"),
+    ):
+        run_edge(pristine, _config(url, wire="jpeg"), out=tmp_path / "r.json")
     assert not (tmp_path / "r.json").exists()
 
 
@@ -276,32 +295,47 @@ def test_bad_flags_exit_2_with_one_line(pristine, server, capsys):
         assert message in err and err.count("\n") == 1
 
 
-def test_the_sweep_gives_accuracy_against_bytes_for_every_wire(pristine, server, tmp_path):
+def test_the_sweep_gives_accuracy_against_bytes_for_every_uplink(pristine, server, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(pristine, run)
     path = sweep(run, _config(server))
     result = read_edge_sweep(RunDir(run))
     assert path == RunDir(run).edge_sweep and result is not None
-    points = {(p["mechanism"], p["target"], p["wire"]): p for p in result["points"]}
-    assert set(points) == {
-        (m, t, w) for m in ("entropy", "router") for t in (TARGET,) for w in wire.WIRES
-    } | {("cloud_only", None, w) for w in wire.WIRES}
+    points = {(p["mechanism"], p["target"], p["uplink"]): p for p in result["points"]}
+    uplinks = [
+        "fp32",
+        "fp16",
+        "int8",
+        "raw",
+        "png",
+        *(f"{f} q{q}" for f in ("jpeg", "webp") for q in (90, 75, 50)),
+    ]
+    assert set(result["request_bytes"]) == set(uplinks)
+    assert set(points) == {(m, TARGET, u) for m in ("entropy", "router") for u in uplinks} | {
+        ("cloud_only", None, u) for u in uplinks
+    }
     results = read_results(RunDir(run))
-    one_sample = {w: post_bytes(server, HEADER + PAYLOAD[w]) for w in wire.WIRES}  # spelt out by hand
-    assert result["request_bytes"] == one_sample
+    fixed = {**PAYLOAD, "raw": 28 * 28}
+    one_sample = {w: post_bytes(server, HEADER + fixed[w]) for w in fixed}  # spelt out by hand
+    assert {w: result["request_bytes"][w] for w in fixed} == one_sample
     for mechanism, curve in (("entropy", "entropy_calibrated"), ("router", "router_logits_calibrated")):
-        fp32 = points[mechanism, TARGET, "fp32"]
         expected = next(p for p in results["curves"][curve] if p["target"] == TARGET)
-        assert fp32["accuracy"] == expected["accuracy"]
         offloads = round((1 - expected["local_rate"]) * PRISTINE_EVAL)  # as the evaluate stage counted
+        for lossless in ("fp32", "raw", "png"):  # the same answers, whatever crosses
+            assert points[mechanism, TARGET, lossless]["accuracy"] == expected["accuracy"]
+        fp32 = points[mechanism, TARGET, "fp32"]
         assert fp32["bytes_per_sample"] == pytest.approx(offloads * one_sample["fp32"] / PRISTINE_EVAL)
-    for w in wire.WIRES:
-        assert points["cloud_only", None, w]["bytes_per_sample"] == one_sample[w]
+    for u in uplinks:
+        assert points["cloud_only", None, u]["bytes_per_sample"] == pytest.approx(result["request_bytes"][u])
     assert points["cloud_only", None, "fp32"]["accuracy"] == results["cloud_only_accuracy"]
+    # a compressed image costs fewer bytes than the raw one, and a lower quality fewer still
+    png, raw = result["request_bytes"]["png"], one_sample["raw"]
+    assert result["request_bytes"]["jpeg q50"] < result["request_bytes"]["jpeg q90"] and png < raw
 
     run_edge(run, _config(server, batch=1, limit=200))  # into RUN_DIR/edge/
     text = report(run).read_text()
-    assert "One offload costs" in text and "Live runs of the edge" in text and "measured, fp32" in text
+    assert "Every uplink at L0 = 0.5" in text and "Live runs of the edge" in text and "measured, fp32" in text
+    assert "| png | " in text and "| jpeg q50 | " in text
     assert (run / "figures" / "fig_deployment_bytes.png").is_file()
     assert (run / "figures" / "fig_deployment_latency.png").is_file()
     result["made_from"] = "0" * 64  # as if made from other outputs

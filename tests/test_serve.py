@@ -17,7 +17,7 @@ from http_fakes import SilentServer, post_bytes
 from ddnn_jax.deploy import cloud as cloud_module
 from ddnn_jax.deploy import wire
 from ddnn_jax.deploy.client import CloudClient
-from ddnn_jax.deploy.cloud import BackgroundServer, CloudHalf, batch_sizes, make_app
+from ddnn_jax.deploy.cloud import BackgroundServer, CloudHalf, Route, batch_sizes, make_app
 
 SHAPE = (4, 4, 3)
 CLASSES = 5
@@ -33,17 +33,22 @@ def cloud(features: np.ndarray) -> np.ndarray:
 INFO = {"feature_shape": list(SHAPE), "num_classes": CLASSES, "max_batch": MAX_BATCH, "run": "test"}
 
 
+def _routes(compute):
+    """The features route alone, around ``compute``."""
+    return {wire.CLOUD_PATH: Route(wire.FEATURES, SHAPE, compute)}
+
+
 @pytest.fixture
 def server():
-    with BackgroundServer(make_app(cloud, INFO)) as url:
+    with BackgroundServer(make_app(_routes(cloud), INFO)) as url:
         yield url
 
 
-def _post(url, body, content_type=wire.CONTENT_TYPE):
+def _post(url, body, content_type=wire.CONTENT_TYPE, path=wire.CLOUD_PATH):
     parts = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     try:
-        connection.request("POST", "/v1/cloud", body=body, headers={"Content-Type": content_type})
+        connection.request("POST", path, body=body, headers={"Content-Type": content_type})
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -56,7 +61,7 @@ def _features(n=2, shape=SHAPE):
 
 def _answers(url):
     z = _features()
-    status, body = _post(url, wire.encode_features(z, "fp32"))
+    status, body = _post(url, wire.encode(z, "fp32"))
     assert status == 200
     np.testing.assert_array_equal(wire.decode_logits(body, 2, CLASSES), cloud(z))
 
@@ -72,12 +77,12 @@ def test_health_says_what_is_served(server):
     assert health["requests"] == 0
 
 
-@pytest.mark.parametrize("wire_name", wire.WIRES)
+@pytest.mark.parametrize("wire_name", wire.wires_of(wire.FEATURES))
 def test_every_wire_is_answered(server, wire_name):
     z = _features(n=3)
-    status, body = _post(server, wire.encode_features(z, wire_name))
+    status, body = _post(server, wire.encode(z, wire_name))
     assert status == 200
-    expected = cloud(wire.decode_features(wire.encode_features(z, wire_name), SHAPE).features)
+    expected = cloud(wire.decode(wire.encode(z, wire_name), SHAPE).values)
     np.testing.assert_array_equal(wire.decode_logits(body, 3, CLASSES), expected)
 
 
@@ -85,11 +90,11 @@ def test_every_wire_is_answered(server, wire_name):
     "body, content_type, status, reason",
     [
         (b"not features", wire.CONTENT_TYPE, 400, "truncated header"),
-        (wire.encode_features(_features(), "fp32")[:-7], wire.CONTENT_TYPE, 400, "truncated body"),
-        (wire.encode_features(_features(shape=(4, 4, 2)), "fp32"), wire.CONTENT_TYPE, 422, "feature shape"),
-        (wire.encode_features(_features(), "fp32"), "application/json", 415, "send Content-Type"),
+        (wire.encode(_features(), "fp32")[:-7], wire.CONTENT_TYPE, 400, "truncated body"),
+        (wire.encode(_features(shape=(4, 4, 2)), "fp32"), wire.CONTENT_TYPE, 422, "features of shape"),
+        (wire.encode(_features(), "fp32"), "application/json", 415, "send Content-Type"),
         (bytes(20 + (MAX_BATCH + 1) * 4 * 4 * 3 * 4), wire.CONTENT_TYPE, 413, "request body over"),
-        (wire.encode_features(_features(n=MAX_BATCH + 1), "fp16"), wire.CONTENT_TYPE, 413, "9 samples"),
+        (wire.encode(_features(n=MAX_BATCH + 1), "fp16"), wire.CONTENT_TYPE, 413, "9 samples"),
     ],
 )
 def test_a_bad_request_gets_one_line_and_the_next_is_served(server, body, content_type, status, reason):
@@ -130,8 +135,8 @@ def test_a_failing_cloud_answers_500_and_the_next_batch_is_served():
             raise RuntimeError("device lost")
         return cloud(features)
 
-    with BackgroundServer(make_app(flaky, INFO)) as url:
-        status, text = _post(url, wire.encode_features(_features(), "fp32"))
+    with BackgroundServer(make_app(_routes(flaky), INFO)) as url:
+        status, text = _post(url, wire.encode(_features(), "fp32"))
         assert status == 500 and text.decode() == "the cloud failed: RuntimeError: device lost\n"
         _answers(url)
 
@@ -145,10 +150,10 @@ def test_non_finite_logits_are_a_500_and_the_edge_client_falls_back():
         logits[0, 1] = np.nan
         return logits
 
-    with BackgroundServer(make_app(overflowing, INFO)) as url:
-        status, text = _post(url, wire.encode_features(_features(), "fp32"))
+    with BackgroundServer(make_app(_routes(overflowing), INFO)) as url:
+        status, text = _post(url, wire.encode(_features(), "fp32"))
         assert status == 500 and text.decode() == "the cloud computed non-finite logits for 1 of 2 samples\n"
-        answer = CloudClient(url, timeout_s=10).infer(wire.encode_features(_features(), "fp32"), 2, CLASSES)
+        answer = CloudClient(url, timeout_s=10).infer(wire.encode(_features(), "fp32"), 2, CLASSES)
         assert answer.logits is None and answer.failure == "server_error" and "HTTP 500" in answer.reason
         health = CloudClient(url, timeout_s=10).health()
         assert health is not None and (health["failed"], health["samples"]) == (2, 0)
@@ -161,7 +166,7 @@ def test_non_finite_logits_are_a_500_and_the_edge_client_falls_back():
     other = web.Application()
     other.router.add_post(wire.CLOUD_PATH, nan_answer)
     with BackgroundServer(other) as url:
-        answer = CloudClient(url, timeout_s=10).infer(wire.encode_features(_features(), "fp32"), 2, CLASSES)
+        answer = CloudClient(url, timeout_s=10).infer(wire.encode(_features(), "fp32"), 2, CLASSES)
         assert answer.logits is None and answer.failure == "server_error"
         assert answer.reason == "the answer holds non-finite logits for 2 of 2 samples"
 
@@ -174,13 +179,13 @@ def test_health_answers_while_a_batch_computes():
         release.wait()
         return cloud(features)
 
-    with BackgroundServer(make_app(held, INFO)) as url:
+    with BackgroundServer(make_app(_routes(held), INFO)) as url:
         parts = urllib.parse.urlsplit(url)
         busy = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
         busy.request(
             "POST",
             "/v1/cloud",
-            body=wire.encode_features(_features(), "fp32"),
+            body=wire.encode(_features(), "fp32"),
             headers={"Content-Type": wire.CONTENT_TYPE},
         )
         try:
@@ -210,31 +215,31 @@ def test_a_taken_port_is_refused_in_one_line(server):
     port = urllib.parse.urlsplit(server).port
     with (
         pytest.raises(UsageError, match=f"cannot listen on 127.0.0.1:{port}"),
-        BackgroundServer(make_app(cloud, INFO), port=port),
+        BackgroundServer(make_app(_routes(cloud), INFO), port=port),
     ):
         pass
 
 
 def test_the_edge_client_reopens_a_kept_alive_connection_the_server_closed():
-    body = wire.encode_features(_features(), "fp32")
-    with BackgroundServer(make_app(cloud, INFO)) as url:
+    body = wire.encode(_features(), "fp32")
+    with BackgroundServer(make_app(_routes(cloud), INFO)) as url:
         client = CloudClient(url, timeout_s=5.0)
         first = client.infer(body, 2, CLASSES)
         assert first.failure is None and first.bytes_up > len(body)
     down = client.infer(body, 2, CLASSES)  # nothing listens: a fault, not an exception
     assert down.failure == "unreachable" and down.logits is None and down.bytes_down == 0
-    with BackgroundServer(make_app(cloud, INFO), port=urllib.parse.urlsplit(url).port):
+    with BackgroundServer(make_app(_routes(cloud), INFO), port=urllib.parse.urlsplit(url).port):
         assert client.infer(body, 2, CLASSES).failure is None
         kept = client._connection
         assert client.infer(body, 2, CLASSES).failure is None and client._connection is kept  # kept alive
-    with BackgroundServer(make_app(cloud, INFO), port=urllib.parse.urlsplit(url).port):
+    with BackgroundServer(make_app(_routes(cloud), INFO), port=urllib.parse.urlsplit(url).port):
         again = client.infer(body, 2, CLASSES)  # its kept-alive connection died with the last server
     assert again.failure is None and again.bytes_up >= first.bytes_up
     np.testing.assert_array_equal(again.logits, first.logits)
 
 
 def test_a_server_that_never_answers_is_a_timeout_that_counts_what_was_sent():
-    body = wire.encode_features(_features(), "fp32")
+    body = wire.encode(_features(), "fp32")
     with SilentServer() as silent:
         client = CloudClient(silent.url, timeout_s=0.2)
         assert client.health() is None  # no answer: no health, and no exception
@@ -252,7 +257,7 @@ def test_bytes_for_a_server_that_cannot_be_reached_are_not_counted():
     from conftest import free_port
 
     client = CloudClient(f"http://127.0.0.1:{free_port()}", timeout_s=10)
-    answer = client.infer(wire.encode_features(_features(), "fp32"), 2, CLASSES)
+    answer = client.infer(wire.encode(_features(), "fp32"), 2, CLASSES)
     assert answer.failure == "unreachable" and "ConnectionRefusedError" in answer.reason
     assert (answer.bytes_up, answer.bytes_down) == (0, 0)
 
@@ -278,10 +283,45 @@ def test_a_declared_body_too_large_or_too_slow_is_answered_and_let_go():
     """A body over the limit is refused on its headers alone; one that does not arrive is a
     408 after the body timeout, not a connection held open until shutdown."""
     headers = "POST /v1/cloud HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ddnn-features\r\n"
-    with BackgroundServer(make_app(cloud, INFO, body_timeout_s=0.5)) as url:
+    with BackgroundServer(make_app(_routes(cloud), INFO, body_timeout_s=0.5)) as url:
         huge = f"{headers}Content-Length: 1000000000\r\n\r\n".encode()
         assert _status_of(url, huge) == b"413"
         assert _status_of(url, f"{headers}Content-Length: 500\r\n\r\n".encode() + bytes(10)) == b"408"
         _answers(url)
         health = CloudClient(url, timeout_s=10).health()
         assert health is not None and health["refused"] == 2
+
+
+def test_the_image_route_answers_every_image_wire_and_refuses_wrong_images():
+    from ddnn_jax.deploy import image_wire
+
+    shape = (6, 5, 1)
+    brightness = lambda images: np.repeat(images.mean(axis=(1, 2, 3))[:, None], CLASSES, 1).astype(np.float32)
+    routes = {**_routes(cloud), wire.IMAGE_PATH: Route(wire.IMAGES, shape, brightness)}
+    images = np.random.default_rng(0).integers(0, 256, (3, *shape)).astype(np.uint8)
+    wrong_size = image_wire.encode_image(images[0, :5], "png", 0)
+    with BackgroundServer(make_app(routes, INFO)) as url:
+        for name in wire.wires_of(wire.IMAGES):
+            body = wire.encode(images, name, 80)
+            status, answer = _post(url, body, path=wire.IMAGE_PATH)
+            assert status == 200, answer
+            sent = wire.decode(body, shape, wire.IMAGES).values  # a lossy format's pixels, as decoded
+            np.testing.assert_array_equal(wire.decode_logits(answer, 3, CLASSES), brightness(sent))
+        refused = {
+            wire.encode(images[:, :5], "png"): (422, "images of shape 5x5x1 do not match"),
+            wire.encode(images, "raw")[:-1]: (400, "truncated body"),
+            wire.encode(images[:1], "png")[:20] + wire.frame([wrong_size]): (400, "a 5x5 L image"),
+            wire.encode(images[:1], "jpeg")[:20] + wire.encode(images[:1], "png")[20:]: (400, "not a JPEG"),
+            wire.encode(images.astype(np.float32), "fp32"): (422, "not served on this route"),
+        }
+        for body, (status, reason) in refused.items():
+            got, text = _post(url, body, path=wire.IMAGE_PATH)
+            assert (got, reason in text.decode()) == (status, True), text
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+            health = json.loads(response.read())
+        assert health["routes"][wire.IMAGE_PATH] == {
+            "kind": "images",
+            "shape": list(shape),
+            "wires": ["raw", "png", "jpeg", "webp"],
+        }
+        assert health["refused"] == len(refused)

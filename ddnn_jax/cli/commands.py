@@ -86,7 +86,8 @@ def _serve(args) -> None:
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must lie in [0, 65535], got {args.port}")
-    cloud = CloudHalf.load(args.run, args.max_batch)
+    bottlenecks = args.bottlenecks if args.bottlenecks != ("none",) else ()
+    cloud = CloudHalf.load(args.run, args.max_batch, bottlenecks)
     cloud.warm_up()
     app = cloud_app(cloud)
     serve_forever(
@@ -108,6 +109,8 @@ def _edge(args) -> None:
         mechanism=args.mechanism,
         target=args.target,
         wire=args.wire,
+        bottleneck=args.bottleneck,
+        quality=args.quality,
         batch=args.batch,
         family=args.family,
         timeout_s=args.timeout,

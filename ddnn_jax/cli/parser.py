@@ -22,6 +22,7 @@ from ddnn_jax.cli.flags import (
     add_runtime_flags,
     add_training_flags,
     integer,
+    names,
     number,
     numbers,
     seeds,
@@ -312,6 +313,13 @@ def _add_deployment(commands) -> None:
         default=DEFAULT_MAX_BATCH,
         help=f"samples per request at most, up to {MAX_BATCH:,}; sets the request size limit",
     )
+    serve.add_argument(
+        "--bottlenecks",
+        type=names,
+        default=None,
+        metavar="NAME,...|none",
+        help="the run's learned bottlenecks to serve codes of (default: all it has)",
+    )
     add_runtime_flags(serve)
     edge = commands.add_parser(
         "edge",
@@ -329,7 +337,22 @@ def _add_deployment(commands) -> None:
         default=EdgeConfig.target,
         help="L0: the local rate the rule was calibrated for",
     )
-    edge.add_argument("--wire", choices=WIRES, default=EdgeConfig.wire, help="how z travels")
+    edge.add_argument(
+        "--wire",
+        choices=WIRES,
+        default=EdgeConfig.wire,
+        help="what an offload sends: z (fp32, fp16, int8), a bottleneck's codes (bottleneck, "
+        "bottleneck-zlib) or the image (raw, png, jpeg, webp)",
+    )
+    edge.add_argument(
+        "--bottleneck",
+        default=EdgeConfig.bottleneck,
+        metavar="NAME",
+        help="the bottleneck whose codes a bottleneck wire sends (default: the run's only one)",
+    )
+    edge.add_argument(
+        "--quality", type=integer, default=EdgeConfig.quality, help="of the jpeg and webp wires, 1..100"
+    )
     edge.add_argument(
         "--batch",
         type=integer,

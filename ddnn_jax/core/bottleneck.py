@@ -188,8 +188,33 @@ def unpack_codes(packed, bits: int, code_shape: Sequence[int]) -> np.ndarray:
     return packed[:, : math.prod(code_shape)].reshape(len(packed), *code_shape)
 
 
-def coded_bytes(codes, bits: int) -> np.ndarray:
-    """[n] bytes of each sample's packed codes after raw DEFLATE (zlib, level 9) where that is
-    shorter, plus one byte saying which: the payload of an entropy-coded offload."""
-    packed = pack_codes(codes, bits)
-    return np.asarray([1 + min(len(row), len(zlib.compress(row.tobytes(), 9, wbits=-15))) for row in packed])
+def entropy_code(codes, bits: int) -> list[bytes]:
+    """Each sample's packed codes through raw DEFLATE (zlib, level 9) where that is shorter, after
+    one flag byte saying which (1: deflated, 0: as packed): the payload of an entropy-coded
+    offload, whose size varies per sample. zlib is the standard library's, so neither end needs
+    another package; on a few hundred bytes of codes a stronger coder has little to find."""
+    coded = []
+    for row in pack_codes(codes, bits):
+        packed = row.tobytes()
+        deflated = zlib.compress(packed, 9, wbits=-15)
+        coded.append(b"\x01" + deflated if len(deflated) < len(packed) else b"\x00" + packed)
+    return coded
+
+
+def entropy_decode(coded: bytes, packed_bytes: int) -> np.ndarray:
+    """``entropy_code``'s inverse for one sample: its ``packed_bytes`` packed bytes. Raises
+    ValueError on anything else, and inflates no further than that (no zip bomb)."""
+    flag, body = coded[:1], coded[1:]
+    if flag == b"\x01":
+        inflater = zlib.decompressobj(wbits=-15)
+        try:
+            body = inflater.decompress(body, packed_bytes)
+        except zlib.error as err:
+            raise ValueError(f"bad DEFLATE stream ({err})") from None
+        if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+            raise ValueError(f"the DEFLATE stream does not end at {packed_bytes} bytes")
+    elif flag != b"\x00":
+        raise ValueError("the first byte of a sample must be 0 (packed) or 1 (deflated)")
+    if len(body) != packed_bytes:
+        raise ValueError(f"{len(body)} packed bytes, expected {packed_bytes}")
+    return np.frombuffer(body, np.uint8)

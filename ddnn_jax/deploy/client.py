@@ -97,8 +97,8 @@ class CloudClient:
             self.close()
             return None
 
-    def infer(self, body: bytes, n: int, classes: int) -> Answer:
-        """POSTs one encoded feature batch; the cloud logits [n, classes] or why there are none.
+    def infer(self, body: bytes, n: int, classes: int, path: str = wire.CLOUD_PATH) -> Answer:
+        """POSTs one encoded batch to ``path``; the cloud logits [n, classes] or why there are none.
 
         A kept-alive connection the server has closed meanwhile is reopened once (the request
         never reached it); every other fault is the answer. ``timeout_s`` bounds each wait on
@@ -109,9 +109,7 @@ class CloudClient:
             connection = self._open()
             connection.sent = 0
             try:
-                connection.request(
-                    "POST", wire.CLOUD_PATH, body=body, headers={"Content-Type": wire.CONTENT_TYPE}
-                )
+                connection.request("POST", path, body=body, headers={"Content-Type": wire.CONTENT_TYPE})
                 response = connection.getresponse()
                 answer = response.read()
                 break

@@ -1,4 +1,4 @@
-"""The cloud half as a network service: edge features in, cloud logits out (``ddnn serve``).
+"""The cloud half as a network service: what the edge offloads in, cloud logits out (``ddnn serve``).
 
 Built on aiohttp: one well-kept package that gives an asyncio HTTP/1.1 server with a request
 body limit (413) and graceful shutdown; the service needs nothing an ASGI framework would add,
@@ -8,15 +8,21 @@ counts the edge reports.
 
 Endpoints:
 
-* ``GET /health``: JSON describing what is served (run, checkpoint digest, feature shape,
-  classes, wires, batch limit) and the requests answered so far.
-* ``POST /v1/cloud``: a ``wire`` request body (``Content-Type: application/x-ddnn-features``)
-  answered with the cloud logits. A body that does not follow the format gets 400, a feature
-  shape or wire the cloud cannot use 422, a body over the limit 413, another content type 415;
-  each with one line of reason, and the server goes on serving.
+* ``GET /health``: JSON describing what is served (run, checkpoint digest, feature and image
+  shapes, classes, routes and their wires, bottlenecks, batch limit) and the requests answered.
+* ``POST /v1/cloud``: edge features z in a feature wire, answered with the cloud logits.
+* ``POST /v1/image``: images in an image wire (raw, PNG, JPEG, WebP), answered with the whole
+  DDNN's cloud logits: the baseline of offloading the image instead of z.
+* ``POST /v1/codes/NAME``: the codes of the run's learned bottleneck NAME, answered with the
+  cloud logits through its decoder.
 
-The cloud head runs through one jitted function on batches padded to the next power of two (at
-most ``max_batch``), every size compiled before the address is printed, so no request waits for
+Every POST takes ``Content-Type: application/x-ddnn-features`` and a ``wire`` request body. A
+body that does not follow the format gets 400, a wire, shape or bit width the route cannot use
+422, a body over the limit 413, another content type 415; each with one line of reason, and the
+server goes on serving.
+
+Each route runs one jitted function on batches padded to the next power of two (at most
+``max_batch``), every size compiled before the address is printed, so no request waits for
 XLA. Computation runs on one worker thread, so ``/health`` answers while a batch computes.
 """
 
@@ -28,19 +34,22 @@ import dataclasses
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from aiohttp import web
 
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.models import feature_shape
 from ddnn_jax.core.training import build_model
+from ddnn_jax.data import normalize
 from ddnn_jax.deploy import wire
 from ddnn_jax.rundir import RunDir, as_run, read_run_record, restore_best
+from ddnn_jax.rundir.bottlenecks import DeployedBottleneck, deployed_bottleneck
 from ddnn_jax.rundir.checkpoints import state_digest
 
 LOG = logging.getLogger(__name__)
@@ -49,7 +58,7 @@ DEFAULT_MAX_BATCH = 256
 # body and then trickles or sends nothing is answered 408 and let go, not held until shutdown.
 BODY_TIMEOUT_S = 30.0
 # Each power of two up to --max-batch is compiled before serving, and a request may be that many
-# fp32 samples: the bound keeps both to 13 programs and about 100 MB for Fashion-MNIST's z.
+# fp32 samples: the bound keeps both to 13 programs a route and about 100 MB for Fashion-MNIST's z.
 MAX_BATCH = 4096
 
 
@@ -59,53 +68,134 @@ def batch_sizes(max_batch: int) -> list[int]:
     return [*sizes, max_batch]
 
 
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One POST route: the kind of wire it reads (``wire.FEATURES``, ``CODES`` or ``IMAGES``), the
+    shape of a sample, the param its requests must carry (a bottleneck's bits), and the function
+    from a decoded batch [n, *shape] to logits [n, classes], run on the worker thread."""
+
+    kind: str
+    shape: tuple[int, ...]
+    compute: Callable[[np.ndarray], np.ndarray]
+    param: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """What /health says of it."""
+        return {"kind": self.kind, "shape": list(self.shape), "wires": list(wire.wires_of(self.kind))}
+
+
+class _Padded:
+    """A jitted ``apply(variables, batch)`` on batches padded to the sizes of ``batch_sizes``."""
+
+    def __init__(self, apply: Callable, variables: Any, shape: Sequence[int], dtype, max_batch: int):
+        self._apply, self._variables = jax.jit(apply), variables
+        self.shape, self.dtype, self.sizes = tuple(shape), dtype, batch_sizes(max_batch)
+
+    def warm_up(self) -> None:
+        """Compiles every padded batch size."""
+        for size in self.sizes:
+            jax.block_until_ready(self._apply(self._variables, np.zeros((size, *self.shape), self.dtype)))
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        padded = np.zeros((next(s for s in self.sizes if s >= n), *self.shape), self.dtype)
+        padded[:n] = batch
+        return np.asarray(self._apply(self._variables, padded))[:n]
+
+
 @dataclasses.dataclass
 class CloudHalf:
-    """The cloud head of a trained run, its own variables only, as features -> logits."""
+    """The cloud half of a trained run as routes: the cloud head on features, the whole DDNN on
+    images, and each served bottleneck's decoder and cloud head on its codes."""
 
     describe: dict[str, Any]  # what /health reports about the model
     feature_shape: tuple[int, int, int]
     num_classes: int
     max_batch: int
-    _apply: Callable
-    _variables: Any
+    routes: dict[str, Route]
 
     @classmethod
-    def load(cls, run_dir: RunDir | Path, max_batch: int = DEFAULT_MAX_BATCH) -> CloudHalf:
-        """Restores the run's best checkpoint and keeps the cloud's variables of it."""
+    def load(
+        cls,
+        run_dir: RunDir | Path,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        bottlenecks: Sequence[str] | None = None,
+    ) -> CloudHalf:
+        """Restores the run's best checkpoint and the bottlenecks named (default: all the run has).
+
+        Raises:
+          UsageError: a bad ``max_batch``, no such run or bottleneck, or a bottleneck fine-tuned
+            on another checkpoint than the run's best.
+        """
         if not 1 <= max_batch <= MAX_BATCH:
             raise UsageError(f"--max-batch must lie in 1..{MAX_BATCH}, got {max_batch}")
         run = as_run(run_dir)
         read_run_record(run)
         record, state, epoch = restore_best(run)
         model = build_model(record.train, record.num_classes)
-        variables = {"params": {"cloud": state.params["cloud"]}}
-        if "cloud" in state.batch_stats:
-            variables["batch_stats"] = {"cloud": state.batch_stats["cloud"]}
+        digest = state_digest(state)
         shape = feature_shape(model, record.image_shape)
+        mean, std = jnp.asarray(record.mean, jnp.float32), jnp.asarray(record.std, jnp.float32)
+        head = {"params": {"cloud": state.params["cloud"]}}
+        if "cloud" in state.batch_stats:
+            head["batch_stats"] = {"cloud": state.batch_stats["cloud"]}
+        routes = {
+            wire.CLOUD_PATH: Route(
+                wire.FEATURES,
+                shape,
+                _Padded(
+                    lambda v, z: model.apply(v, z, method=model.cloud_head),
+                    head,
+                    shape,
+                    np.float32,
+                    max_batch,
+                ),
+            ),
+            wire.IMAGE_PATH: Route(
+                wire.IMAGES,
+                tuple(record.image_shape),
+                _Padded(
+                    lambda v, x: model.apply(v, normalize(x, mean, std))[1],
+                    {"params": state.params, "batch_stats": state.batch_stats},
+                    record.image_shape,
+                    np.uint8,
+                    max_batch,
+                ),
+            ),
+        }
+        served: dict[str, Any] = {}
+        for name in run.bottlenecks() if bottlenecks is None else bottlenecks:
+            deployed = _bottleneck(run, name, digest)
+            compute = _Padded(
+                deployed.logits_of_codes, deployed.variables, deployed.code_shape, np.uint8, max_batch
+            )
+            routes[wire.codes_path(name)] = Route(wire.CODES, deployed.code_shape, compute, deployed.bits)
+            served[name] = deployed.describe()
         describe = {
             "run": run.root.name,  # its name only: /health tells any client, not the disk's layout
             "dataset": record.dataset,
             "epoch": epoch,
-            "checkpoint": state_digest(state),  # the edge checks it is the same model
+            "checkpoint": digest,  # the edge checks it is the same model
+            "image_shape": list(record.image_shape),
+            "bottlenecks": served,
         }
-        apply = jax.jit(lambda v, z: model.apply(v, z, method=model.cloud_head))
-        return cls(describe, shape, record.num_classes, max_batch, apply, variables)
+        return cls(describe, shape, record.num_classes, max_batch, routes)
 
     def warm_up(self) -> None:
-        """Compiles every padded batch size."""
-        for size in batch_sizes(self.max_batch):
-            jax.block_until_ready(
-                self._apply(self._variables, np.zeros((size, *self.feature_shape), np.float32))
-            )
+        """Compiles every route at every padded batch size."""
+        for route in self.routes.values():
+            assert isinstance(route.compute, _Padded)
+            route.compute.warm_up()
 
-    def __call__(self, features: np.ndarray) -> np.ndarray:
-        """Cloud logits [n, classes] of float32 features [n, h, w, c], n <= max_batch."""
-        n = len(features)
-        size = next(s for s in batch_sizes(self.max_batch) if s >= n)
-        padded = np.zeros((size, *self.feature_shape), np.float32)
-        padded[:n] = features
-        return np.asarray(self._apply(self._variables, padded))[:n]
+
+def _bottleneck(run: RunDir, name: str, digest: str) -> DeployedBottleneck:
+    deployed = deployed_bottleneck(run, name)
+    if deployed.record.made_from != digest:
+        raise UsageError(
+            f"bottleneck {name} was fine-tuned on another checkpoint than {run}'s best: "
+            f"run 'ddnn bottleneck' again, or serve without it (--bottlenecks)"
+        )
+    return deployed
 
 
 @dataclasses.dataclass
@@ -130,79 +220,99 @@ COUNTERS = web.AppKey("counters", _Counters)
 
 
 def make_app(
-    cloud: Callable[[np.ndarray], np.ndarray], info: dict[str, Any], body_timeout_s: float = BODY_TIMEOUT_S
+    routes: Mapping[str, Route], info: dict[str, Any], body_timeout_s: float = BODY_TIMEOUT_S
 ) -> web.Application:
-    """The service around ``cloud`` (a CloudHalf, or anything with its call and ``info``'s keys).
+    """The service of ``routes`` (a CloudHalf's, or any others for tests), with /health.
 
     Args:
-      cloud: float32 features [n, h, w, c] -> logits [n, classes]; run on one worker thread.
-      info: ``feature_shape``, ``num_classes``, ``max_batch`` and whatever /health should add.
+      routes: URL path -> what it reads and computes; each compute runs on one worker thread.
+      info: ``num_classes``, ``max_batch`` and whatever else /health should report.
       body_timeout_s: how long a request's body may take to arrive.
     """
-    shape = tuple(info["feature_shape"])
-    limit = wire.REQUEST_HEADER_BYTES + info["max_batch"] * wire.payload_bytes("fp32", shape)
-    too_large = f"request body over {limit} bytes ({info['max_batch']} fp32 samples): send smaller batches"
-    app = web.Application(client_max_size=limit)
+    app = web.Application()
     counters = _Counters()
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud")
+    described = {path: route.describe() for path, route in routes.items()}
+    served_wires = [name for name in wire.WIRES if any(name in r["wires"] for r in described.values())]
 
     async def health(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"status": "ok", **info, "wires": list(wire.WIRES), **dataclasses.asdict(counters)}
-        )
+        body = {"status": "ok", **info, "wires": served_wires, "routes": described}
+        return web.json_response({**body, **dataclasses.asdict(counters)})
 
-    async def infer(request: web.Request) -> web.Response:
-        counters.requests += 1
-        if request.content_type != wire.CONTENT_TYPE:
-            counters.refused += 1
-            return _refuse(415, f"send Content-Type {wire.CONTENT_TYPE}")
-        if (request.content_length or 0) > limit:  # refused on its headers, before any byte of it
-            counters.refused += 1
-            return _refuse(413, too_large, close=True)
-        try:
-            body = await asyncio.wait_for(request.read(), body_timeout_s)
-        except web.HTTPRequestEntityTooLarge:
-            counters.refused += 1
-            return _refuse(413, too_large, close=True)
-        except TimeoutError:
-            counters.refused += 1
-            return _refuse(408, f"the request body did not arrive within {body_timeout_s:g} s", close=True)
-        except ConnectionResetError as err:  # one line, where aiohttp would log a traceback
-            counters.dropped += 1
-            LOG.warning("ddnn serve: a client hung up mid-request (%s: %s)", type(err).__name__, err)
-            return _refuse(400, "the connection was lost mid-body", close=True)
-        try:
-            batch = wire.decode_features(body, shape)
-        except wire.WireRefused as err:
-            counters.refused += 1
-            return _refuse(422, str(err))
-        except wire.WireError as err:
-            counters.refused += 1
-            return _refuse(400, str(err))
-        n = len(batch.features)
-        if n > info["max_batch"]:
-            counters.refused += 1
-            return _refuse(413, f"{n} samples in one request, this server takes {info['max_batch']}")
-        try:
-            logits = await asyncio.get_running_loop().run_in_executor(worker, cloud, batch.features)
-        except Exception as err:  # the cloud failed on this batch; the next one may be fine
-            counters.failed += 1
-            return _refuse(500, f"the cloud failed: {type(err).__name__}: {err}")
-        bad = wire.non_finite_rows(logits)
-        if bad:  # never an answer the edge would take for a prediction
-            counters.failed += 1
-            return _refuse(500, f"the cloud computed non-finite logits for {bad} of {n} samples")
-        counters.samples += n
-        return web.Response(body=wire.encode_logits(logits), content_type=wire.LOGITS_CONTENT_TYPE)
+    def infer(route: Route):
+        max_batch = info["max_batch"]
+        limit = wire.request_bound(wire.wires_of(route.kind), route.shape, route.param or 0, max_batch)
+        too_large = f"request body over {limit} bytes ({max_batch} samples): send smaller batches"
+
+        async def handle(request: web.Request) -> web.Response:
+            counters.requests += 1
+            if request.content_type != wire.CONTENT_TYPE:
+                counters.refused += 1
+                return _refuse(415, f"send Content-Type {wire.CONTENT_TYPE}")
+            if (request.content_length or 0) > limit:  # refused on its headers, before any byte of it
+                counters.refused += 1
+                return _refuse(413, too_large, close=True)
+            try:
+                body = await asyncio.wait_for(_read(request, limit), body_timeout_s)
+            except web.HTTPRequestEntityTooLarge:
+                counters.refused += 1
+                return _refuse(413, too_large, close=True)
+            except TimeoutError:
+                counters.refused += 1
+                return _refuse(
+                    408, f"the request body did not arrive within {body_timeout_s:g} s", close=True
+                )
+            except ConnectionResetError as err:  # one line, where aiohttp would log a traceback
+                counters.dropped += 1
+                LOG.warning("ddnn serve: a client hung up mid-request (%s: %s)", type(err).__name__, err)
+                return _refuse(400, "the connection was lost mid-body", close=True)
+            try:
+                batch = wire.decode(body, route.shape, route.kind, route.param)
+            except wire.WireRefused as err:
+                counters.refused += 1
+                return _refuse(422, str(err))
+            except wire.WireError as err:
+                counters.refused += 1
+                return _refuse(400, str(err))
+            n = len(batch.values)
+            if n > max_batch:
+                counters.refused += 1
+                return _refuse(413, f"{n} samples in one request, this server takes {max_batch}")
+            try:
+                logits = await asyncio.get_running_loop().run_in_executor(worker, route.compute, batch.values)
+            except Exception as err:  # the cloud failed on this batch; the next one may be fine
+                counters.failed += 1
+                return _refuse(500, f"the cloud failed: {type(err).__name__}: {err}")
+            bad = wire.non_finite_rows(logits)
+            if bad:  # never an answer the edge would take for a prediction
+                counters.failed += 1
+                return _refuse(500, f"the cloud computed non-finite logits for {bad} of {n} samples")
+            counters.samples += n
+            return web.Response(body=wire.encode_logits(logits), content_type=wire.LOGITS_CONTENT_TYPE)
+
+        return handle
 
     async def stop_worker(app: web.Application) -> None:
         worker.shutdown(wait=True)
 
     app.router.add_get(wire.HEALTH_PATH, health)
-    app.router.add_post(wire.CLOUD_PATH, infer)
+    for path, route in routes.items():
+        app.router.add_post(path, infer(route))
     app.on_cleanup.append(stop_worker)
     app[COUNTERS] = counters
     return app
+
+
+async def _read(request: web.Request, limit: int) -> bytes:
+    """The whole body, or HTTPRequestEntityTooLarge as soon as it passes ``limit`` bytes (a
+    chunked body declares no length to refuse up front)."""
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def cloud_app(cloud: CloudHalf) -> web.Application:
@@ -213,7 +323,7 @@ def cloud_app(cloud: CloudHalf) -> web.Application:
         "num_classes": cloud.num_classes,
         "max_batch": cloud.max_batch,
     }
-    return make_app(cloud, info)
+    return make_app(cloud.routes, info)
 
 
 async def _serve(app: web.Application, host: str, port: int, on_ready, stop: asyncio.Event) -> None:

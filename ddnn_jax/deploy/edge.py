@@ -27,8 +27,16 @@ from ddnn_jax.core.guarantees import Guarantee
 from ddnn_jax.core.mechanisms import REFERENCE_TARGET, ROUTER, deployable_rules, edge_mechanisms
 from ddnn_jax.deploy import wire
 from ddnn_jax.deploy.client import FAILURES, Answer, CloudClient, parse_server
-from ddnn_jax.deploy.edge_half import EdgeHalf, EdgeInputs, load_inputs, made_from
+from ddnn_jax.deploy.edge_half import EdgeInputs, load_inputs, made_from
 from ddnn_jax.deploy.rules import Rule, build_rule
+from ddnn_jax.deploy.uplink import (
+    DEFAULT_QUALITY,
+    Uplink,
+    build_uplink,
+    check_quality,
+    check_uplink,
+    reference_cloud_logits,
+)
 from ddnn_jax.rundir import RunDir, outputs_fingerprint, prepare_file, read_results, write_json
 
 MAX_TIMEOUT_S = 3600.0  # a request's wait; a socket's timeout must be finite
@@ -41,7 +49,9 @@ class EdgeConfig:
     server: str  # base URL of 'ddnn serve', e.g. http://127.0.0.1:8000
     mechanism: str = ROUTER  # one of edge_mechanisms()
     target: float = REFERENCE_TARGET  # L0, the local rate the rule was calibrated for
-    wire: str = "fp32"  # how z travels: wire.WIRES
+    wire: str = "fp32"  # how an offload travels: wire.WIRES (z, a bottleneck's codes or the image)
+    bottleneck: str | None = None  # the run's bottleneck whose codes a codes wire sends
+    quality: int = DEFAULT_QUALITY  # of a lossy image wire (jpeg, webp)
     batch: int = 1  # samples the edge processes (and offloads) together
     family: str = "logits"  # the router family (mechanism 'router')
     timeout_s: float = 5.0  # a request not answered by then falls back to the local answer
@@ -59,6 +69,7 @@ class EdgeConfig:
             raise UsageError(f"--target must lie in [0, 1], got {self.target}")
         if self.wire not in wire.WIRES:
             raise UsageError(f"--wire must be one of {', '.join(wire.WIRES)}, got '{self.wire}'")
+        check_quality(self.quality)
         if self.batch < 1:
             raise UsageError(f"--batch must be at least 1, got {self.batch}")
         if not 0 < self.timeout_s <= MAX_TIMEOUT_S:  # NaN and inf fail too
@@ -75,8 +86,12 @@ class EdgeConfig:
                 raise UsageError(f"--guarantee: {err}") from None
 
 
-def check_server(health: dict[str, Any] | None, edge: EdgeHalf, progress: Progress, server: str) -> None:
-    """Refuses a server that serves another model; warns when none answers (all will fall back)."""
+def check_server(
+    health: dict[str, Any] | None, inputs: EdgeInputs, uplink: Uplink, progress: Progress, server: str
+) -> None:
+    """Refuses a server that serves another model or not this uplink's route; warns when none
+    answers (all will fall back)."""
+    edge = inputs.edge
     if health is None:
         progress.warn(
             f"ddnn edge: no answer from {server}{wire.HEALTH_PATH}: "
@@ -93,6 +108,7 @@ def check_server(health: dict[str, Any] | None, edge: EdgeHalf, progress: Progre
             f"{server} serves other weights (epoch {health.get('epoch')} of {health.get('run')}) than "
             "this edge's: serve the same run, or the cloud answers would not match"
         )
+    check_uplink(health, uplink, inputs, server)
 
 
 def _percentiles(seconds: np.ndarray) -> dict[str, float] | None:
@@ -116,6 +132,7 @@ class _Stream:
         self.requests = 0
         self.bytes_up = 0
         self.bytes_down = 0
+        self.payload = 0  # request bytes after the wire's header, in all
         self.fallbacks = {failure: 0 for failure in FAILURES}
         self.reasons: dict[str, str] = {}  # the first reason of each failure
 
@@ -134,11 +151,16 @@ class _Stream:
 
 
 def _stream(
-    inputs: EdgeInputs, rule: Rule, config: EdgeConfig, client: CloudClient, progress: Progress
+    inputs: EdgeInputs,
+    rule: Rule,
+    uplink: Uplink,
+    config: EdgeConfig,
+    client: CloudClient,
+    progress: Progress,
 ) -> _Stream:
     edge, n = inputs.edge, len(inputs.images)
     stream = _Stream(n)
-    with progress.bar(n, f"edge {config.mechanism} L0={config.target:g} {config.wire}", unit="img") as bar:
+    with progress.bar(n, f"edge {config.mechanism} L0={config.target:g} {uplink.label}", unit="img") as bar:
         for start in range(0, n, config.batch):
             rows = np.arange(start, min(start + config.batch, n))
             began = time.perf_counter()
@@ -149,37 +171,39 @@ def _stream(
             stream.edge_seconds.append(decided - began)
             stream.latency[rows] = decided - began
             if send.any():
-                body = wire.encode_features(z[send], config.wire)
-                stream.record(rows[send], client.infer(body, int(send.sum()), edge.num_classes))
+                body = uplink.body(inputs.images[rows[send]], z[send])
+                stream.payload += len(body) - wire.REQUEST_HEADER_BYTES
+                stream.record(rows[send], client.infer(body, int(send.sum()), edge.num_classes, uplink.path))
                 stream.offloaded[rows[send]] = True
                 stream.latency[rows[send]] = time.perf_counter() - began
             bar.update(len(rows))
     return stream
 
 
-def _warm_up(inputs: EdgeInputs, rule: Rule, batch: int) -> None:
-    """Compiles the edge (and the router) for the batch sizes the stream will use."""
+def _warm_up(inputs: EdgeInputs, rule: Rule, uplink: Uplink, batch: int) -> None:
+    """Compiles the edge, the router and a bottleneck's encoder for the batch sizes the stream
+    will use."""
     n = len(inputs.images)
     for size in {min(batch, n), n % batch or min(batch, n)}:
         rows = np.arange(size)
         z, local_logits = inputs.edge(inputs.images[rows])
         rule.decide(rows, local_logits, z, inputs.images[rows])
+        uplink.make(inputs.images[rows], z)
 
 
-def _in_process(inputs: EdgeInputs, rule: Rule, config: EdgeConfig, stream: _Stream) -> dict[str, Any]:
-    """The same rule evaluated in process, and how the live run differs from it."""
-    reference = inputs.reference
-    predictions = np.where(
-        rule.reference, reference.cloud_logits.argmax(-1), reference.local_logits.argmax(-1)
-    )
+def _in_process(
+    inputs: EdgeInputs, rule: Rule, uplink: Uplink, config: EdgeConfig, stream: _Stream
+) -> dict[str, Any]:
+    """The same rule evaluated in process (with the cloud behind the uplink's bottleneck where
+    it has one), and how the live run differs from it."""
+    cloud_logits = reference_cloud_logits(inputs, uplink)
+    predictions = np.where(rule.reference, cloud_logits.argmax(-1), inputs.reference.local_logits.argmax(-1))
     accuracy, live = _accuracy(predictions, inputs.labels), _accuracy(stream.predictions, inputs.labels)
     return {
         "curve": rule.curve,
         "accuracy": accuracy,
         "local_rate": float(1.0 - rule.reference.mean()),
-        "results_json_accuracy": _results_point(inputs, rule.curve, rule.level, config.guarantee)
-        if inputs.test_split
-        else None,
+        "results_json_accuracy": _results_point(inputs, rule.curve, rule.level, config.guarantee, uplink),
         "decisions_differing": int((stream.offloaded != rule.reference).sum()),
         "predictions_differing": int((stream.predictions != predictions).sum()),
         "accuracy_change": None if live is None or accuracy is None else live - accuracy,
@@ -191,10 +215,11 @@ def _accuracy(predictions: np.ndarray, labels: np.ndarray | None) -> float | Non
 
 
 def _results_point(
-    inputs: EdgeInputs, curve: str, target: float, guarantee: Guarantee | None
+    inputs: EdgeInputs, curve: str, target: float, guarantee: Guarantee | None, uplink: Uplink
 ) -> float | None:
-    """results.json's accuracy of ``curve`` at ``target``, when it scored these outputs, all of
-    them (and, for a guaranteed curve, under this very guarantee)."""
+    """results.json's accuracy of ``curve`` at ``target`` (behind the uplink's bottleneck where
+    it has one), when it scored these outputs, all of them (and, for a guaranteed curve, under
+    this very guarantee)."""
     run = inputs.run
     if (
         not inputs.test_split
@@ -205,17 +230,20 @@ def _results_point(
     results = read_results(run)
     if results["made_from"] != outputs_fingerprint(inputs.outputs):
         return None
-    points = results["curves"].get(curve, [])
+    curves = results["curves"]
+    if uplink.bottleneck is not None:
+        curves = results.get("bottlenecks", {}).get(uplink.bottleneck.name, {}).get("curves", {})
+    points = curves.get(curve, [])
     if guarantee is not None:
         asked = (guarantee.kind, guarantee.epsilon, guarantee.delta)
         points = [p for p in points if (p.get("guarantee"), p.get("epsilon"), p.get("delta")) == asked]
     return next((p["accuracy"] for p in points if abs(p["target"] - target) < 1e-9), None)
 
 
-def default_name(config: EdgeConfig) -> str:
-    """edge/NAME/ of a live run: mechanism (and family), target, wire, batch."""
+def default_name(config: EdgeConfig, uplink: Uplink) -> str:
+    """edge/NAME/ of a live run: mechanism (and family), target, uplink, batch."""
     mechanism = f"router-{config.family}" if config.mechanism == ROUTER else config.mechanism
-    return f"{mechanism}-L{config.target:g}-{config.wire}-b{config.batch}"
+    return f"{mechanism}-L{config.target:g}-{uplink.label.replace(' ', '-')}-b{config.batch}"
 
 
 def run_edge(
@@ -234,26 +262,35 @@ def run_edge(
     """
     config.check()
     inputs = load_inputs(run_dir, config.images, config.limit, progress)
-    path = out or inputs.run.edge_report(default_name(config))
+    uplink = build_uplink(
+        inputs, config.wire, bottleneck=config.bottleneck, quality=config.quality, batch=config.batch
+    )
+    path = out or inputs.run.edge_report(default_name(config, uplink))
     prepare_file(path)  # before the stream: a report that cannot be written loses all of it
     rule = build_rule(inputs, config.mechanism, config.target, config.family, config.guarantee)
     client = CloudClient(config.server, config.timeout_s)
     server = client.health()
-    check_server(server, inputs.edge, progress, config.server)
-    _warm_up(inputs, rule, config.batch)
+    check_server(server, inputs, uplink, progress, config.server)
+    _warm_up(inputs, rule, uplink, config.batch)
     started = time.perf_counter()
     try:
-        stream = _stream(inputs, rule, config, client, progress)
+        stream = _stream(inputs, rule, uplink, config, client, progress)
     finally:
         client.close()
     seconds = time.perf_counter() - started
-    report = _report(inputs, rule, config, server, stream, seconds)
+    report = _report(inputs, rule, uplink, config, server, stream, seconds)
     write_json(path, report)
     return path, report
 
 
 def _report(
-    inputs: EdgeInputs, rule: Rule, config: EdgeConfig, server, stream: _Stream, seconds: float
+    inputs: EdgeInputs,
+    rule: Rule,
+    uplink: Uplink,
+    config: EdgeConfig,
+    server,
+    stream: _Stream,
+    seconds: float,
 ) -> dict[str, Any]:
     n, offloads = len(inputs.images), int(stream.offloaded.sum())
     fallbacks = sum(stream.fallbacks.values())
@@ -278,15 +315,16 @@ def _report(
         "fallbacks": {
             f: {"samples": k, "reason": stream.reasons.get(f, "")} for f, k in stream.fallbacks.items() if k
         },
-        "bytes": _bytes(inputs, config, stream),
+        "uplink": {"wire": config.wire, "route": uplink.path, "param": uplink.param, "label": uplink.label},
+        "bytes": _bytes(inputs, stream),
         "latency_ms": _latency(stream),
         "seconds": seconds,
         "throughput_per_s": n / seconds,
-        "in_process": _in_process(inputs, rule, config, stream),
+        "in_process": _in_process(inputs, rule, uplink, config, stream),
     }
 
 
-def _bytes(inputs: EdgeInputs, config: EdgeConfig, stream: _Stream) -> dict[str, Any]:
+def _bytes(inputs: EdgeInputs, stream: _Stream) -> dict[str, Any]:
     """The report's bytes on the wire: in all, per sample and per offload, HTTP headers included."""
     n, offloads = len(inputs.images), int(stream.offloaded.sum())
     return {
@@ -296,7 +334,8 @@ def _bytes(inputs: EdgeInputs, config: EdgeConfig, stream: _Stream) -> dict[str,
         "uplink_per_sample": stream.bytes_up / n,
         "uplink_per_offload": stream.bytes_up / offloads if offloads else None,
         "downlink_per_offload": stream.bytes_down / offloads if offloads else None,
-        "payload_per_offload": wire.payload_bytes(config.wire, inputs.edge.feature_shape),
+        # after the wire's 20-byte header: the samples (and their lengths, where they vary)
+        "payload_per_offload": stream.payload / offloads if offloads else None,
         "image_bytes": int(inputs.images[0].nbytes),
     }
 

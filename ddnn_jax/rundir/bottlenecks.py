@@ -76,21 +76,38 @@ def read_bottleneck_logits(bottleneck: BottleneckDir) -> dict[str, np.ndarray]:
 
 
 class DeployedBottleneck(NamedTuple):
-    """A trained bottleneck, live: ``encode`` on the edge, ``cloud_logits`` in the cloud."""
+    """A trained bottleneck, live: ``codes`` on the edge, ``logits_of_codes`` in the cloud."""
 
+    name: str
     record: BottleneckRecord
     net: BottleneckedCloud
     variables: Any  # encoder, decoder and the fine-tuned cloud head
 
-    def codes(self, z) -> jax.Array:
-        """[N, h, w, k] uint8 codes of edge features z: what the wire carries."""
-        values = self.net.apply(self.variables, jnp.asarray(z, jnp.float32), method=self.net.encode)
-        return to_codes(cast(jax.Array, values), self.net.config.bits)
+    @property
+    def bits(self) -> int:
+        return self.net.config.bits
 
-    def cloud_logits(self, codes) -> jax.Array:
-        """The cloud exit's logits of received codes."""
-        values = from_codes(jnp.asarray(codes), self.net.config.bits)
-        return cast(jax.Array, self.net.apply(self.variables, values, method=self.net.decode_head))
+    @property
+    def code_shape(self) -> tuple[int, int, int]:
+        return cast(tuple[int, int, int], tuple(self.record.code_shape))
+
+    def describe(self) -> dict[str, Any]:
+        """What the server tells the edge, and the edge checks: the same bottleneck, exactly."""
+        return {
+            "code_shape": list(self.code_shape),
+            "bits": self.bits,
+            "digest": checkpoints.tree_digest(self.variables),
+        }
+
+    def codes(self, variables, z) -> jax.Array:
+        """[N, h, w, k] uint8 codes of edge features z: what the wire carries (pure, to jit)."""
+        values = self.net.apply(variables, jnp.asarray(z, jnp.float32), method=self.net.encode)
+        return to_codes(cast(jax.Array, values), self.bits)
+
+    def logits_of_codes(self, variables, codes) -> jax.Array:
+        """The cloud exit's logits of received codes (pure, to jit)."""
+        values = from_codes(jnp.asarray(codes), self.bits)
+        return cast(jax.Array, self.net.apply(variables, values, method=self.net.decode_head))
 
 
 def deployed_bottleneck(run: RunDir, name: str) -> DeployedBottleneck:
@@ -103,4 +120,4 @@ def deployed_bottleneck(run: RunDir, name: str) -> DeployedBottleneck:
     run_record = read_run_record(run)
     model = build_model(run_record.train, run_record.num_classes)
     net = BottleneckedCloud(BottleneckConfig(**record.config), tuple(record.z_shape), cloud_like(model))
-    return DeployedBottleneck(record, net, checkpoints.restore_tree(bottleneck.variables))
+    return DeployedBottleneck(name, record, net, checkpoints.restore_tree(bottleneck.variables))

@@ -76,8 +76,13 @@ DIGEST_METRIC = "state_sha256"  # recorded beside the selection metric of every 
 
 def state_digest(state) -> str:
     """SHA-256 of a state's parameters and batch statistics: which weights outputs come from."""
+    return tree_digest({"p": state.params, "b": state.batch_stats})
+
+
+def tree_digest(tree) -> str:
+    """SHA-256 of a tree's leaves, in the tree's order."""
     digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(jax.device_get({"p": state.params, "b": state.batch_stats})):
+    for leaf in jax.tree.leaves(jax.device_get(tree)):
         digest.update(np.ascontiguousarray(leaf).tobytes())
     return digest.hexdigest()
 

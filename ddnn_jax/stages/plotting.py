@@ -121,9 +121,10 @@ def grouped_bars(
     ax.legend(fontsize=8)
 
 
-def draw_figure(draw: Callable, path: Path) -> None:
-    """Calls ``draw(ax)`` on a fresh figure and writes it to ``path`` as a PNG, atomically."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+def draw_figure(draw: Callable, path: Path, size: tuple[float, float] = (6.4, 4.2)) -> None:
+    """Calls ``draw(ax)`` on a fresh figure of ``size`` inches and writes it to ``path`` as a
+    PNG, atomically."""
+    fig, ax = plt.subplots(figsize=size)
     draw(ax)
     fig.tight_layout()
     with atomic_file(path, "wb") as f:

@@ -1,21 +1,23 @@
 """The report's section on the edge-cloud deployment (``ddnn serve`` and ``ddnn edge``): accuracy
-against the bytes each wire sends, the live runs' latency, and the latency model measured."""
+against the bytes each uplink sends (z, the image, a bottleneck's codes), the live runs' latency,
+and the latency model measured."""
 
 from __future__ import annotations
 
-from ddnn_jax.core.families import curve_name
-from ddnn_jax.core.mechanisms import CLOUD_ONLY, ENTROPY, HEADLINE_TARGETS, ROUTER, RULES
-from ddnn_jax.rundir import Results, RunDir, read_edge_reports, read_edge_sweep
-from ddnn_jax.stages.plotting import draw_figure, family_colour, pct
+from typing import Any
 
-# one line style per wire encoding of the offloaded features
+import matplotlib.pyplot as plt
+
+from ddnn_jax.core.mechanisms import CLOUD_ONLY, ENTROPY, HEADLINE_TARGETS, REFERENCE_TARGET, ROUTER
+from ddnn_jax.rundir import Results, RunDir, read_edge_reports, read_edge_sweep
+from ddnn_jax.stages.plotting import draw_figure, pct
+
+# one line style per wire of z in the latency figure
 WIRE_STYLES = {"fp32": "-", "fp16": "--", "int8": ":"}
-# the mechanisms the sweep deploys, each in its colour in the report's other figures
-DEPLOYED_MECHANISMS = {
-    ENTROPY: RULES[ENTROPY].colour,
-    ROUTER: family_colour(curve_name("logits")),
-    CLOUD_ONLY: "black",
-}
+# the mechanisms the sweep deploys, each in its line style in the bytes figure
+DEPLOYED_MECHANISMS = {ROUTER: "-", ENTROPY: "--", CLOUD_ONLY: ""}
+# a colour map per kind of uplink in the bytes figure
+UPLINK_COLOURS = {"features": "Blues", "images": "Greens", "codes": "Oranges"}
 
 
 def deployment_section(run: RunDir, results: Results) -> list[str]:
@@ -46,7 +48,7 @@ def _bytes_lines(run: RunDir, sweep: dict | None) -> list[str]:
             f"No current sweep: run `ddnn serve --run {run}` and then "
             f"`ddnn edge --run {run} --server URL --sweep --batch 256`.\n"
         ]
-    draw_figure(lambda ax: _bytes_axes(ax, sweep), run.figure("deployment_bytes"))
+    draw_figure(lambda ax: _bytes_axes(ax, sweep), run.figure("deployment_bytes"), size=(9.0, 4.8))
     return [
         f"![accuracy against bytes]({run.figure('deployment_bytes').relative_to(run.root)})",
         "",
@@ -78,51 +80,78 @@ def _latency_lines(run: RunDir, lm: dict, reports: list[dict]) -> list[str]:
     ]
 
 
+def _uplinks(sweep: dict) -> dict[str, str]:
+    """Each uplink label of the sweep, in its order, with the kind of what it sends."""
+    return {p["uplink"]: p["kind"] for p in sweep["points"]}
+
+
+def _uplink_colours(sweep: dict) -> dict[str, Any]:
+    """A colour per uplink: shades of blue for z, green for the image, orange for bottlenecks."""
+    uplinks, colours = _uplinks(sweep), {}
+    for kind, cmap in UPLINK_COLOURS.items():
+        labels = [label for label, k in uplinks.items() if k == kind]
+        for i, label in enumerate(labels):
+            colours[label] = plt.get_cmap(cmap)(0.45 + 0.5 * i / max(1, len(labels) - 1))
+    return colours
+
+
 def _bytes_axes(ax, sweep: dict) -> None:
-    for mechanism, colour in DEPLOYED_MECHANISMS.items():
-        for wire_name, linestyle in WIRE_STYLES.items():
+    colours = _uplink_colours(sweep)
+    for label, colour in colours.items():
+        for mechanism, linestyle in DEPLOYED_MECHANISMS.items():
             points = sorted(
-                (p for p in sweep["points"] if p["mechanism"] == mechanism and p["wire"] == wire_name),
+                (p for p in sweep["points"] if p["uplink"] == label and p["mechanism"] == mechanism),
                 key=lambda p: p["bytes_per_sample"],
             )
-            if points:
-                ax.plot(
-                    [p["bytes_per_sample"] / 1000 for p in points],
-                    [100 * p["accuracy"] for p in points],
-                    color=colour,
-                    linestyle=linestyle,
-                    marker="o" if mechanism != CLOUD_ONLY else "s",
-                    markersize=3,
-                    label=f"{mechanism} {wire_name}",
-                )
-    ax.axhline(
-        100 * sweep["edge_only_accuracy"], color="tab:gray", linewidth=0.8, label="edge only (0 bytes)"
-    )
-    ax.set_xlabel("uplink kB per sample (one request per offload, headers included)")
+            ax.plot(
+                [p["bytes_per_sample"] for p in points],
+                [100 * p["accuracy"] for p in points],
+                color=colour,
+                linestyle=linestyle,
+                marker="s" if mechanism == CLOUD_ONLY else "o",
+                markersize=3,
+                linewidth=1,
+                label=label if mechanism == ROUTER else None,
+            )
+    ax.axhline(100 * sweep["edge_only_accuracy"], color="tab:gray", linewidth=0.8)
+    for mechanism, linestyle in DEPLOYED_MECHANISMS.items():
+        marker = "s" if mechanism == CLOUD_ONLY else "o"
+        ax.plot([], [], color="black", linestyle=linestyle, marker=marker, markersize=3, label=mechanism)
+    ax.plot([], [], color="tab:gray", linewidth=0.8, label="edge only (0 B)")
+    ax.set_xscale("log")
+    ax.set_xlabel("uplink bytes per sample (log; one request per offload, HTTP head included)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"accuracy against bytes sent ({sweep['samples']} test samples)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"accuracy against bytes sent, every uplink ({sweep['samples']} test samples)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+
+
+def _table_target(sweep: dict) -> float:
+    """The target the table quotes: the reference budget, or the family's target nearest it."""
+    targets = {p["target"] for p in sweep["points"] if p["target"] is not None}
+    return min(targets, key=lambda t: abs(t - REFERENCE_TARGET))
 
 
 def _bytes_table(sweep: dict) -> str:
-    request = sweep["request_bytes"]
+    target = _table_target(sweep)
+    at = {(p["uplink"], p["mechanism"], p["target"]): p for p in sweep["points"]}
     rows = [
-        f"One offload costs {request['fp32']} B in fp32, {request['fp16']} B in fp16 and {request['int8']} B "
-        f"in int8 ({100 * request['int8'] / request['fp32']:.1f} % of fp32), HTTP headers included; the "
-        f"image itself is {sweep['image_bytes']} B.",
+        f"Every uplink at L0 = {target:g} (the calibrated router and entropy) and with every sample "
+        f"offloaded; the image is {sweep['image_bytes']} B and the edge alone scores "
+        f"{pct(sweep['edge_only_accuracy'])} % with 0 B. A request's bytes include the HTTP head; "
+        "for PNG, JPEG, WebP and entropy-coded codes they are the mean over the samples.",
         "",
-        "| mechanism | L0 | local % | fp32 acc % | fp16 acc % | int8 acc % | fp32 B/sample | int8 B/sample |",
-        "|---|---|---|---|---|---|---|---|",
+        "| uplink | B per offload | cloud only acc % | router acc % | router B/sample | entropy acc % | "
+        "entropy B/sample |",
+        "|---|---|---|---|---|---|---|",
     ]
-    at = {(p["mechanism"], p["target"], p["wire"]): p for p in sweep["points"]}
-    for mechanism, target, _ in sorted(k for k in at if k[2] == "fp32" and k[1] in (*HEADLINE_TARGETS, 0.5)):
-        p = {w: at[mechanism, target, w] for w in WIRE_STYLES}
-        rows.append(
-            f"| {mechanism} | {target} | {pct(p['fp32']['local_rate'])} | {pct(p['fp32']['accuracy'])} | "
-            f"{pct(p['fp16']['accuracy'])} | {pct(p['int8']['accuracy'])} | "
-            f"{p['fp32']['bytes_per_sample']:.0f} | {p['int8']['bytes_per_sample']:.0f} |"
-        )
+    for label in _uplinks(sweep):
+        cloud = at.get((label, CLOUD_ONLY, None))
+        router, entropy = at.get((label, ROUTER, target)), at.get((label, ENTROPY, target))
+        cells = [f"{sweep['request_bytes'][label]:.0f}", pct(cloud["accuracy"]) if cloud else "–"]
+        for point in (router, entropy):
+            cells += [pct(point["accuracy"]), f"{point['bytes_per_sample']:.0f}"] if point else ["–", "–"]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -130,7 +159,7 @@ def _live_table(reports: list[dict]) -> str:
     rows = [
         "Live runs of the edge against the server (`edge/*/edge_report.json`):",
         "",
-        "| mechanism | L0 | wire | batch | samples | accuracy % (in process) | local % | B/sample | "
+        "| mechanism | L0 | uplink | batch | samples | accuracy % (in process) | local % | B/sample | "
         "B/offload | ms per sample p50 / p95 / p99 | ms per offload p50 | samples/s | fallbacks % |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -140,7 +169,8 @@ def _live_table(reports: list[dict]) -> str:
         offload_ms = "–" if lat["per_offload"] is None else f"{lat['per_offload']['p50']:.2f}"
         per_offload = "–" if b["uplink_per_offload"] is None else f"{b['uplink_per_offload']:.0f}"
         rows.append(
-            f"| {c['mechanism']} | {c['target']:g} | {c['wire']} | {c['batch']} | {r['samples']} | "
+            f"| {c['mechanism']} | {c['target']:g} | {r['uplink']['label']} | {c['batch']} | "
+            f"{r['samples']} | "
             f"{pct(r['accuracy'])} ({pct(r['in_process']['accuracy'])}) | {pct(r['local_rate'])} | "
             f"{b['uplink_per_sample']:.0f} | {per_offload} | "
             f"{per_sample['p50']:.2f} / {per_sample['p95']:.2f} / {per_sample['p99']:.2f} | "
