@@ -1,6 +1,7 @@
 """The learned bottleneck at the split: its quantiser, its shapes and codes, and its fine-tuning
 on the pristine run with the edge frozen."""
 
+import dataclasses
 import json
 import shutil
 
@@ -88,7 +89,7 @@ def test_bad_configs_are_refused():
 def test_a_frozen_edge_fine_tune_changes_only_the_cloud(pristine, tmp_path, capsys):
     from ddnn_jax.core.training import build_model, make_predict_fn
     from ddnn_jax.rundir import RunDir, checkpoints, read_run_record, restore_best, run_data
-    from ddnn_jax.rundir.bottlenecks import deployed_bottleneck, read_bottleneck_logits
+    from ddnn_jax.rundir.bottlenecks import deployed_bottleneck, read_bottleneck_logits, read_coded_bytes
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(pristine, run.root)
@@ -136,6 +137,22 @@ def test_a_frozen_edge_fine_tune_changes_only_the_cloud(pristine, tmp_path, caps
     assert point["accuracy"] == pytest.approx(np.where(offload, cloud_right, local_right).mean())
     assert "entropy_calibrated" in scored["curves"] and "oracle" in scored["summary"]
 
+    # a family priced for it: trained on the cloud's correctness behind it and lambda per kB of
+    # each sample's coded payload; evaluate reports its offloads' mean payload
+    priced = ["--bottleneck", "k2-b4-s2", "--byte-cost", "50", "--grid", "0.5", "--max-epochs", "2"]
+    assert cli.main(["route", "--run", str(run.root), *priced, "--quiet"]) == 0
+    assert cli.main(["evaluate", "--run", str(run.root)]) == 0
+    coded = read_coded_bytes(run.bottleneck("k2-b4-s2"))
+    assert {s: len(v) for s, v in coded.items()} == {s: len(np.load(run.outputs(s))["labels"]) for s in coded}
+    assert coded["test"].min() >= 4 + 1 and coded["test"].max() <= 4 + 1 + 49
+    results = json.loads(run.results.read_text())
+    curve = "router_logits_k2_b4_s2_lam50_calibrated"
+    (priced_point,) = results["bottlenecks"]["k2-b4-s2"]["curves"][curve]
+    family = run.family("logits-k2-b4-s2-lam50")
+    offload = np.load(family.scores)["test"][0] >= results["curves"][curve][0]["threshold"]
+    assert priced_point["coded_bytes_per_sample"] == pytest.approx(np.where(offload, coded["test"], 0).mean())
+    assert json.loads(family.record.read_text())["config"]["byte_cost"] == 50
+
     # served, its codes cross the wire, packed and entropy-coded, as results.json scored them
     cloud = CloudHalf.load(run, max_batch=16)
     cloud.warm_up()
@@ -168,3 +185,38 @@ def test_codes_pack_to_their_bits_and_back(bits, code_shape):
     constant = entropy_code(np.zeros_like(codes), bits)
     assert all(len(c) < packed.shape[1] / 4 for c in constant)
     assert not entropy_decode(constant[0], packed.shape[1]).any()
+
+
+def test_a_priced_family_labels_by_the_benefit_less_lambda_per_kb():
+    from ddnn_jax.core.labels import correctness
+    from ddnn_jax.core.outputs import SplitOutputs
+    from ddnn_jax.core.router_net import RouterConfig
+    from ddnn_jax.stages.route import Through, meta_labels
+
+    rng = np.random.default_rng(0)
+    logits = lambda n: rng.normal(size=(n, 10)).astype(np.float32)
+    outputs = {
+        s: SplitOutputs(logits(n), logits(n), rng.integers(0, 10, n), 1)
+        for s, n in (("train", 300), ("val", 100), ("test", 100))
+    }
+    behind = {s: logits(len(o.labels)) for s, o in outputs.items()}  # the cloud behind the bottleneck
+    coded = {s: rng.integers(20, 90, len(o.labels)) for s, o in outputs.items()}
+    targets = np.asarray([0.3, 0.7], np.float32)
+    config = RouterConfig(targets=(0.3, 0.7), bottleneck="k1-b8-s1", byte_cost=2.0)
+    meta = meta_labels(outputs, targets, config, Through(behind, coded))
+    for split, o in outputs.items():  # brute force: B - lambda * kB, thresholded at its train quantiles
+        c = correctness(o.local_logits, behind[split], o.labels)
+        priced = np.asarray(c.benefit) - 2.0 * coded[split] / 1000
+        if split == "train":
+            thresholds = np.quantile(priced, targets)
+            np.testing.assert_allclose(meta.thresholds, thresholds, rtol=1e-5)
+        np.testing.assert_array_equal(meta.targets[split], priced[None, :] >= meta.thresholds[:, None])
+    free = meta_labels(outputs, targets, dataclasses.replace(config, byte_cost=0.0), Through(behind, coded))
+    assert not np.array_equal(free.targets["train"], meta.targets["train"])  # the bytes moved labels
+    for bad, fragment in (
+        (RouterConfig(byte_cost=1.0), "name the bottleneck"),
+        (RouterConfig(bottleneck="k1-b8-s1", byte_cost=-1.0), "non-negative"),
+        (RouterConfig(bottleneck="k1-b8-s1", fit_split="oof"), "no bottleneck"),
+    ):
+        with pytest.raises(ValueError, match=fragment):
+            bad.check()

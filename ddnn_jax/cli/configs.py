@@ -88,6 +88,8 @@ def router_config_from(args, inputs: str) -> RouterConfig:
         loss=args.loss,
         focal_gamma=args.focal_gamma,
         fit_split=args.fit_split,
+        bottleneck=args.bottleneck,
+        byte_cost=args.byte_cost,
         labels=args.labels or ("benefit" if args.objective == "score" else RouterConfig.labels),
         targets=args.grid or RouterConfig.targets,
         hidden=DEPTH_PRESETS[args.depth],

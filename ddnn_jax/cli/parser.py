@@ -90,6 +90,20 @@ def _add_route(commands) -> None:
         "or oof (the train split's out-of-fold outputs, which 'ddnn run --families logits-oof' makes)",
     )
     route.add_argument(
+        "--bottleneck",
+        default=RouterConfig.bottleneck,
+        metavar="NAME",
+        help="price offloading through the run's bottleneck NAME: the cloud's correctness behind it",
+    )
+    route.add_argument(
+        "--byte-cost",
+        type=number,
+        default=RouterConfig.byte_cost,
+        metavar="LAMBDA",
+        help="benefit lost per kB of a sample's entropy-coded payload (--bottleneck): the "
+        "transmission cost of offloading it",
+    )
+    route.add_argument(
         "--focal-gamma",
         type=number,
         default=RouterConfig.focal_gamma,

@@ -201,6 +201,12 @@ def entropy_code(codes, bits: int) -> list[bytes]:
     return coded
 
 
+def framed_sizes(codes, bits: int) -> np.ndarray:
+    """[n] bytes each sample's codes take on the entropy-coded wire: its 4-byte length and its
+    ``entropy_code`` bytes (``deploy.wire``'s bottleneck-zlib payload)."""
+    return np.asarray([4 + len(coded) for coded in entropy_code(codes, bits)], np.int32)
+
+
 def entropy_decode(coded: bytes, packed_bytes: int) -> np.ndarray:
     """``entropy_code``'s inverse for one sample: its ``packed_bytes`` packed bytes. Raises
     ValueError on anything else, and inflates no further than that (no zip bomb)."""

@@ -64,6 +64,11 @@ class RouterConfig:
     focal_gamma: float = 2.0  # the focal loss's exponent (loss 'focal' only)
     # whose meta-data the routers learn (FIT_SPLITS; grid objective only for the last two)
     fit_split: str = "train"
+    # a learned bottleneck of the run the family offloads through: the cloud's correctness
+    # behind it, and byte_cost (lambda, in benefit per kB) times each sample's entropy-coded
+    # payload taken off its benefit (the transmission cost of offloading it)
+    bottleneck: str | None = None
+    byte_cost: float = 0.0
 
     @property
     def kind(self) -> InputKind:
@@ -107,6 +112,14 @@ class RouterConfig:
                 raise ValueError(f"router {name} must be positive, got {getattr(self, name)}")
         if (problem := seed_problem("--router-seed", self.seed)) is not None:
             raise ValueError(problem)
+        if not 0.0 <= self.byte_cost < float("inf"):
+            raise ValueError(f"byte_cost must be finite and non-negative, got {self.byte_cost}")
+        if self.byte_cost and self.bottleneck is None:
+            raise ValueError("byte_cost prices a bottleneck's payload: name the bottleneck (--bottleneck)")
+        if self.bottleneck is not None and self.fit_split == "oof":
+            raise ValueError(
+                "out-of-fold outputs have no bottleneck: fit a bottleneck family on train or val"
+            )
         if self.max_epochs > MAX_EPOCHS:
             raise ValueError(f"router max_epochs must be at most {MAX_EPOCHS:,}, got {self.max_epochs:,}")
 

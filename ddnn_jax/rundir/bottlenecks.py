@@ -37,7 +37,12 @@ class BottleneckRecord:
 
 
 def write_bottleneck(
-    run: RunDir, name: str, record: BottleneckRecord, cloud_logits: dict[str, np.ndarray], variables
+    run: RunDir,
+    name: str,
+    record: BottleneckRecord,
+    cloud_logits: dict[str, np.ndarray],
+    coded_bytes: dict[str, np.ndarray],
+    variables,
 ) -> BottleneckDir:
     """Builds the bottleneck's folder beside its final place and renames it in."""
     target = run.bottleneck(name)
@@ -45,6 +50,7 @@ def write_bottleneck(
         built = BottleneckDir(staging)
         write_json(built.record, dataclasses.asdict(record))
         save_npz(built.cloud_logits, cloud_logits)
+        save_npz(built.coded_bytes, coded_bytes)
         checkpoints.save_tree(built.variables, variables)
     return target
 
@@ -65,13 +71,22 @@ def read_bottleneck(bottleneck: BottleneckDir) -> BottleneckRecord:
 
 def read_bottleneck_logits(bottleneck: BottleneckDir) -> dict[str, np.ndarray]:
     """The cloud exit's logits through the bottleneck, by split."""
-    with np.load(bottleneck.cloud_logits) as stored:
+    return _per_split(bottleneck, bottleneck.cloud_logits)
+
+
+def read_coded_bytes(bottleneck: BottleneckDir) -> dict[str, np.ndarray]:
+    """Each sample's payload on the entropy-coded wire (its length and its coded codes), by split."""
+    return _per_split(bottleneck, bottleneck.coded_bytes)
+
+
+def _per_split(bottleneck: BottleneckDir, path) -> dict[str, np.ndarray]:
+    remedy = f"delete {bottleneck.root} and run 'ddnn bottleneck' again"
+    if not path.is_file():
+        raise UsageError(f"{bottleneck.root} has no {path.name} (made by an older ddnn-jax): {remedy}")
+    with np.load(path) as stored:
         missing = [split for split in SPLITS if split not in stored]
         if missing:
-            raise UsageError(
-                f"{bottleneck.cloud_logits} lacks the {missing[0]} split: delete {bottleneck.root} "
-                "and run 'ddnn bottleneck' again"
-            )
+            raise UsageError(f"{path} lacks the {missing[0]} split: {remedy}")
         return {split: stored[split] for split in SPLITS}
 
 
@@ -110,12 +125,30 @@ class DeployedBottleneck(NamedTuple):
         return cast(jax.Array, self.net.apply(variables, values, method=self.net.decode_head))
 
 
-def deployed_bottleneck(run: RunDir, name: str) -> DeployedBottleneck:
-    """The run's bottleneck ``name``, with the cloud head of the run's architecture."""
+def _complete(run: RunDir, name: str) -> BottleneckDir:
     bottleneck = run.bottleneck(name)
     if not bottleneck.is_complete():
         have = ", ".join(run.bottlenecks()) or "none"
         raise UsageError(f"{run} has no bottleneck '{name}' (it has: {have}): run 'ddnn bottleneck' first")
+    return bottleneck
+
+
+def current_bottleneck(run: RunDir, name: str, checkpoint: str) -> tuple[BottleneckRecord, BottleneckDir]:
+    """The run's bottleneck ``name`` and its record, refused when it is missing or was
+    fine-tuned on another checkpoint than ``checkpoint`` (the one the outputs come from)."""
+    bottleneck = _complete(run, name)
+    record = read_bottleneck(bottleneck)
+    if record.made_from != checkpoint:
+        raise UsageError(
+            f"bottleneck {name} was fine-tuned on another checkpoint than {run}'s outputs come "
+            f"from: delete {bottleneck.root} and run 'ddnn bottleneck' again"
+        )
+    return record, bottleneck
+
+
+def deployed_bottleneck(run: RunDir, name: str) -> DeployedBottleneck:
+    """The run's bottleneck ``name``, with the cloud head of the run's architecture."""
+    bottleneck = _complete(run, name)
     record = read_bottleneck(bottleneck)
     run_record = read_run_record(run)
     model = build_model(run_record.train, run_record.num_classes)

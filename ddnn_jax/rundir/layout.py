@@ -23,6 +23,7 @@ FAMILY_VARIABLES = "variables"
 BOTTLENECKS = "bottlenecks"  # learned bottlenecks at the split (ddnn bottleneck), one folder each
 BOTTLENECK_RECORD = "bottleneck.json"
 BOTTLENECK_CLOUD = "cloud_logits.npz"  # per split, the cloud exit's logits behind the bottleneck
+BOTTLENECK_BYTES = "coded_bytes.npz"  # per split, each sample's entropy-coded payload in bytes
 RUN_PLAN = "run_plan.json"
 WEIGHT_SWEEP = "weight_sweep"
 BENCH_INFERENCE = "bench_inference.json"
@@ -88,6 +89,10 @@ class BottleneckDir(_Artefact):
     @property
     def cloud_logits(self) -> Path:
         return self.root / BOTTLENECK_CLOUD
+
+    @property
+    def coded_bytes(self) -> Path:
+        return self.root / BOTTLENECK_BYTES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,8 @@ class Point(TypedDict):
     best_epoch: NotRequired[int]
     epochs_run: NotRequired[int]
     threshold: NotRequired[float]  # calibrated routers: offload iff logit >= threshold
+    # behind a bottleneck: the entropy-coded payload of the offloads, per test sample
+    coded_bytes_per_sample: NotRequired[float]
     # guaranteed curves (*_guaranteed): the guarantee, its epsilon and delta, the bound it
     # certifies (local rate from below, accuracy drop from above) and the validation local rate
     guarantee: NotRequired[str]

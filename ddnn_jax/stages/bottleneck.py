@@ -11,8 +11,10 @@ exit's logits through the bottleneck on every split, which evaluate scores besid
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,7 @@ import optax
 
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
-from ddnn_jax.core.bottleneck import BottleneckConfig, BottleneckedCloud, cloud_like
+from ddnn_jax.core.bottleneck import BottleneckConfig, BottleneckedCloud, cloud_like, framed_sizes, to_codes
 from ddnn_jax.core.models import feature_shape
 from ddnn_jax.core.training import build_model, cross_entropy, pad_rows
 from ddnn_jax.data import augment, normalize
@@ -94,13 +96,17 @@ def _fine_tune(run: RunDir, config: BottleneckConfig, progress: Progress) -> Bot
 
     predict = jax.jit(lambda variables, images: net.apply(variables, edge_z(images)))
 
-    def cloud_logits(variables, images):
+    @jax.jit
+    def encode(variables, images):  # the integer codes the wire carries
+        values = cast(jax.Array, net.apply(variables, edge_z(images), method=net.encode))
+        return to_codes(values, config.bits)
+
+    def in_batches(fn, variables, images):
         size = record.train.eval_batch_size
-        rows = [
-            np.asarray(predict(variables, pad_rows(images[i : i + size], size)))
-            for i in range(0, len(images), size)
-        ]
-        return np.concatenate(rows)[: len(images)]
+        padded = (pad_rows(images[i : i + size], size) for i in range(0, len(images), size))
+        return np.concatenate([np.asarray(fn(variables, batch)) for batch in padded])[: len(images)]
+
+    cloud_logits = functools.partial(in_batches, predict)
 
     n = len(data.train)
     steps = n // config.batch_size
@@ -135,6 +141,10 @@ def _fine_tune(run: RunDir, config: BottleneckConfig, progress: Progress) -> Bot
             best = (val_accuracy, epoch, jax.device_get(variables))
     best_accuracy, best_epoch, best_variables = best
     logits = {split: cloud_logits(best_variables, getattr(data, split).images) for split in SPLITS}
+    coded = {
+        split: framed_sizes(in_batches(encode, best_variables, getattr(data, split).images), config.bits)
+        for split in SPLITS
+    }
     written = BottleneckRecord(
         config=dict(vars(config)),
         z_shape=list(z_shape),
@@ -145,4 +155,4 @@ def _fine_tune(run: RunDir, config: BottleneckConfig, progress: Progress) -> Bot
         history=history,
         val_accuracy_cloud=best_accuracy,
     )
-    return write_bottleneck(run, config.name, written, logits, best_variables)
+    return write_bottleneck(run, config.name, written, logits, coded, best_variables)

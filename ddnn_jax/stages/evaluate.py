@@ -59,7 +59,12 @@ from ddnn_jax.rundir import (
     read_run_record,
     write_results,
 )
-from ddnn_jax.rundir.bottlenecks import BottleneckRecord, read_bottleneck, read_bottleneck_logits
+from ddnn_jax.rundir.bottlenecks import (
+    BottleneckRecord,
+    current_bottleneck,
+    read_bottleneck_logits,
+    read_coded_bytes,
+)
 from ddnn_jax.stages.analyses import (
     Decisions,
     correctness_of,
@@ -142,8 +147,9 @@ class _Inputs(NamedTuple):
     sweep_runs: list[tuple[RunRecord, SplitOutputs]]  # each finished sweep run's test outputs
     training_seconds: float | None
     inference: list[dict[str, Any]] | None  # bench_inference.json
-    # each learned bottleneck's record and the cloud exit's logits through it, by split
-    bottlenecks: dict[str, tuple[BottleneckRecord, dict[str, np.ndarray]]]
+    # each learned bottleneck's record, the cloud exit's logits through it and each sample's
+    # entropy-coded payload, by split
+    bottlenecks: dict[str, tuple[BottleneckRecord, dict[str, np.ndarray], dict[str, np.ndarray]]]
 
 
 def _read_inputs(run: RunDir, thresholds: dict[str, list[float]]) -> _Inputs:
@@ -166,14 +172,9 @@ def _read_bottlenecks(run: RunDir, outputs: dict[str, SplitOutputs]):
     """Every bottleneck of the run, refused when it was fine-tuned on another checkpoint than
     the one these outputs come from."""
     found = {}
-    for name, directory in run.bottlenecks().items():
-        record = read_bottleneck(directory)
-        if record.made_from != outputs["test"].checkpoint:
-            raise UsageError(
-                f"bottleneck {name} was fine-tuned on another checkpoint than {run}'s outputs come "
-                f"from: delete {directory.root} and run 'ddnn bottleneck' again"
-            )
-        found[name] = (record, read_bottleneck_logits(directory))
+    for name in run.bottlenecks():
+        record, directory = current_bottleneck(run, name, outputs["test"].checkpoint)
+        found[name] = (record, read_bottleneck_logits(directory), read_coded_bytes(directory))
     return found
 
 
@@ -313,18 +314,22 @@ def _bottleneck_results(inputs: _Inputs, decisions: dict[str, Decisions], key) -
     """The DDNN with each bottleneck: the same edge decisions (rules, calibrated routers), the
     cloud's answers through the bottleneck; its cloud-only accuracy, curves and their summary."""
     out = {}
-    for name, (record, cloud_logits) in inputs.bottlenecks.items():
+    for name, (record, cloud_logits, coded_bytes) in inputs.bottlenecks.items():
         test, val = inputs.outputs["test"], inputs.outputs["val"]  # the local exit is the run's
         c_test = correctness(test.local_logits, cloud_logits["test"], test.labels)
         curves = mechanism_curves(c_test, test.local_logits, val.local_logits, key)
         for curve, (targets, offload) in decisions.items():
             if curve.endswith("_calibrated"):
                 curves[curve] = points(c_test, offload, targets)
+                # the mean entropy-coded payload per sample of the offloads this curve makes
+                for point, row in zip(curves[curve], np.asarray(offload), strict=True):
+                    point["coded_bytes_per_sample"] = float(np.where(row, coded_bytes["test"], 0).mean())
         edge_only = float(np.asarray(c_test.local_correct).mean())
         cloud_only = float(np.asarray(c_test.cloud_correct).mean())
         out[name] = {
             "config": record.config,
             "payload_bytes": record.payload_bytes,
+            "coded_bytes_mean": float(coded_bytes["test"].mean()),  # entropy-coded, all test samples
             "code_shape": record.code_shape,
             "cloud_only_accuracy": cloud_only,
             "curves": curves,

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -51,6 +52,7 @@ from ddnn_jax.rundir import (
     split_images,
     write_family,
 )
+from ddnn_jax.rundir.bottlenecks import current_bottleneck, read_bottleneck_logits, read_coded_bytes
 
 QUALITY = {  # the per-epoch validation metric of each objective, as router.json names it
     "grid": "decision_accuracy",
@@ -68,7 +70,9 @@ def default_name(config: RouterConfig) -> str:
     first = "benefit" if config.objective == "score" else "cost"
     labels = "" if config.labels == first else f"-{config.labels}"
     objective = "" if config.objective == "grid" else f"-{config.objective}"
-    return config.inputs + objective + labels + loss
+    bottleneck = "" if config.bottleneck is None else f"-{config.bottleneck}"
+    priced = f"-lam{config.byte_cost:g}" if config.byte_cost else ""
+    return config.inputs + objective + labels + loss + bottleneck + priced
 
 
 def check_family_name(name: str) -> str:
@@ -82,10 +86,45 @@ def check_family_name(name: str) -> str:
     return name
 
 
-def meta_labels(outputs: dict[str, SplitOutputs], targets: np.ndarray, config: RouterConfig) -> MetaSet:
+class Through(NamedTuple):
+    """What a family priced for a bottleneck learns from, by split: the cloud's logits behind the
+    bottleneck and each sample's entropy-coded payload in bytes."""
+
+    cloud_logits: dict[str, np.ndarray]
+    coded_bytes: dict[str, np.ndarray]
+
+    def as_train(self, split: str) -> Through:
+        """``split``'s arrays as the training split's (a family fit on validation)."""
+        return Through({"train": self.cloud_logits[split]}, {"train": self.coded_bytes[split]})
+
+
+def _through(run: RunDir, config: RouterConfig, outputs: dict[str, SplitOutputs]) -> Through | None:
+    """The bottleneck the family is priced for, refused unless it encodes the outputs' edge."""
+    if config.bottleneck is None:
+        return None
+    _, directory = current_bottleneck(run, config.bottleneck, outputs["test"].checkpoint)
+    return Through(read_bottleneck_logits(directory), read_coded_bytes(directory))
+
+
+def meta_labels(
+    outputs: dict[str, SplitOutputs],
+    targets: np.ndarray,
+    config: RouterConfig,
+    through: Through | None = None,
+) -> MetaSet:
     """The family's meta-dataset (``core.meta``): B*(L0) from the training split, every split's
-    training targets under them, and the models to train with their per-sample weights."""
-    per_split = {name: correctness(o.local_logits, o.cloud_logits, o.labels) for name, o in outputs.items()}
+    training targets under them, and the models to train with their per-sample weights. A
+    family priced for a bottleneck (``through``) takes the cloud's correctness behind it, and
+    its benefit loses byte_cost per kB of the sample's payload."""
+    per_split = {}
+    for name, o in outputs.items():
+        if through is None:
+            per_split[name] = correctness(o.local_logits, o.cloud_logits, o.labels)
+            continue
+        c = correctness(o.local_logits, through.cloud_logits[name], o.labels)
+        per_split[name] = c._replace(
+            benefit=c.benefit - config.byte_cost * through.coded_bytes[name] / 1000.0
+        )
     entry = labelling(config.labels, config.objective)
     return meta_set(entry, per_split, targets, budget_input=config.objective == "budget")
 
@@ -206,14 +245,15 @@ def _route(
     inputs = {s: raw_inputs(config.kind, source[s], images.get(s)) for s in SPLITS}
     mean, std = channel_statistics(inputs["val" if config.fit_split == "val" else "train"])
     inputs = {s: (x - mean) / std for s, x in inputs.items()}
-    if config.fit_split == "val":
-        meta = meta_labels({"train": outputs["val"]}, targets, config)  # its own costs and B*
+    through = _through(run, config, outputs)
+    if config.fit_split == "val":  # its own costs and B*
+        meta = meta_labels({"train": outputs["val"]}, targets, config, through and through.as_train("val"))
         result, scores, members, (compile_seconds, train_seconds) = _cross_fit(
             config, inputs, meta, progress, family_name
         )
         kept = np.arange(len(targets))
     else:
-        meta = meta_labels(source, targets, config)
+        meta = meta_labels(source, targets, config, through)
         result, compile_seconds, train_seconds = _train_grid(config, inputs, meta, progress, family_name)
         result, kept = select_candidates(result, meta.candidates.target_of)
         predict = make_grid_predictor(config)
