@@ -153,6 +153,16 @@ def test_a_frozen_edge_fine_tune_changes_only_the_cloud(pristine, tmp_path, caps
     assert priced_point["coded_bytes_per_sample"] == pytest.approx(np.where(offload, coded["test"], 0).mean())
     assert json.loads(family.record.read_text())["config"]["byte_cost"] == 50
 
+    # the edge's extra cost of encoding, as 'ddnn bench inference --run' reports it
+    from ddnn_jax.stages.timing import InferenceBenchConfig, _encoder_lines, build_programs
+
+    bench = InferenceBenchConfig(run=run.root, runs=2, program_calls=3)
+    image = np.zeros((1, 28, 28, 1), np.uint8)
+    (line,) = _encoder_lines(run, build_programs(bench).edge["only"], image, bench, {})
+    assert line["bottleneck"] == "k2-b4-s2" and line["edge_ms"] > 0 and line["edge_encoder_ms"] > 0
+    # a 2x2 convolution from 32 channels to 2 at 7x7 positions: 2 FLOPs a multiply-add, and a sigmoid
+    assert 2 * 7 * 7 * 2 * (2 * 2 * 32) <= line["encoder_flops"] < 0.05 * line["edge_flops"]
+
     # served, its codes cross the wire, packed and entropy-coded, as results.json scored them
     cloud = CloudHalf.load(run, max_batch=16)
     cloud.warm_up()

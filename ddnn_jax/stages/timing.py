@@ -21,6 +21,9 @@ With ``--run``, the run's best DDNN weights are used, and its trained logits rou
 nearest 0.54, with its input standardisation) when ``ddnn route`` made one; otherwise random
 weights and the default logits MLP. Every threshold is fitted so that 54 % of the timed images
 stay local: the architecture and the offloaded share, not the weight values, set the cost.
+With a run that has learned bottlenecks (``ddnn bottleneck``), one ``encoder_overhead`` line per
+bottleneck gives the edge's extra cost of encoding z into its codes: XLA's FLOP count of the
+edge with and without the encoder, and both programs timed at batch 1 like the decisions.
 ``--out`` also writes every line to a JSON file, which ``ddnn report`` draws as Fig. 6.5.
 """
 
@@ -45,6 +48,7 @@ from ddnn_jax.core.router_net import RouterConfig, build_router
 from ddnn_jax.core.training import build_model, create_train_state
 from ddnn_jax.data import normalize
 from ddnn_jax.rundir import RunDir, deployed_router, read_family, restore_best, write_json
+from ddnn_jax.rundir.bottlenecks import deployed_bottleneck
 
 MECHANISMS = ("edge_only", "edge_entropy", "edge_router", "ddnn_random", "ddnn_entropy", "ddnn_router")
 BUCKET = 128  # offloaded rows are padded to a multiple of this: a handful of cloud programs
@@ -283,6 +287,55 @@ def time_inference(config: InferenceBenchConfig) -> list[dict]:
         seconds, offloaded = _time_regime(make, config.runs)
         lines += _regime_lines(regime, per, seconds, offloaded, common)
     lines.append(_decision_programs(programs.edge, images[:1], config.runs, config.program_calls, common))
+    if config.run is not None:
+        lines += _encoder_lines(RunDir(config.run), programs.edge["only"], images[:1], config, common)
+    return lines
+
+
+def _flops(program: Callable, *args) -> float:
+    """XLA's count of the floating-point operations of one call of a jitted program."""
+    cost = program.lower(*args).compile().cost_analysis()  # type: ignore[attr-defined]
+    return float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
+
+
+def _encoder_lines(
+    run: RunDir, edge: Callable, image: np.ndarray, config: InferenceBenchConfig, common: dict
+) -> list[dict]:
+    """For each of the run's bottlenecks, the edge's extra cost of its encoder at batch 1: XLA's
+    FLOPs, and the edge program with and without the encoder, rounds interleaved, medians."""
+    lines = []
+    for name in run.bottlenecks():
+        bottleneck = deployed_bottleneck(run, name)
+
+        @jax.jit
+        def encoded(images, b=bottleneck):
+            z, local, _ = edge(images)
+            return b.codes(b.variables, z), local
+
+        ms: dict[str, list[float]] = {"edge": [], "encoded": []}
+        for _ in range(config.runs):
+            for key, program in (("edge", edge), ("encoded", encoded)):
+                jax.device_get(program(image))  # compiled before the first round
+                started = time.perf_counter()
+                for _ in range(config.program_calls):
+                    jax.device_get(program(image)[:2])
+                ms[key].append(1e3 * (time.perf_counter() - started) / config.program_calls)
+        edge_ms, encoded_ms = (statistics.median(ms[k]) for k in ("edge", "encoded"))
+        edge_flops = _flops(edge, image)
+        lines.append(
+            {
+                "measure": "encoder_overhead",
+                "regime": "batch1_programs",
+                "bottleneck": name,
+                "payload_bytes": bottleneck.record.payload_bytes,
+                "edge_ms": round(edge_ms, 4),
+                "edge_encoder_ms": round(encoded_ms, 4),
+                "over_edge_ms": round(encoded_ms - edge_ms, 4),
+                "edge_flops": edge_flops,
+                "encoder_flops": _flops(encoded, image) - edge_flops,
+                **common,
+            }
+        )
     return lines
 
 
