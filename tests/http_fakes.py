@@ -79,3 +79,58 @@ class SilentServer:
             pass
         with self._lock:
             self.received.append(b"".join(chunks))
+
+
+class ScriptedServer:
+    """A TCP server on 127.0.0.1 that reads each request (its head and its Content-Length body)
+    and answers it with ``answer``, as given: ``trickle_s`` apart byte by byte where set, then
+    closes the connection. For answers no real ``ddnn serve`` gives."""
+
+    def __init__(self, answer: bytes, trickle_s: float | None = None) -> None:
+        self.answer, self.trickle_s = answer, trickle_s
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="scripted", daemon=True)
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                self._answer(connection)
+
+    def _answer(self, connection: socket.socket) -> None:
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += connection.recv(1 << 16)
+        head, body = received.split(b"\r\n\r\n", 1)
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            ),
+            0,
+        )
+        while len(body) < length:
+            body += connection.recv(1 << 16)
+        with contextlib.suppress(OSError):  # the client may have hung up: the script is done
+            if self.trickle_s is None:
+                connection.sendall(self.answer)
+            for byte in self.answer if self.trickle_s is not None else b"":
+                if self._stop.wait(self.trickle_s):
+                    return
+                connection.sendall(bytes([byte]))

@@ -164,8 +164,7 @@ def test_a_frozen_edge_fine_tune_changes_only_the_cloud(pristine, tmp_path, caps
     assert 2 * 7 * 7 * 2 * (2 * 2 * 32) <= line["encoder_flops"] < 0.05 * line["edge_flops"]
 
     # served, its codes cross the wire, packed and entropy-coded, as results.json scored them
-    cloud = CloudHalf.load(run, max_batch=16)
-    cloud.warm_up()
+    cloud = CloudHalf.load(run, max_batch=16)  # compiled as requests come (no warm-up: test time)
     with BackgroundServer(cloud_app(cloud)) as url:
         for wire_name in ("bottleneck", "bottleneck-zlib"):
             config = EdgeConfig(url, target=0.5, wire=wire_name, batch=16)

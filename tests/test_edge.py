@@ -198,7 +198,9 @@ def test_a_server_down_leaves_every_sample_answered_locally(pristine, tmp_path, 
     _, report = run_edge(pristine, _config(url, mechanism="entropy", limit=500), out=tmp_path / "r.json")
     assert "no answer from" in capsys.readouterr().err
     assert report["fallback_rate"] == report["offloaded"] / 500 > 0
-    assert report["fallbacks"]["unreachable"]["samples"] == report["offloaded"]
+    fallbacks = report["fallbacks"]  # five requests fail, then the open circuit sends none
+    assert fallbacks["unreachable"]["samples"] + fallbacks["circuit_open"]["samples"] == report["offloaded"]
+    assert report["bytes"]["requests"] == 5 and report["bytes"]["uplink"] == 0
     assert report["server"] is None and report["bytes"]["downlink"] == 0
     local_only = run_edge(
         pristine, _config(url, mechanism="entropy", target=1.0, limit=500), out=tmp_path / "l"
@@ -211,13 +213,18 @@ def test_a_server_that_never_answers_costs_timeouts_not_samples(pristine, tmp_pa
         config = _config(silent.url, mechanism="entropy", limit=640, timeout_s=0.2)
         _, report = run_edge(pristine, config, out=tmp_path / "r.json")
     assert "no answer from" in capsys.readouterr().err  # its /health timed out too
-    timeouts = report["fallbacks"]["timeout"]
+    timeouts, paused = report["fallbacks"]["timeout"], report["fallbacks"]["circuit_open"]
     assert report["samples"] == 640 and report["answered_by_cloud"] == 0
-    assert timeouts["samples"] == report["offloaded"] > 0 and timeouts["reason"] == "no answer within 0.2 s"
-    assert report["fallback_rate"] == report["offloaded"] / 640
-    # what the edge counted is what reached the server: one request per batch with an offload
+    assert (
+        timeouts["reason"] == "no answer within 0.2 s"
+        and "after 5 failed requests in a row" in paused["reason"]
+    )
+    # five requests time out, then the circuit breaker keeps the other batches' offloads local
+    assert timeouts["samples"] + paused["samples"] == report["offloaded"] and paused["samples"] > 0
+    assert report["fallback_rate"] == report["offloaded"] / 640 and report["circuit_opened"] == 1
+    # what the edge counted is what reached the server: one request per batch until the breaker
     posts = [request for request in silent.received if request.startswith(b"POST /v1/cloud ")]
-    assert report["bytes"]["requests"] == len(posts) == 10
+    assert report["bytes"]["requests"] == len(posts) == 5
     assert report["bytes"]["uplink"] == sum(map(len, posts)) and report["bytes"]["downlink"] == 0
 
 

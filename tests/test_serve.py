@@ -12,7 +12,7 @@ import urllib.parse
 import numpy as np
 import pytest
 from aiohttp import web
-from http_fakes import SilentServer, post_bytes
+from http_fakes import ScriptedServer, SilentServer, post_bytes
 
 from ddnn_jax.deploy import cloud as cloud_module
 from ddnn_jax.deploy import wire
@@ -325,3 +325,67 @@ def test_the_image_route_answers_every_image_wire_and_refuses_wrong_images():
             "wires": ["raw", "png", "jpeg", "webp"],
         }
         assert health["refused"] == len(refused)
+
+
+def _logits_answer(n=2, head=None):
+    body = wire.encode_logits(np.zeros((n, CLASSES), np.float32))
+    head = head or f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def test_a_request_has_a_deadline_even_when_every_byte_arrives_in_time():
+    # 52 bytes of logits and their head, one every 0.05 s: each read is quick, the whole is not
+    with ScriptedServer(_logits_answer(), trickle_s=0.05) as trickling:
+        answer = CloudClient(trickling.url, timeout_s=1.0).infer(wire.encode(_features(), "fp32"), 2, CLASSES)
+    assert (answer.failure, answer.reason) == ("timeout", "no answer within 1 s"), answer.reason
+    with ScriptedServer(_logits_answer()) as prompt:  # the same answer at once is taken
+        answer = CloudClient(prompt.url, timeout_s=1.0).infer(wire.encode(_features(), "fp32"), 2, CLASSES)
+    assert answer.failure is None and answer.logits.shape == (2, CLASSES)
+
+
+@pytest.mark.parametrize(
+    "head, reason",
+    [
+        ("HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n", "announces 1000000000 bytes"),
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "announces no length (chunked)"),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", "announces 12 bytes, 2 samples' logits take 52"),
+    ],
+)
+def test_an_answer_of_another_size_is_a_server_fault_never_read(head, reason):
+    endless = b"x" * (1 << 20)  # what follows the head is never read
+    with ScriptedServer(head.encode() + endless) as server:
+        answer = CloudClient(server.url, timeout_s=5).infer(wire.encode(_features(), "fp32"), 2, CLASSES)
+    assert answer.failure == "server_error" and reason in answer.reason
+    assert answer.bytes_down < 200  # the head alone
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'"ok"', b"{" * 10, b"x" * (2 << 20)])
+def test_a_health_answer_that_is_not_a_json_object_is_no_answer(body):
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with ScriptedServer(head + body) as server:
+        assert CloudClient(server.url, timeout_s=5).health() is None
+
+
+def test_the_circuit_breaker_opens_after_failures_in_a_row_and_probes_after_its_backoff():
+    from ddnn_jax.deploy.client import CircuitBreaker
+
+    now = [0.0]
+    breaker = CircuitBreaker(3, backoff_s=10.0, clock=lambda: now[0])
+    for ok in (False, False, True, False, False):  # a success resets the count
+        assert breaker.allows()
+        breaker.record(ok)
+    breaker.record(False)  # the third in a row
+    assert not breaker.allows() and breaker.opened == 1
+    now[0] = 9.9
+    assert not breaker.allows()
+    now[0] = 10.0  # one probe; it fails: open again, at once, for another back-off
+    assert breaker.allows()
+    breaker.record(False)
+    assert not breaker.allows() and breaker.opened == 1
+    now[0] = 20.0
+    breaker.record(True)  # the next probe succeeds: closed
+    assert breaker.allows() and breaker.in_a_row == 0
+    never = CircuitBreaker(0, backoff_s=10.0, clock=lambda: now[0])
+    for _ in range(100):
+        never.record(False)
+    assert never.allows() and never.opened == 0

@@ -114,6 +114,8 @@ def _edge(args) -> None:
         batch=args.batch,
         family=args.family,
         timeout_s=args.timeout,
+        breaker=args.breaker,
+        backoff_s=args.backoff,
         limit=args.limit,
         images=args.images,
         guarantee=guarantee_from(args) if args.guarantee else None,

@@ -381,6 +381,18 @@ def _add_deployment(commands) -> None:
         help="seconds to wait for the cloud before answering locally",
     )
     edge.add_argument(
+        "--breaker",
+        type=integer,
+        default=EdgeConfig.breaker,
+        help="failed requests in a row after which nothing is offloaded for --backoff seconds (0: never)",
+    )
+    edge.add_argument(
+        "--backoff",
+        type=number,
+        default=EdgeConfig.backoff_s,
+        help="seconds an open circuit keeps every sample local before one request probes the server",
+    )
+    edge.add_argument(
         "--images",
         default=EdgeConfig.images,
         metavar="DIR",

@@ -1,12 +1,18 @@
 """The HTTP client of the cloud service (``ddnn serve``): keep-alive connections that count every
-byte they send and receive, and answers that name a network fault instead of raising it."""
+byte they send and receive, a deadline per request, answers read no further than the logits they
+must hold, faults named instead of raised, and a circuit breaker that stops offloading to a
+server that keeps failing."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
+import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -14,7 +20,11 @@ import numpy as np
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.deploy import wire
 
-FAILURES = ("unreachable", "timeout", "server_error", "refused")
+# why an offloaded sample kept its local answer: the request's fault, or no request at all while
+# the circuit breaker is open
+FAILURES = ("unreachable", "timeout", "server_error", "refused", "circuit_open")
+REASON_BYTES = 4096  # of an error answer's body: its one line of reason, not whatever follows
+MAX_HEALTH_BYTES = 1 << 20
 
 
 def parse_server(url: str) -> urllib.parse.SplitResult:
@@ -88,44 +98,54 @@ class CloudClient:
         try:
             connection.request("GET", wire.HEALTH_PATH)
             response = connection.getresponse()
-            body = response.read()
-            if response.status != 200:
-                self.close()
-                return None
-            return json.loads(body)
+            body = response.read(MAX_HEALTH_BYTES + 1)
+            health = json.loads(body) if response.status == 200 and len(body) <= MAX_HEALTH_BYTES else None
         except (OSError, http.client.HTTPException, ValueError):
+            health = None
+        if not isinstance(health, dict):  # not ddnn serve's answer: a list, a string, too long
             self.close()
             return None
+        return health
 
     def infer(self, body: bytes, n: int, classes: int, path: str = wire.CLOUD_PATH) -> Answer:
         """POSTs one encoded batch to ``path``; the cloud logits [n, classes] or why there are none.
 
         A kept-alive connection the server has closed meanwhile is reopened once (the request
-        never reached it); every other fault is the answer. ``timeout_s`` bounds each wait on
-        the socket."""
+        never reached it); every other fault is the answer. ``timeout_s`` bounds the whole
+        request, connecting, sending and the answer together: a server that trickles its answer
+        a byte at a time is cut off at the deadline. The answer is read no further than the
+        logits it must hold."""
         started, sent = time.perf_counter(), 0
+        deadline = started + self.timeout_s
+        expected = wire.logits_bytes(n, classes)
         for attempt in (0, 1):
             reused = self._connection is not None
             connection = self._open()
             connection.sent = 0
+            expired = lambda: False
             try:
-                connection.request("POST", path, body=body, headers={"Content-Type": wire.CONTENT_TYPE})
-                response = connection.getresponse()
-                answer = response.read()
+                with _cut_off_at(deadline, connection) as expired:
+                    connection.request("POST", path, body=body, headers={"Content-Type": wire.CONTENT_TYPE})
+                    response = connection.getresponse()
+                    announced = response.length if response.status == 200 else None
+                    if response.status == 200 and announced != expected:
+                        answer = b""  # never read: a chunked, endless or oversized answer
+                    else:
+                        answer = response.read(expected if response.status == 200 else REASON_BYTES)
                 break
-            except TimeoutError:
-                reason = f"no answer within {self.timeout_s:g} s"
-                return self._failed("timeout", reason, sent + connection.sent, started)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as err:
+            except (OSError, http.client.HTTPException) as err:
                 sent += connection.sent
-                if not reused or attempt:
+                if expired() or isinstance(err, TimeoutError):
+                    return self._failed("timeout", f"no answer within {self.timeout_s:g} s", sent, started)
+                stale = isinstance(
+                    err, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError
+                )
+                if not (stale and reused and not attempt):  # a kept-alive connection gone stale
                     return self._failed("unreachable", f"{type(err).__name__}: {err}", sent, started)
                 self.close()
-            except (OSError, http.client.HTTPException) as err:
-                return self._failed(
-                    "unreachable", f"{type(err).__name__}: {err}", sent + connection.sent, started
-                )
         sent += connection.sent
+        if expired():  # cut off mid-answer: what was read of it is not the answer
+            return self._failed("timeout", f"no answer within {self.timeout_s:g} s", sent, started)
         seconds = time.perf_counter() - started
         down = _response_bytes(response, answer)
         if response.status != 200:
@@ -133,6 +153,11 @@ class CloudClient:
             failure = "server_error" if response.status >= 500 else "refused"
             reason = f"HTTP {response.status}: {answer.decode('utf-8', 'replace').strip()}"
             return Answer(None, failure, reason, sent, down, seconds)
+        if announced != expected:
+            self.close()  # the rest of that answer is never read: the connection cannot be reused
+            length = "no length (chunked)" if announced is None else f"{announced} bytes"
+            reason = f"the answer announces {length}, {n} samples' logits take {expected}"
+            return Answer(None, "server_error", reason, sent, down, seconds)
         try:
             logits = wire.decode_logits(answer, n, classes)
         except wire.WireError as err:
@@ -142,6 +167,58 @@ class CloudClient:
     def _failed(self, failure: str, reason: str, sent: int, started: float) -> Answer:
         self.close()
         return Answer(None, failure, reason, sent, 0, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _cut_off_at(deadline: float, connection: http.client.HTTPConnection):
+    """Shuts the connection's socket down at ``deadline`` (time.perf_counter), which ends any
+    read or write blocked on it; yields a function saying whether that happened."""
+    fired = threading.Event()
+
+    def expire() -> None:
+        fired.set()
+        if connection.sock is not None:
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)
+
+    if connection.sock is None:  # connect first, within the deadline, so that there is a socket
+        connection.timeout = max(1e-3, deadline - time.perf_counter())
+        connection.connect()
+    connection.sock.settimeout(max(1e-3, deadline - time.perf_counter()))  # no wait outlives it
+    timer = threading.Timer(max(0.0, deadline - time.perf_counter()), expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired.is_set
+    finally:
+        timer.cancel()
+
+
+class CircuitBreaker:
+    """After ``failures`` failed requests in a row, offloading stops for ``backoff_s`` seconds
+    (the samples keep their local answers at once, no request made); then one request probes the
+    server, and a success closes the circuit again. ``failures`` 0: never open."""
+
+    def __init__(self, failures: int, backoff_s: float, clock: Callable[[], float] = time.monotonic):
+        self.failures, self.backoff_s, self._clock = failures, backoff_s, clock
+        self.in_a_row = 0
+        self.opened = 0  # times the circuit opened
+        self._open_until: float | None = None
+
+    def allows(self) -> bool:
+        """Whether to send now: closed, or open long enough for one probe."""
+        return self._open_until is None or self._clock() >= self._open_until
+
+    def record(self, ok: bool) -> None:
+        """A request's outcome."""
+        if ok:
+            self.in_a_row, self._open_until = 0, None
+            return
+        self.in_a_row += 1
+        probe_failed = self._open_until is not None
+        if self.failures and (probe_failed or self.in_a_row >= self.failures):
+            self.opened += not probe_failed
+            self._open_until = self._clock() + self.backoff_s
 
 
 def _response_bytes(response: http.client.HTTPResponse, body: bytes) -> int:

@@ -26,7 +26,7 @@ from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.guarantees import Guarantee
 from ddnn_jax.core.mechanisms import REFERENCE_TARGET, ROUTER, deployable_rules, edge_mechanisms
 from ddnn_jax.deploy import wire
-from ddnn_jax.deploy.client import FAILURES, Answer, CloudClient, parse_server
+from ddnn_jax.deploy.client import FAILURES, Answer, CircuitBreaker, CloudClient, parse_server
 from ddnn_jax.deploy.edge_half import EdgeInputs, load_inputs, made_from
 from ddnn_jax.deploy.rules import Rule, build_rule
 from ddnn_jax.deploy.uplink import (
@@ -55,6 +55,8 @@ class EdgeConfig:
     batch: int = 1  # samples the edge processes (and offloads) together
     family: str = "logits"  # the router family (mechanism 'router')
     timeout_s: float = 5.0  # a request not answered by then falls back to the local answer
+    breaker: int = 5  # failed requests in a row that open the circuit breaker (0: never)
+    backoff_s: float = 30.0  # how long an open circuit keeps every sample local before a probe
     limit: int | None = None  # the first N images only (default: all)
     images: str | None = None  # a folder of images instead of the test split (data.read_image_folder)
     # deploy a guaranteed threshold (core.guarantees) instead of the calibrated one
@@ -74,6 +76,10 @@ class EdgeConfig:
             raise UsageError(f"--batch must be at least 1, got {self.batch}")
         if not 0 < self.timeout_s <= MAX_TIMEOUT_S:  # NaN and inf fail too
             raise UsageError(f"--timeout must lie in (0, {MAX_TIMEOUT_S:g}] seconds, got {self.timeout_s}")
+        if self.breaker < 0:
+            raise UsageError(f"--breaker must be 0 (never open) or more, got {self.breaker}")
+        if not 0 < self.backoff_s <= MAX_TIMEOUT_S:
+            raise UsageError(f"--backoff must lie in (0, {MAX_TIMEOUT_S:g}] seconds, got {self.backoff_s}")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be at least 1, got {self.limit}")
         parse_server(self.server)
@@ -122,7 +128,7 @@ def _percentiles(seconds: np.ndarray) -> dict[str, float] | None:
 class _Stream:
     """The per-sample and per-request records of one live run."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, breaker: CircuitBreaker):
         self.offloaded = np.zeros(n, bool)
         self.answered_by_cloud = np.zeros(n, bool)
         self.predictions = np.zeros(n, np.int64)
@@ -135,6 +141,12 @@ class _Stream:
         self.payload = 0  # request bytes after the wire's header, in all
         self.fallbacks = {failure: 0 for failure in FAILURES}
         self.reasons: dict[str, str] = {}  # the first reason of each failure
+        self.breaker = breaker
+
+    def fall_back(self, rows: np.ndarray, failure: str, reason: str) -> None:
+        """Offloaded samples that keep their local answer without a request."""
+        self.fallbacks[failure] += len(rows)
+        self.reasons.setdefault(failure, reason)
 
     def record(self, rows: np.ndarray, answer: Answer) -> None:
         self.requests += 1
@@ -159,7 +171,9 @@ def _stream(
     progress: Progress,
 ) -> _Stream:
     edge, n = inputs.edge, len(inputs.images)
-    stream = _Stream(n)
+    breaker = CircuitBreaker(config.breaker, config.backoff_s)
+    stream = _Stream(n, breaker)
+    paused = f"offloading paused for {config.backoff_s:g} s after {config.breaker} failed requests in a row"
     with progress.bar(n, f"edge {config.mechanism} L0={config.target:g} {uplink.label}", unit="img") as bar:
         for start in range(0, n, config.batch):
             rows = np.arange(start, min(start + config.batch, n))
@@ -170,10 +184,15 @@ def _stream(
             decided = time.perf_counter()
             stream.edge_seconds.append(decided - began)
             stream.latency[rows] = decided - began
-            if send.any():
+            if send.any() and not breaker.allows():
+                stream.fall_back(rows[send], "circuit_open", paused)
+                stream.offloaded[rows[send]] = True
+            elif send.any():
                 body = uplink.body(inputs.images[rows[send]], z[send])
                 stream.payload += len(body) - wire.REQUEST_HEADER_BYTES
-                stream.record(rows[send], client.infer(body, int(send.sum()), edge.num_classes, uplink.path))
+                answer = client.infer(body, int(send.sum()), edge.num_classes, uplink.path)
+                stream.record(rows[send], answer)
+                breaker.record(answer.logits is not None)
                 stream.offloaded[rows[send]] = True
                 stream.latency[rows[send]] = time.perf_counter() - began
             bar.update(len(rows))
@@ -315,6 +334,7 @@ def _report(
         "fallbacks": {
             f: {"samples": k, "reason": stream.reasons.get(f, "")} for f, k in stream.fallbacks.items() if k
         },
+        "circuit_opened": stream.breaker.opened,  # times the circuit breaker opened
         "uplink": {"wire": config.wire, "route": uplink.path, "param": uplink.param, "label": uplink.label},
         "bytes": _bytes(inputs, stream),
         "latency_ms": _latency(stream),

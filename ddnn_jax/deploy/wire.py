@@ -332,6 +332,11 @@ def encode_logits(logits: np.ndarray) -> bytes:
     return _RESPONSE.pack(b"DDNL", VERSION, 0, classes, n) + np.asarray(logits, "<f4").tobytes()
 
 
+def logits_bytes(n: int, classes: int) -> int:
+    """The exact length of a response body of n samples' logits."""
+    return _RESPONSE.size + n * classes * 4
+
+
 def decode_logits(body: bytes, n: int, classes: int) -> np.ndarray:
     """The float32 logits [n, classes] of a response body that must hold exactly that, every
     one finite (a NaN's argmax would be class 0, a wrong answer the edge could not tell)."""
