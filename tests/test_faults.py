@@ -3,6 +3,7 @@ export directory. Each ends in a repair or one line with exit 2, never a traceba
 
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,51 @@ def test_report_refuses_results_of_other_outputs(evaluated_run, capsys):
 
     write_tiny_outputs(RunDir(evaluated_run), seed=5)
     _one_line_error(capsys, ["report", "--run", str(evaluated_run)], "scored other outputs")
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height grey pixels, with one tiny IDAT: opening it is
+    cheap, decoding it would allocate width x height bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_every_file_read_is_bounded_before_it_is_read(tmp_path, monkeypatch):
+    import numpy as np
+
+    from ddnn_jax.cli.configs import given_thresholds
+    from ddnn_jax.common import limits
+    from ddnn_jax.common.errors import UsageError
+    from ddnn_jax.data import read_image_folder
+    from ddnn_jax.interop import convert
+
+    # a JSON path that never ends is read no further than the limit
+    with pytest.raises(UsageError, match=r"/dev/zero is over 67,108,864 bytes, the most a JSON file"):
+        given_thresholds(Path("/dev/zero"))
+    # an .npz is refused on the sizes it declares, before anything is decompressed
+    np.savez_compressed(tmp_path / "zeros.npz", z=np.zeros(100_000, np.float32))
+    assert (tmp_path / "zeros.npz").stat().st_size < 10_000
+    with pytest.raises(UsageError, match="declares 400,128 bytes of arrays, over the 100,000"):
+        limits.check_npz(tmp_path / "zeros.npz", limit=100_000)
+    limits.check_npz(tmp_path / "zeros.npz", limit=500_000)
+    # an image is refused on its header's size, not decoded (this one would take 81 MB)
+    (tmp_path / "images" / "0").mkdir(parents=True)
+    (tmp_path / "images" / "0" / "huge.png").write_bytes(_png_claiming(9_000, 9_000))
+    with pytest.raises(UsageError, match="huge.png is 9000x9000 pixels, the run's images are 28x28"):
+        read_image_folder(tmp_path / "images", (28, 28, 1), 10)
+    # a .pth over the limit is not handed to torch.load
+    (tmp_path / "big.pth").write_bytes(bytes(64))
+    monkeypatch.setattr(convert, "STATE_DICT_BYTES", 32)
+    with pytest.raises(UsageError, match="big.pth is over 32 bytes, the most a PyTorch state dict"):
+        convert.load_state_dicts({"cloud": tmp_path / "big.pth"})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddnn_jax.common.limits import check_npz
 from ddnn_jax.data.catalog import check_dataset_name
 from ddnn_jax.data.prepare import prepared_builder, require_tensorflow
 from ddnn_jax.data.transforms import channel_statistics
@@ -147,6 +148,7 @@ def _cached_split(directory: Path, split: str, decode: Callable[[], Split]) -> S
     a read-only or full data directory only costs the time) saved there, written whole."""
     cache = directory / f"{DECODED_PREFIX}{split}-{_fingerprint(directory, split)}.npz"
     try:
+        check_npz(cache)
         with np.load(cache, allow_pickle=False) as arrays:
             images, labels = arrays["images"], arrays["labels"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):

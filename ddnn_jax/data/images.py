@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ddnn_jax.common.errors import UsageError
+from ddnn_jax.common.limits import IMAGE_BYTES, check_size
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -68,14 +69,15 @@ def _read_image(path: Path, height: int, width: int, channels: int) -> np.ndarra
     """One image as uint8 [height, width, channels], converted to grey or RGB, never resized."""
     from PIL import Image, UnidentifiedImageError
 
+    check_size(path, IMAGE_BYTES, "image")
     try:
         with Image.open(path) as image:
+            if image.size != (width, height):  # refused from its header, before a pixel is decoded
+                raise UsageError(
+                    f"{path} is {image.size[0]}x{image.size[1]} pixels, the run's images are "
+                    f"{width}x{height}: resize it first"
+                )
             pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    except (OSError, UnidentifiedImageError, ValueError):
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         raise UsageError(f"{path} is not an image that decodes: remove or replace it") from None
-    if pixels.shape[:2] != (height, width):
-        raise UsageError(
-            f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels, the run's images are "
-            f"{width}x{height}: resize it first"
-        )
     return pixels.reshape(height, width, channels)

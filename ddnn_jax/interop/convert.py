@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddnn_jax.common.errors import UsageError
+from ddnn_jax.common.limits import STATE_DICT_BYTES, check_size
 from ddnn_jax.core.config import TrainConfig
 from ddnn_jax.core.training import (
     accuracy,
@@ -149,6 +150,7 @@ def load_state_dicts(paths: Mapping[str, Path]) -> dict[str, dict[str, np.ndarra
     for part, path in paths.items():
         if not Path(path).is_file():
             raise UsageError(f"{path} does not exist: give the {PARTS[part]} state dict's path")
+        check_size(path, STATE_DICT_BYTES, "PyTorch state dict")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises pickle, zip and runtime errors alike

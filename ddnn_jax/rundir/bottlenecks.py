@@ -14,7 +14,7 @@ from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.bottleneck import BottleneckConfig, BottleneckedCloud, cloud_like, from_codes, to_codes
 from ddnn_jax.core.training import build_model
 from ddnn_jax.rundir import checkpoints
-from ddnn_jax.rundir.files import atomic_dir, read_json, save_npz, write_json
+from ddnn_jax.rundir.files import atomic_dir, load_npz, read_json, save_npz, write_json
 from ddnn_jax.rundir.layout import SPLITS, BottleneckDir, RunDir
 from ddnn_jax.rundir.records import read_run_record
 
@@ -83,7 +83,7 @@ def _per_split(bottleneck: BottleneckDir, path) -> dict[str, np.ndarray]:
     remedy = f"delete {bottleneck.root} and run 'ddnn bottleneck' again"
     if not path.is_file():
         raise UsageError(f"{bottleneck.root} has no {path.name} (made by an older ddnn-jax): {remedy}")
-    with np.load(path) as stored:
+    with load_npz(path) as stored:
         missing = [split for split in SPLITS if split not in stored]
         if missing:
             raise UsageError(f"{path} lacks the {missing[0]} split: {remedy}")

@@ -21,7 +21,9 @@ from typing import IO, Any
 import jax
 import numpy as np
 
+from ddnn_jax.common import limits
 from ddnn_jax.common.errors import UsageError
+from ddnn_jax.common.limits import read_bounded
 from ddnn_jax.rundir.layout import LOCK, RunDir
 
 # What np.load raises for a truncated, garbled or incomplete .npz.
@@ -171,13 +173,20 @@ def write_json(path: Path, value: Any) -> None:
 def read_json(path: Path, remedy: str) -> Any:
     """The JSON value in ``path``, or a UsageError naming the file and ``remedy``."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_bounded(path, limits.JSON_BYTES, "JSON file").decode("utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{path} is missing: {remedy}") from None
     except OSError as err:
         raise UsageError(f"{path} cannot be read ({err.strerror}): {remedy}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UsageError(f"{path} is not valid JSON ({type(err).__name__}): {remedy}") from None
+
+
+def load_npz(path: Path):
+    """np.load of an .npz we wrote (arrays only, nothing pickled), once its declared size is
+    within the limit; use it as a context manager."""
+    limits.check_npz(path)
+    return np.load(path, allow_pickle=False)
 
 
 def save_npz(path: Path, arrays: dict[str, Any]) -> Path:

@@ -21,6 +21,7 @@ from ddnn_jax.rundir.files import (
     NPZ_ERRORS,
     _check_writable,
     atomic_dir,
+    load_npz,
     read_json,
     save_npz,
     write_json,
@@ -237,7 +238,7 @@ def read_oof_outputs(run: RunDir) -> SplitOutputs:
     if not run.oof_outputs.is_file():
         raise UsageError(f"{run.oof_outputs} is missing: {remedy}")
     try:
-        with np.load(run.oof_outputs) as arrays:
+        with load_npz(run.oof_outputs) as arrays:
             return SplitOutputs(
                 local_logits=arrays["local_logits"],
                 cloud_logits=arrays["cloud_logits"],
@@ -272,7 +273,7 @@ def read_outputs(run_dir: RunDir | Path | str, *, need_features: bool = False) -
         if not path.is_file():
             raise UsageError(f"{path} is missing: {remedy} first")
         try:
-            with np.load(path) as arrays:
+            with load_npz(path) as arrays:
                 loaded[split] = SplitOutputs(
                     local_logits=arrays["local_logits"],
                     cloud_logits=arrays["cloud_logits"],
@@ -300,7 +301,7 @@ def outputs_source(run: RunDir, *, with_features: bool) -> tuple[int, str] | Non
         if not path.is_file():
             return None
         try:
-            with np.load(path) as arrays:
+            with load_npz(path) as arrays:
                 if with_features and "features" not in arrays.files:
                     return None
                 digest = str(arrays["checkpoint"]) if "checkpoint" in arrays.files else ""
@@ -396,7 +397,7 @@ def family_fingerprint(scores: dict[str, np.ndarray]) -> str:
 def read_family_scores(family: FamilyDir) -> dict[str, np.ndarray]:
     """The router logits [G, N] of every split."""
     try:
-        with np.load(family.scores) as scores:
+        with load_npz(family.scores) as scores:
             return {split: scores[split] for split in SPLITS}
     except NPZ_ERRORS as err:
         raise UsageError(
