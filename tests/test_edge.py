@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -421,3 +422,20 @@ def test_killing_the_server_mid_run_leaves_the_edge_finishing_every_sample(prist
     assert unreachable == report["offloaded"] - served["samples"] > 0
     assert report["fallback_rate"] == unreachable / 600
     assert report["in_process"]["decisions_differing"] == 0
+
+
+def test_sigterm_mid_stream_writes_the_report_of_the_images_done(pristine, server, tmp_path):
+    from ddnn_jax.deploy.edge import EdgeInterrupted
+
+    before = signal.getsignal(signal.SIGTERM)
+    stop = lambda: os.kill(os.getpid(), signal.SIGTERM)  # as a supervisor would, between two batches
+    config = _config(server, mechanism="entropy", limit=640)
+    with pytest.raises(EdgeInterrupted) as stopped:
+        run_edge(pristine, config, out=tmp_path / "r.json", progress=_Then(images=320, then=stop))
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the process's again
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report == stopped.value.report and report["interrupted"] == {"after": 320, "of": 640}
+    assert report["samples"] == 320 and report["fallback_rate"] == 0.0
+    in_process = report["in_process"]  # the same rule on the same 320 images, in process
+    assert report["accuracy"] == in_process["accuracy"] and in_process["predictions_differing"] == 0
+    assert report["offloaded"] == report["answered_by_cloud"] > 0

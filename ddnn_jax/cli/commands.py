@@ -27,6 +27,7 @@ from ddnn_jax.stages.route import route
 
 EXIT_USAGE = 2  # bad input: one line on stderr says what to do
 EXIT_FAILURE = 1  # the command ran and found something wrong
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C or SIGTERM stopped it
 
 
 def _train(args) -> None:
@@ -100,8 +101,8 @@ def _serve(args) -> None:
     print(f"ddnn serve: stopped after {counters.requests} requests ({counters.samples} samples answered)")
 
 
-def _edge(args) -> None:
-    from ddnn_jax.deploy.edge import EdgeConfig, run_edge
+def _edge(args) -> int | None:
+    from ddnn_jax.deploy.edge import EdgeConfig, EdgeInterrupted, run_edge
     from ddnn_jax.deploy.sweep import sweep
 
     config = EdgeConfig(
@@ -122,10 +123,17 @@ def _edge(args) -> None:
     )
     if args.sweep:
         print(f"sweep: {sweep(args.run, config, out=args.out, progress=progress_from(args))}")
-        return
-    path, edge_report = run_edge(args.run, config, out=args.out, progress=progress_from(args))
+        return None
+    try:
+        path, edge_report = run_edge(args.run, config, out=args.out, progress=progress_from(args))
+    except EdgeInterrupted as stopped:
+        done = stopped.report["interrupted"]
+        print(summary_line(stopped.report))
+        print(f"report of the first {done['after']} of {done['of']} images (interrupted): {stopped.path}")
+        return EXIT_INTERRUPTED
     print(summary_line(edge_report))
     print(f"report: {path}")
+    return None
 
 
 def summary_line(report: dict) -> str:

@@ -9,12 +9,11 @@ import logging
 import os
 import sys
 
-from ddnn_jax.cli.commands import COMMANDS, EXIT_FAILURE, EXIT_USAGE
+from ddnn_jax.cli.commands import COMMANDS, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from ddnn_jax.cli.configs import configure_runtime
 from ddnn_jax.cli.parser import build_parser
 from ddnn_jax.common.errors import TrainingDiverged, UsageError
 
-EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell shows for a reader that went away
 
 

@@ -13,7 +13,11 @@ that request keep their local answer and are counted as fallbacks; none is lost.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,14 @@ from ddnn_jax.deploy.uplink import (
 from ddnn_jax.rundir import RunDir, outputs_fingerprint, prepare_file, read_results, write_json
 
 MAX_TIMEOUT_S = 3600.0  # a request's wait; a socket's timeout must be finite
+
+
+class EdgeInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the stream; the report of the images done so far is written."""
+
+    def __init__(self, path: Path, report: dict[str, Any]):
+        super().__init__(f"interrupted after {report['samples']} images")
+        self.path, self.report = path, report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +154,14 @@ class _Stream:
         self.fallbacks = {failure: 0 for failure in FAILURES}
         self.reasons: dict[str, str] = {}  # the first reason of each failure
         self.breaker = breaker
+        self.done = 0  # images whose batch is complete
+
+    def first(self, n: int) -> _Stream:
+        """The records of the first n images (the requests' totals as they stand)."""
+        kept = copy.copy(self)
+        for name in ("offloaded", "answered_by_cloud", "predictions", "latency"):
+            setattr(kept, name, getattr(self, name)[:n])
+        return kept
 
     def fall_back(self, rows: np.ndarray, failure: str, reason: str) -> None:
         """Offloaded samples that keep their local answer without a request."""
@@ -169,10 +189,10 @@ def _stream(
     config: EdgeConfig,
     client: CloudClient,
     progress: Progress,
-) -> _Stream:
-    edge, n = inputs.edge, len(inputs.images)
-    breaker = CircuitBreaker(config.breaker, config.backoff_s)
-    stream = _Stream(n, breaker)
+    stream: _Stream,
+) -> None:
+    """Runs every image through the edge into ``stream``, offloading what the rule sends."""
+    edge, n, breaker = inputs.edge, len(inputs.images), stream.breaker
     paused = f"offloading paused for {config.backoff_s:g} s after {config.breaker} failed requests in a row"
     with progress.bar(n, f"edge {config.mechanism} L0={config.target:g} {uplink.label}", unit="img") as bar:
         for start in range(0, n, config.batch):
@@ -195,8 +215,8 @@ def _stream(
                 breaker.record(answer.logits is not None)
                 stream.offloaded[rows[send]] = True
                 stream.latency[rows[send]] = time.perf_counter() - began
+            stream.done = int(rows[-1]) + 1
             bar.update(len(rows))
-    return stream
 
 
 def _warm_up(inputs: EdgeInputs, rule: Rule, uplink: Uplink, batch: int) -> None:
@@ -292,14 +312,43 @@ def run_edge(
     check_server(server, inputs, uplink, progress, config.server)
     _warm_up(inputs, rule, uplink, config.batch)
     started = time.perf_counter()
+    stream = _Stream(len(inputs.images), CircuitBreaker(config.breaker, config.backoff_s))
     try:
-        stream = _stream(inputs, rule, uplink, config, client, progress)
+        with _sigterm_interrupts():
+            _stream(inputs, rule, uplink, config, client, progress, stream)
+    except KeyboardInterrupt:
+        if not stream.done:
+            raise
+        done = stream.done  # what is finished is reported, not lost
+        rule = rule._replace(reference=rule.reference[:done])
+        seconds = time.perf_counter() - started
+        partial = _report(inputs.first(done), rule, uplink, config, server, stream.first(done), seconds)
+        partial["interrupted"] = {"after": done, "of": len(inputs.images)}
+        write_json(path, partial)
+        raise EdgeInterrupted(path, partial) from None
     finally:
         client.close()
     seconds = time.perf_counter() - started
     report = _report(inputs, rule, uplink, config, server, stream, seconds)
     write_json(path, report)
     return path, report
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM stops the stream as Ctrl-C does (main thread only: signals are delivered there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _report(

@@ -63,6 +63,11 @@ class EdgeInputs(NamedTuple):
     reference: SplitOutputs  # the whole DDNN in process on these images (features for a folder)
     test_split: bool  # the run's test split (else a folder of images)
 
+    def first(self, n: int) -> EdgeInputs:
+        """The first n images and what goes with them (a stream stopped after n)."""
+        labels = None if self.labels is None else self.labels[:n]
+        return self._replace(images=self.images[:n], labels=labels, reference=_first(self.reference, n))
+
 
 def made_from(inputs: EdgeInputs) -> dict[str, str]:
     """What an edge report or sweep was measured on: the run, its outputs and weights, and when."""
@@ -89,7 +94,7 @@ def load_inputs(
         )
     if folder is None:
         images = split_images(run, outputs)["test"][:limit]
-        reference = _first(outputs["test"], len(images))
+        reference = dataclasses.replace(_first(outputs["test"], len(images)), features=None)
         return EdgeInputs(run, edge, images, reference.labels, outputs, reference, True)
     found = read_image_folder(Path(folder), record.image_shape, record.num_classes)
     images, labels = (
@@ -111,5 +116,5 @@ def _first(outputs: SplitOutputs, n: int) -> SplitOutputs:
         local_logits=outputs.local_logits[:n],
         cloud_logits=outputs.cloud_logits[:n],
         labels=outputs.labels[:n],
-        features=None,
+        features=None if outputs.features is None else outputs.features[:n],
     )
