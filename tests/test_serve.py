@@ -7,7 +7,9 @@ import json
 import socket
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 
 import numpy as np
 import pytest
@@ -389,3 +391,48 @@ def test_the_circuit_breaker_opens_after_failures_in_a_row_and_probes_after_its_
     for _ in range(100):
         never.record(False)
     assert never.allows() and never.opened == 0
+
+
+def test_a_token_guards_every_route_and_the_server_proves_it_holds_it(tmp_path):
+    from ddnn_jax.common.errors import UsageError
+    from ddnn_jax.deploy.cloud import new_token
+
+    token = new_token(tmp_path / "token")
+    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600 and wire.read_token(
+        tmp_path / "token"
+    ) == token
+    with pytest.raises(UsageError, match="exists: reuse it with --token-file"):
+        new_token(tmp_path / "token")
+    body = wire.encode(_features(), "fp32")
+    with BackgroundServer(make_app(_routes(cloud), INFO, token=token)) as url:
+        status, text = _post(url, body)  # no token: nothing computed, nothing disclosed
+        assert status == 401 and b"Authorization: Bearer" in text
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"{url}/health", timeout=10)
+        client = CloudClient(url, timeout_s=10, token=token)
+        health = client.health()
+        assert health is not None and health["requests"] == 0  # the refused POST never reached it
+        answer = client.infer(body, 2, CLASSES)
+        assert answer.failure is None and answer.logits is not None
+        with pytest.raises(UsageError, match="refuses this edge's token"):
+            CloudClient(url, timeout_s=10, token="another-token-of-ours").health()
+    with (
+        BackgroundServer(make_app(_routes(cloud), INFO)) as url,
+        pytest.raises(UsageError, match="cannot prove"),
+    ):
+        CloudClient(url, timeout_s=10, token=token).health()  # a server without it is not trusted
+
+
+def test_listening_beyond_this_machine_needs_a_token_or_no_auth(tmp_path):
+    from ddnn_jax.common.errors import UsageError
+    from ddnn_jax.deploy.cloud import check_exposure
+
+    for host in ("0.0.0.0", "", "192.0.2.7"):
+        with pytest.raises(UsageError, match="--no-auth to let anyone in"):
+            check_exposure(host, None, no_auth=False)
+        check_exposure(host, "a-token-of-sixteen", no_auth=False)
+        check_exposure(host, None, no_auth=True)
+    check_exposure("127.0.0.1", None, no_auth=False)
+    (tmp_path / "short").write_text("abc\n")
+    with pytest.raises(UsageError, match="holds no token of 16 or more"):
+        wire.read_token(tmp_path / "short")

@@ -83,19 +83,26 @@ def _report(args) -> None:
 
 
 def _serve(args) -> None:
-    from ddnn_jax.deploy.cloud import COUNTERS, CloudHalf, cloud_app, serve_forever
+    from ddnn_jax.deploy.cloud import COUNTERS, CloudHalf, check_exposure, cloud_app, new_token, serve_forever
+    from ddnn_jax.deploy.wire import read_token
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must lie in [0, 65535], got {args.port}")
+    token = new_token(args.new_token) if args.new_token else None
+    token = read_token(args.token_file) if args.token_file else token
+    check_exposure(args.host, token, args.no_auth)
     bottlenecks = args.bottlenecks if args.bottlenecks != ("none",) else ()
     cloud = CloudHalf.load(args.run, args.max_batch, bottlenecks)
     cloud.warm_up()
-    app = cloud_app(cloud)
+    app = cloud_app(cloud, token)
+    guarded = " (requests must carry the token)" if token else ""
     serve_forever(
         app,
         args.host,
         args.port,
-        lambda url: print(f"ddnn serve: cloud half of {args.run} listening on {url}", flush=True),
+        lambda urls: print(
+            f"ddnn serve: cloud half of {args.run} listening on {', '.join(urls)}{guarded}", flush=True
+        ),
     )
     counters = app[COUNTERS]
     print(f"ddnn serve: stopped after {counters.requests} requests ({counters.samples} samples answered)")
@@ -116,6 +123,7 @@ def _edge(args) -> int | None:
         family=args.family,
         timeout_s=args.timeout,
         breaker=args.breaker,
+        token_file=args.token_file,
         backoff_s=args.backoff,
         limit=args.limit,
         images=args.images,

@@ -334,6 +334,21 @@ def _add_deployment(commands) -> None:
         metavar="NAME,...|none",
         help="the run's learned bottlenecks to serve codes of (default: all it has)",
     )
+    tokens = serve.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--new-token",
+        type=Path,
+        metavar="FILE",
+        help="make a random token, write it to FILE (owner-only) and serve only requests carrying it",
+    )
+    tokens.add_argument(
+        "--token-file", type=Path, metavar="FILE", help="serve only requests carrying the token in FILE"
+    )
+    serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="let anyone in on a --host beyond this machine (refused without a token otherwise)",
+    )
     add_runtime_flags(serve)
     edge = commands.add_parser(
         "edge",
@@ -379,6 +394,12 @@ def _add_deployment(commands) -> None:
         type=number,
         default=EdgeConfig.timeout_s,
         help="seconds to wait for the cloud before answering locally",
+    )
+    edge.add_argument(
+        "--token-file",
+        default=EdgeConfig.token_file,
+        metavar="FILE",
+        help="the token 'ddnn serve' was given: sent with every request, and the server must prove it",
     )
     edge.add_argument(
         "--breaker",

@@ -6,8 +6,10 @@ server that keeps failing."""
 from __future__ import annotations
 
 import contextlib
+import hmac
 import http.client
 import json
+import secrets
 import socket
 import threading
 import time
@@ -76,11 +78,13 @@ class CloudClient:
     """A keep-alive HTTP client of ``ddnn serve`` that counts its bytes and never raises on
     network faults: a failed request closes the connection and the next one opens a new one."""
 
-    def __init__(self, url: str, timeout_s: float):
+    def __init__(self, url: str, timeout_s: float, token: str | None = None):
         parts = parse_server(url)
         self._make = _HTTPS if parts.scheme == "https" else _HTTP
-        self.host, self.port, self.timeout_s = str(parts.hostname), parts.port, timeout_s
+        self.url, self.host, self.port, self.timeout_s = url, str(parts.hostname), parts.port, timeout_s
         self._connection: _HTTP | _HTTPS | None = None
+        self.token = token
+        self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
 
     def _open(self) -> _HTTP | _HTTPS:
         if self._connection is None:
@@ -93,18 +97,33 @@ class CloudClient:
             self._connection = None
 
     def health(self) -> dict[str, Any] | None:
-        """The server's /health answer, or None when it does not give one."""
+        """The server's /health answer, or None when it does not give one.
+
+        With a token, the server must prove it holds the same one (an HMAC of a fresh challenge):
+        a server that refuses the token, or answers without that proof, is a UsageError, since
+        its answers could not be trusted."""
         connection = self._open()
+        challenge = secrets.token_hex(16)
+        query = "" if self.token is None else f"?{wire.CHALLENGE_PARAM}={challenge}"
+        status = 0
         try:
-            connection.request("GET", wire.HEALTH_PATH)
+            connection.request("GET", wire.HEALTH_PATH + query, headers=self._headers)
             response = connection.getresponse()
-            body = response.read(MAX_HEALTH_BYTES + 1)
-            health = json.loads(body) if response.status == 200 and len(body) <= MAX_HEALTH_BYTES else None
+            status, body = response.status, response.read(MAX_HEALTH_BYTES + 1)
+            health = json.loads(body) if status == 200 and len(body) <= MAX_HEALTH_BYTES else None
         except (OSError, http.client.HTTPException, ValueError):
             health = None
+        if status == 401:
+            raise UsageError(f"{self.url} refuses this edge's token: give the token file 'ddnn serve' uses")
         if not isinstance(health, dict):  # not ddnn serve's answer: a list, a string, too long
             self.close()
             return None
+        if self.token is not None and not hmac.compare_digest(
+            str(health.get("proof", "")), wire.token_proof(self.token, challenge)
+        ):
+            raise UsageError(
+                f"{self.url} cannot prove it holds this edge's token: it is not the server to trust"
+            )
         return health
 
     def infer(self, body: bytes, n: int, classes: int, path: str = wire.CLOUD_PATH) -> Answer:
@@ -125,7 +144,8 @@ class CloudClient:
             expired = lambda: False
             try:
                 with _cut_off_at(deadline, connection) as expired:
-                    connection.request("POST", path, body=body, headers={"Content-Type": wire.CONTENT_TYPE})
+                    headers = {"Content-Type": wire.CONTENT_TYPE, **self._headers}
+                    connection.request("POST", path, body=body, headers=headers)
                     response = connection.getresponse()
                     announced = response.length if response.status == 200 else None
                     if response.status == 200 and announced != expected:

@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import hmac
 import logging
+import secrets
 import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +53,7 @@ from ddnn_jax.deploy import wire
 from ddnn_jax.rundir import RunDir, as_run, read_run_record, restore_best
 from ddnn_jax.rundir.bottlenecks import DeployedBottleneck, deployed_bottleneck
 from ddnn_jax.rundir.checkpoints import state_digest
+from ddnn_jax.rundir.files import atomic_file
 
 LOG = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 256
@@ -220,7 +223,10 @@ COUNTERS = web.AppKey("counters", _Counters)
 
 
 def make_app(
-    routes: Mapping[str, Route], info: dict[str, Any], body_timeout_s: float = BODY_TIMEOUT_S
+    routes: Mapping[str, Route],
+    info: dict[str, Any],
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    token: str | None = None,
 ) -> web.Application:
     """The service of ``routes`` (a CloudHalf's, or any others for tests), with /health.
 
@@ -228,8 +234,11 @@ def make_app(
       routes: URL path -> what it reads and computes; each compute runs on one worker thread.
       info: ``num_classes``, ``max_batch`` and whatever else /health should report.
       body_timeout_s: how long a request's body may take to arrive.
+      token: when given, every request must carry ``Authorization: Bearer TOKEN`` (else 401,
+        nothing of the model disclosed), and /health?challenge=C answers HMAC(TOKEN, C), which
+        lets the edge check that it talks to the holder of its token.
     """
-    app = web.Application()
+    app = web.Application(middlewares=[] if token is None else [_bearer(token)])
     counters = _Counters()
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud")
     described = {path: route.describe() for path, route in routes.items()}
@@ -237,6 +246,9 @@ def make_app(
 
     async def health(request: web.Request) -> web.Response:
         body = {"status": "ok", **info, "wires": served_wires, "routes": described}
+        challenge = request.query.get(wire.CHALLENGE_PARAM)
+        if token is not None and challenge:
+            body["proof"] = wire.token_proof(token, challenge[:256])
         return web.json_response({**body, **dataclasses.asdict(counters)})
 
     def infer(route: Route):
@@ -303,6 +315,24 @@ def make_app(
     return app
 
 
+def _bearer(token: str):
+    """Middleware letting through only requests that carry the token (compared in constant time)."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler):
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            response = _refuse(
+                401, "send the shared token: Authorization: Bearer TOKEN (ddnn edge --token-file)"
+            )
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return await handler(request)
+
+    return check
+
+
 async def _read(request: web.Request, limit: int) -> bytes:
     """The whole body, or HTTPRequestEntityTooLarge as soon as it passes ``limit`` bytes (a
     chunked body declares no length to refuse up front)."""
@@ -315,15 +345,39 @@ async def _read(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def cloud_app(cloud: CloudHalf) -> web.Application:
-    """The service of a loaded cloud half."""
+def cloud_app(cloud: CloudHalf, token: str | None = None) -> web.Application:
+    """The service of a loaded cloud half (``token``: see ``make_app``)."""
     info = {
         **cloud.describe,
         "feature_shape": list(cloud.feature_shape),
         "num_classes": cloud.num_classes,
         "max_batch": cloud.max_batch,
     }
-    return make_app(cloud.routes, info)
+    return make_app(cloud.routes, info, token=token)
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def check_exposure(host: str, token: str | None, no_auth: bool) -> None:
+    """Refuses to listen beyond this machine without a token, unless told to let anyone in."""
+    if host not in LOOPBACK and token is None and not no_auth:
+        where = "every interface" if host in ("", "0.0.0.0", "::") else host
+        raise UsageError(
+            f"--host '{host}' listens on {where}, where anyone who reaches it could use the "
+            "cloud: give --new-token FILE (or --token-file FILE), or --no-auth to let anyone in"
+        )
+
+
+def new_token(path: Path) -> str:
+    """A fresh random token written to ``path`` (readable by its owner only), never over a file."""
+    if path.exists():
+        raise UsageError(f"{path} exists: reuse it with --token-file, or name a new file")
+    token = secrets.token_urlsafe(32)
+    with atomic_file(path, "w") as f:
+        f.write(token + "\n")
+    path.chmod(0o600)
+    return token
 
 
 async def _serve(app: web.Application, host: str, port: int, on_ready, stop: asyncio.Event) -> None:
@@ -337,8 +391,7 @@ async def _serve(app: web.Application, host: str, port: int, on_ready, stop: asy
             raise UsageError(
                 f"cannot listen on {host}:{port} ({err.strerror}): choose another --port"
             ) from None
-        address = runner.addresses[0]
-        on_ready(f"http://{_host(address[0])}:{address[1]}")
+        on_ready([f"http://{_host(address[0])}:{address[1]}" for address in runner.addresses])
         await stop.wait()
     finally:
         await runner.cleanup()  # stops listening, lets requests in flight finish, closes
@@ -348,8 +401,9 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def serve_forever(app: web.Application, host: str, port: int, on_ready: Callable[[str], None]) -> None:
-    """Serves until SIGTERM or SIGINT, then shuts down cleanly; ``on_ready(url)`` once listening."""
+def serve_forever(app: web.Application, host: str, port: int, on_ready: Callable[[list[str]], None]) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down cleanly; ``on_ready(urls)`` once listening
+    (every address it listens on)."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -388,8 +442,8 @@ class BackgroundServer:
             self._failed = err
             self._ready.set()
 
-    def _listening(self, url: str) -> None:
-        self.url = url
+    def _listening(self, urls: list[str]) -> None:
+        self.url = urls[0]
         self._ready.set()
 
     def __enter__(self) -> str:

@@ -73,6 +73,11 @@ class EdgeConfig:
     images: str | None = None  # a folder of images instead of the test split (data.read_image_folder)
     # deploy a guaranteed threshold (core.guarantees) instead of the calibrated one
     guarantee: Guarantee | None = None
+    token_file: str | None = None  # the shared token 'ddnn serve' was given (--new-token)
+
+    def token(self) -> str | None:
+        """The shared token, read from ``token_file``."""
+        return None if self.token_file is None else wire.read_token(Path(self.token_file))
 
     def check(self) -> None:
         """Raises UsageError naming the first bad field."""
@@ -300,6 +305,7 @@ def run_edge(
       The report's path and its content.
     """
     config.check()
+    token = config.token()
     inputs = load_inputs(run_dir, config.images, config.limit, progress)
     uplink = build_uplink(
         inputs, config.wire, bottleneck=config.bottleneck, quality=config.quality, batch=config.batch
@@ -307,7 +313,7 @@ def run_edge(
     path = out or inputs.run.edge_report(default_name(config, uplink))
     prepare_file(path)  # before the stream: a report that cannot be written loses all of it
     rule = build_rule(inputs, config.mechanism, config.target, config.family, config.guarantee)
-    client = CloudClient(config.server, config.timeout_s)
+    client = CloudClient(config.server, config.timeout_s, token)
     server = client.health()
     check_server(server, inputs, uplink, progress, config.server)
     _warm_up(inputs, rule, uplink, config.batch)

@@ -39,11 +39,12 @@ def sweep(
       The path of sweep.json (default RUN_DIR/edge/sweep.json).
     """
     config.check()
+    token = config.token()
     inputs = load_inputs(run_dir, config.images, config.limit, progress)
     if inputs.labels is None:
         raise UsageError("the sweep scores accuracy: give labelled images (class folders 0 .. C-1)")
     _, record = router_family(inputs.run, config.family)
-    client = CloudClient(config.server, config.timeout_s)
+    client = CloudClient(config.server, config.timeout_s, token)
     health = client.health()
     if health is None:
         raise UsageError(
