@@ -198,3 +198,14 @@ def test_every_file_read_is_bounded_before_it_is_read(tmp_path, monkeypatch):
     monkeypatch.setattr(convert, "STATE_DICT_BYTES", 32)
     with pytest.raises(UsageError, match="big.pth is over 32 bytes, the most a PyTorch state dict"):
         convert.load_state_dicts({"cloud": tmp_path / "big.pth"})
+
+
+def test_import_torch_refuses_a_normalisation_that_is_not_finite():
+    from ddnn_jax.common.errors import UsageError
+    from ddnn_jax.interop.convert import _channel_values
+
+    for values in ([float("nan")], [float("inf")]):
+        with pytest.raises(UsageError, match="--mean values must be finite numbers"):
+            _channel_values("--mean", values, 1, False)
+    with pytest.raises(UsageError, match="--std values must be positive"):
+        _channel_values("--std", [0.0], 1, True)

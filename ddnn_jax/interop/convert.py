@@ -230,6 +230,8 @@ def _channel_values(flag: str, values, channels: int, positive: bool) -> np.ndar
         raise UsageError(
             f"{flag} needs {channels} comma-separated values (one per channel), got {len(array)}"
         )
+    if not np.all(np.isfinite(array)):
+        raise UsageError(f"{flag} values must be finite numbers, got {list(values)}")
     if positive and not np.all(array > 0):
         raise UsageError(f"{flag} values must be positive, got {list(values)}")
     return array
