@@ -209,3 +209,24 @@ def test_import_torch_refuses_a_normalisation_that_is_not_finite():
             _channel_values("--mean", values, 1, False)
     with pytest.raises(UsageError, match="--std values must be positive"):
         _channel_values("--std", [0.0], 1, True)
+
+
+@pytest.mark.parametrize("folder", ["figures", "edge", "routers", "outputs"])
+def test_a_run_folder_that_is_a_symlink_is_refused_not_written_through(tmp_path, folder):
+    from ddnn_jax.common.errors import UsageError
+
+    run, elsewhere = RunDir(tmp_path / "run"), tmp_path / "elsewhere"
+    run.root.mkdir()
+    elsewhere.mkdir()
+    (run.root / folder).symlink_to(elsewhere)
+    paths = {
+        "figures": lambda: run.figure("6.1"),
+        "edge": lambda: run.edge_report("router-L0.54-fp32-b1"),
+        "routers": lambda: run.family("logits").root,
+        "outputs": lambda: run.outputs("test"),
+    }
+    with pytest.raises(UsageError, match=f"{folder} is a symbolic link: a run writes only inside"):
+        paths[folder]()
+    (run.root / folder).unlink()
+    (run.root / folder).mkdir()
+    assert str(paths[folder]()).startswith(str(run.root / folder))

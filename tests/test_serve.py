@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 from http_fakes import ScriptedServer, SilentServer, post_bytes
 
+from ddnn_jax.deploy import auth, wire
 from ddnn_jax.deploy import cloud as cloud_module
-from ddnn_jax.deploy import wire
 from ddnn_jax.deploy.client import CloudClient
 from ddnn_jax.deploy.cloud import BackgroundServer, CloudHalf, Route, batch_sizes, make_app
 
@@ -395,10 +395,10 @@ def test_the_circuit_breaker_opens_after_failures_in_a_row_and_probes_after_its_
 
 def test_a_token_guards_every_route_and_the_server_proves_it_holds_it(tmp_path):
     from ddnn_jax.common.errors import UsageError
-    from ddnn_jax.deploy.cloud import new_token
+    from ddnn_jax.deploy.auth import new_token
 
     token = new_token(tmp_path / "token")
-    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600 and wire.read_token(
+    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600 and auth.read_token(
         tmp_path / "token"
     ) == token
     with pytest.raises(UsageError, match="exists: reuse it with --token-file"):
@@ -425,7 +425,7 @@ def test_a_token_guards_every_route_and_the_server_proves_it_holds_it(tmp_path):
 
 def test_listening_beyond_this_machine_needs_a_token_or_no_auth(tmp_path):
     from ddnn_jax.common.errors import UsageError
-    from ddnn_jax.deploy.cloud import check_exposure
+    from ddnn_jax.deploy.auth import check_exposure
 
     for host in ("0.0.0.0", "", "192.0.2.7"):
         with pytest.raises(UsageError, match="--no-auth to let anyone in"):
@@ -435,4 +435,4 @@ def test_listening_beyond_this_machine_needs_a_token_or_no_auth(tmp_path):
     check_exposure("127.0.0.1", None, no_auth=False)
     (tmp_path / "short").write_text("abc\n")
     with pytest.raises(UsageError, match="holds no token of 16 or more"):
-        wire.read_token(tmp_path / "short")
+        auth.read_token(tmp_path / "short")

@@ -83,8 +83,8 @@ def _report(args) -> None:
 
 
 def _serve(args) -> None:
-    from ddnn_jax.deploy.cloud import COUNTERS, CloudHalf, check_exposure, cloud_app, new_token, serve_forever
-    from ddnn_jax.deploy.wire import read_token
+    from ddnn_jax.deploy.auth import check_exposure, new_token, read_token
+    from ddnn_jax.deploy.cloud import COUNTERS, CloudHalf, cloud_app, serve_forever
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must lie in [0, 65535], got {args.port}")

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ddnn_jax.common.errors import UsageError
-from ddnn_jax.deploy import wire
+from ddnn_jax.deploy import auth, wire
 
 # why an offloaded sample kept its local answer: the request's fault, or no request at all while
 # the circuit breaker is open
@@ -104,7 +104,7 @@ class CloudClient:
         its answers could not be trusted."""
         connection = self._open()
         challenge = secrets.token_hex(16)
-        query = "" if self.token is None else f"?{wire.CHALLENGE_PARAM}={challenge}"
+        query = "" if self.token is None else f"?{auth.CHALLENGE_PARAM}={challenge}"
         status = 0
         try:
             connection.request("GET", wire.HEALTH_PATH + query, headers=self._headers)
@@ -119,7 +119,7 @@ class CloudClient:
             self.close()
             return None
         if self.token is not None and not hmac.compare_digest(
-            str(health.get("proof", "")), wire.token_proof(self.token, challenge)
+            str(health.get("proof", "")), auth.token_proof(self.token, challenge)
         ):
             raise UsageError(
                 f"{self.url} cannot prove it holds this edge's token: it is not the server to trust"

@@ -31,9 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import hmac
 import logging
-import secrets
 import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -49,11 +47,10 @@ from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.models import feature_shape
 from ddnn_jax.core.training import build_model
 from ddnn_jax.data import normalize
-from ddnn_jax.deploy import wire
+from ddnn_jax.deploy import auth, wire
 from ddnn_jax.rundir import RunDir, as_run, read_run_record, restore_best
 from ddnn_jax.rundir.bottlenecks import DeployedBottleneck, deployed_bottleneck
 from ddnn_jax.rundir.checkpoints import state_digest
-from ddnn_jax.rundir.files import atomic_file
 
 LOG = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 256
@@ -238,7 +235,7 @@ def make_app(
         nothing of the model disclosed), and /health?challenge=C answers HMAC(TOKEN, C), which
         lets the edge check that it talks to the holder of its token.
     """
-    app = web.Application(middlewares=[] if token is None else [_bearer(token)])
+    app = web.Application(middlewares=[] if token is None else [auth.bearer_only(token)])
     counters = _Counters()
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud")
     described = {path: route.describe() for path, route in routes.items()}
@@ -246,9 +243,9 @@ def make_app(
 
     async def health(request: web.Request) -> web.Response:
         body = {"status": "ok", **info, "wires": served_wires, "routes": described}
-        challenge = request.query.get(wire.CHALLENGE_PARAM)
+        challenge = request.query.get(auth.CHALLENGE_PARAM)
         if token is not None and challenge:
-            body["proof"] = wire.token_proof(token, challenge[:256])
+            body["proof"] = auth.token_proof(token, challenge[:256])
         return web.json_response({**body, **dataclasses.asdict(counters)})
 
     def infer(route: Route):
@@ -315,24 +312,6 @@ def make_app(
     return app
 
 
-def _bearer(token: str):
-    """Middleware letting through only requests that carry the token (compared in constant time)."""
-    expected = f"Bearer {token}".encode()
-
-    @web.middleware
-    async def check(request: web.Request, handler):
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            response = _refuse(
-                401, "send the shared token: Authorization: Bearer TOKEN (ddnn edge --token-file)"
-            )
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
-        return await handler(request)
-
-    return check
-
-
 async def _read(request: web.Request, limit: int) -> bytes:
     """The whole body, or HTTPRequestEntityTooLarge as soon as it passes ``limit`` bytes (a
     chunked body declares no length to refuse up front)."""
@@ -354,30 +333,6 @@ def cloud_app(cloud: CloudHalf, token: str | None = None) -> web.Application:
         "max_batch": cloud.max_batch,
     }
     return make_app(cloud.routes, info, token=token)
-
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-def check_exposure(host: str, token: str | None, no_auth: bool) -> None:
-    """Refuses to listen beyond this machine without a token, unless told to let anyone in."""
-    if host not in LOOPBACK and token is None and not no_auth:
-        where = "every interface" if host in ("", "0.0.0.0", "::") else host
-        raise UsageError(
-            f"--host '{host}' listens on {where}, where anyone who reaches it could use the "
-            "cloud: give --new-token FILE (or --token-file FILE), or --no-auth to let anyone in"
-        )
-
-
-def new_token(path: Path) -> str:
-    """A fresh random token written to ``path`` (readable by its owner only), never over a file."""
-    if path.exists():
-        raise UsageError(f"{path} exists: reuse it with --token-file, or name a new file")
-    token = secrets.token_urlsafe(32)
-    with atomic_file(path, "w") as f:
-        f.write(token + "\n")
-    path.chmod(0o600)
-    return token
 
 
 async def _serve(app: web.Application, host: str, port: int, on_ready, stop: asyncio.Event) -> None:

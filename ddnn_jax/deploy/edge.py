@@ -29,7 +29,7 @@ from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.guarantees import Guarantee
 from ddnn_jax.core.mechanisms import REFERENCE_TARGET, ROUTER, deployable_rules, edge_mechanisms
-from ddnn_jax.deploy import wire
+from ddnn_jax.deploy import auth, wire
 from ddnn_jax.deploy.client import FAILURES, Answer, CircuitBreaker, CloudClient, parse_server
 from ddnn_jax.deploy.edge_half import EdgeInputs, load_inputs, made_from
 from ddnn_jax.deploy.rules import Rule, build_rule
@@ -77,7 +77,7 @@ class EdgeConfig:
 
     def token(self) -> str | None:
         """The shared token, read from ``token_file``."""
-        return None if self.token_file is None else wire.read_token(Path(self.token_file))
+        return None if self.token_file is None else auth.read_token(Path(self.token_file))
 
     def check(self) -> None:
         """Raises UsageError naming the first bad field."""

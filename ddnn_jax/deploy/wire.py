@@ -38,16 +38,12 @@ URL paths from here, so the client never imports the server.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import struct
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from ddnn_jax.common.errors import UsageError
-from ddnn_jax.common.limits import read_bounded
 from ddnn_jax.core import bottleneck as codes
 from ddnn_jax.deploy import image_wire
 
@@ -55,7 +51,6 @@ VERSION = 1
 HEALTH_PATH = "/health"  # GET: JSON describing what the cloud serves
 CLOUD_PATH = "/v1/cloud"  # POST: edge features in, cloud logits out
 IMAGE_PATH = "/v1/image"  # POST: images in, the whole DDNN's cloud logits out
-CHALLENGE_PARAM = "challenge"  # GET /health?challenge=HEX: the server proves it holds the token
 CONTENT_TYPE = "application/x-ddnn-features"
 LOGITS_CONTENT_TYPE = "application/x-ddnn-logits"
 FEATURES, CODES, IMAGES = "features", "codes", "images"  # what a wire carries
@@ -64,26 +59,6 @@ _RESPONSE = struct.Struct("<4sBBHI")
 _LENGTH = np.dtype("<u4")
 REQUEST_HEADER_BYTES = _REQUEST.size
 _LEVELS = 255  # uint8 codes 0..255
-
-
-def token_proof(token: str, challenge: str) -> str:
-    """What a server holding ``token`` answers to ``challenge``: HMAC-SHA256, hex."""
-    return hmac.new(token.encode(), challenge.encode(), hashlib.sha256).hexdigest()
-
-
-def read_token(path) -> str:
-    """The shared token in the file at ``path`` (its first line), checked: at least 16 characters."""
-    try:
-        token = read_bounded(path, 4096, "token file").decode("utf-8").strip()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(
-            f"cannot read the token in {path} ({err}): give the file 'ddnn serve --new-token' wrote"
-        ) from None
-    if len(token) < 16 or not token.isprintable() or " " in token:
-        raise UsageError(
-            f"{path} holds no token of 16 or more printable characters: make one with --new-token"
-        )
-    return token
 
 
 def codes_path(name: str) -> str:

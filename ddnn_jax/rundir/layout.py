@@ -7,6 +7,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ddnn_jax.common.errors import UsageError
+
 SPLITS = ("train", "val", "test")
 
 CONFIG = "config.json"
@@ -107,9 +109,21 @@ class _Directory:
     def __str__(self) -> str:
         return str(self.root)
 
+    def _own(self, *parts: str) -> Path:
+        """root/parts, refused when a folder on the way is a symbolic link: a run reads and
+        writes only inside itself, never through a link to elsewhere."""
+        path = self.root
+        for part in parts:
+            path = path / part
+            if path.is_symlink():
+                raise UsageError(
+                    f"{path} is a symbolic link: a run writes only inside itself; remove the link"
+                )
+        return path
+
     @property
     def figures(self) -> Path:
-        return self.root / FIGURES
+        return self._own(FIGURES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,14 +153,14 @@ class RunDir(_Directory):
 
     @property
     def outputs_dir(self) -> Path:
-        return self.root / OUTPUTS
+        return self._own(OUTPUTS)
 
     def outputs(self, split: str) -> Path:
         return self.outputs_dir / f"{split}.npz"
 
     @property
     def routers(self) -> Path:
-        return self.root / ROUTERS
+        return self._own(ROUTERS)
 
     def family(self, name: str) -> FamilyDir:
         return FamilyDir(self.routers / name)
@@ -156,11 +170,11 @@ class RunDir(_Directory):
         return FamilyDir.complete_in(self.routers)
 
     def bottleneck(self, name: str) -> BottleneckDir:
-        return BottleneckDir(self.root / BOTTLENECKS / name)
+        return BottleneckDir(self._own(BOTTLENECKS) / name)
 
     def bottlenecks(self) -> dict[str, BottleneckDir]:
         """Every complete bottleneck, by name (directories being built are hidden)."""
-        return BottleneckDir.complete_in(self.root / BOTTLENECKS)
+        return BottleneckDir.complete_in(self._own(BOTTLENECKS))
 
     @property
     def run_plan(self) -> Path:
@@ -168,7 +182,7 @@ class RunDir(_Directory):
 
     @property
     def weight_sweep(self) -> Path:
-        return self.root / WEIGHT_SWEEP
+        return self._own(WEIGHT_SWEEP)
 
     def sweep_run(self, local_weight: float, seed: int) -> RunDir:
         return RunDir(self.weight_sweep / f"w{local_weight}_seed{seed}")
@@ -179,7 +193,7 @@ class RunDir(_Directory):
 
     @property
     def oof_dir(self) -> Path:
-        return self.root / OUT_OF_FOLD
+        return self._own(OUT_OF_FOLD)
 
     def oof_run(self, fold: int) -> RunDir:
         """The DDNN trained without fold ``fold`` of the training split."""
@@ -201,10 +215,10 @@ class RunDir(_Directory):
     @property
     def edge_dir(self) -> Path:
         """Reports of the edge half run against a server (``ddnn edge``)."""
-        return self.root / EDGE
+        return self._own(EDGE)
 
     def edge_report(self, name: str) -> Path:
-        return self.edge_dir / name / EDGE_REPORT
+        return self._own(EDGE, name) / EDGE_REPORT
 
     @property
     def edge_sweep(self) -> Path:

@@ -1,0 +1,142 @@
+"""The flags of the two halves over the network: ``ddnn serve`` and ``ddnn edge``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ddnn_jax.cli.flags import (
+    Help,
+    add_guarantee_flags,
+    add_quiet,
+    add_run_dir,
+    add_runtime_flags,
+    integer,
+    names,
+    number,
+)
+
+
+def add_deployment(commands) -> None:
+    """ddnn serve and ddnn edge."""
+    from ddnn_jax.core.mechanisms import edge_mechanisms
+    from ddnn_jax.deploy.cloud import DEFAULT_MAX_BATCH, MAX_BATCH
+    from ddnn_jax.deploy.edge import EdgeConfig
+    from ddnn_jax.deploy.wire import WIRES
+
+    serve = commands.add_parser(
+        "serve", help="serve a run's cloud half over HTTP (stops cleanly on SIGTERM)", formatter_class=Help
+    )
+    add_run_dir(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=integer, default=0, help="port to listen on (0: a free one)")
+    serve.add_argument(
+        "--max-batch",
+        type=integer,
+        default=DEFAULT_MAX_BATCH,
+        help=f"samples per request at most, up to {MAX_BATCH:,}; sets the request size limit",
+    )
+    serve.add_argument(
+        "--bottlenecks",
+        type=names,
+        default=None,
+        metavar="NAME,...|none",
+        help="the run's learned bottlenecks to serve codes of (default: all it has)",
+    )
+    tokens = serve.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--new-token",
+        type=Path,
+        metavar="FILE",
+        help="make a random token, write it to FILE (owner-only) and serve only requests carrying it",
+    )
+    tokens.add_argument(
+        "--token-file", type=Path, metavar="FILE", help="serve only requests carrying the token in FILE"
+    )
+    serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="let anyone in on a --host beyond this machine (refused without a token otherwise)",
+    )
+    add_runtime_flags(serve)
+    edge = commands.add_parser(
+        "edge",
+        help="run a run's edge half on its test split against 'ddnn serve' -> edge_report.json",
+        formatter_class=Help,
+    )
+    add_run_dir(edge)
+    edge.add_argument("--server", required=True, help="the address 'ddnn serve' printed")
+    edge.add_argument(
+        "--mechanism", choices=edge_mechanisms(), default=EdgeConfig.mechanism, help="decision rule"
+    )
+    edge.add_argument(
+        "--target",
+        type=number,
+        default=EdgeConfig.target,
+        help="L0: the local rate the rule was calibrated for",
+    )
+    edge.add_argument(
+        "--wire",
+        choices=WIRES,
+        default=EdgeConfig.wire,
+        help="what an offload sends: z (fp32, fp16, int8), a bottleneck's codes (bottleneck, "
+        "bottleneck-zlib) or the image (raw, png, jpeg, webp)",
+    )
+    edge.add_argument(
+        "--bottleneck",
+        default=EdgeConfig.bottleneck,
+        metavar="NAME",
+        help="the bottleneck whose codes a bottleneck wire sends (default: the run's only one)",
+    )
+    edge.add_argument(
+        "--quality", type=integer, default=EdgeConfig.quality, help="of the jpeg and webp wires, 1..100"
+    )
+    edge.add_argument(
+        "--batch",
+        type=integer,
+        default=EdgeConfig.batch,
+        help="samples the edge processes and offloads together",
+    )
+    edge.add_argument("--family", default=EdgeConfig.family, help="router family (--mechanism router)")
+    edge.add_argument(
+        "--timeout",
+        type=number,
+        default=EdgeConfig.timeout_s,
+        help="seconds to wait for the cloud before answering locally",
+    )
+    edge.add_argument(
+        "--token-file",
+        default=EdgeConfig.token_file,
+        metavar="FILE",
+        help="the token 'ddnn serve' was given: sent with every request, and the server must prove it",
+    )
+    edge.add_argument(
+        "--breaker",
+        type=integer,
+        default=EdgeConfig.breaker,
+        help="failed requests in a row after which nothing is offloaded for --backoff seconds (0: never)",
+    )
+    edge.add_argument(
+        "--backoff",
+        type=number,
+        default=EdgeConfig.backoff_s,
+        help="seconds an open circuit keeps every sample local before one request probes the server",
+    )
+    edge.add_argument(
+        "--images",
+        default=EdgeConfig.images,
+        metavar="DIR",
+        help="run on the images in DIR (or in its class folders 0 .. C-1, which label them) "
+        "instead of the run's test split",
+    )
+    edge.add_argument("--limit", type=integer, default=EdgeConfig.limit, help="the first N images only")
+    edge.add_argument(
+        "--out", type=Path, default=None, help="report path (default: RUN_DIR/edge/NAME/edge_report.json)"
+    )
+    edge.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead of one live run: entropy and the router at every target over every wire "
+        "-> RUN_DIR/edge/sweep.json (the report's accuracy-vs-bytes figure)",
+    )
+    add_guarantee_flags(edge, kind=None)
+    add_quiet(edge)

@@ -1,0 +1,78 @@
+"""The shared token between the edge and the cloud: made, read, required on every request, and
+proven by the server (an HMAC of the edge's fresh challenge), so that neither half talks to a
+stranger. A server that listens beyond this machine without one is refused unless told to let
+anyone in."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+
+from aiohttp import web
+
+from ddnn_jax.common.errors import UsageError
+from ddnn_jax.common.limits import read_bounded
+from ddnn_jax.rundir.files import atomic_file
+
+CHALLENGE_PARAM = "challenge"  # GET /health?challenge=HEX: the server proves it holds the token
+
+
+def token_proof(token: str, challenge: str) -> str:
+    """What a server holding ``token`` answers to ``challenge``: HMAC-SHA256, hex."""
+    return hmac.new(token.encode(), challenge.encode(), hashlib.sha256).hexdigest()
+
+
+def read_token(path) -> str:
+    """The shared token in the file at ``path`` (its first line), checked: at least 16 characters."""
+    try:
+        token = read_bounded(path, 4096, "token file").decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(
+            f"cannot read the token in {path} ({err}): give the file 'ddnn serve --new-token' wrote"
+        ) from None
+    if len(token) < 16 or not token.isprintable() or " " in token:
+        raise UsageError(
+            f"{path} holds no token of 16 or more printable characters: make one with --new-token"
+        )
+    return token
+
+
+def bearer_only(token: str):
+    """Middleware letting through only requests that carry the token (compared in constant time)."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler):
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            reason = "send the shared token: Authorization: Bearer TOKEN (ddnn edge --token-file)\n"
+            return web.Response(status=401, text=reason, headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return check
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def check_exposure(host: str, token: str | None, no_auth: bool) -> None:
+    """Refuses to listen beyond this machine without a token, unless told to let anyone in."""
+    if host not in LOOPBACK and token is None and not no_auth:
+        where = "every interface" if host in ("", "0.0.0.0", "::") else host
+        raise UsageError(
+            f"--host '{host}' listens on {where}, where anyone who reaches it could use the "
+            "cloud: give --new-token FILE (or --token-file FILE), or --no-auth to let anyone in"
+        )
+
+
+def new_token(path: Path) -> str:
+    """A fresh random token written to ``path`` (readable by its owner only), never over a file."""
+    if path.exists():
+        raise UsageError(f"{path} exists: reuse it with --token-file, or name a new file")
+    token = secrets.token_urlsafe(32)
+    with atomic_file(path, "w") as f:
+        f.write(token + "\n")
+    path.chmod(0o600)
+    return token
