@@ -230,3 +230,22 @@ def test_a_run_folder_that_is_a_symlink_is_refused_not_written_through(tmp_path,
     (run.root / folder).unlink()
     (run.root / folder).mkdir()
     assert str(paths[folder]()).startswith(str(run.root / folder))
+
+
+def test_check_lists_what_killed_writes_left_and_clean_removes_it(evaluated_run, capsys):
+    run = RunDir(evaluated_run)
+    before = _statuses(run)
+    (run.root / ".results.json.k2j4.tmp").write_bytes(bytes(1000))  # a write killed mid-file
+    staging = run.routers / ".logits.x81f.tmp"  # a family killed mid-build
+    staging.mkdir()
+    (staging / "scores.npz").write_bytes(bytes(2500))
+    found = {f.artefact: f for f in check(run) if f.status == "leftover"}
+    assert set(found) == {".results.json.k2j4.tmp", "routers/.logits.x81f.tmp"}
+    assert found["routers/.logits.x81f.tmp"].detail == "2,500 bytes a killed write left"
+    assert found[".results.json.k2j4.tmp"].repair == f"ddnn check --run {run} --clean"
+    assert cli.main(["check", "--run", str(run)]) == 1
+    capsys.readouterr()
+    assert cli.main(["check", "--run", str(run), "--clean"]) == (0 if set(before.values()) == {OK} else 1)
+    out = capsys.readouterr().out
+    assert out.count("removed  ") == 2 and "(2,500 bytes)" in out
+    assert not staging.exists() and _statuses(run) == before  # nothing else touched

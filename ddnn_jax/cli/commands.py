@@ -69,8 +69,12 @@ def _evaluate(args) -> None:
 
 def _check(args) -> int:
     """Exit 0 only when every artefact is ok, 1 when some need repair."""
-    from ddnn_jax.jobs.check import OK, check, summary
+    from ddnn_jax.jobs.check import OK, check, clean, summary
 
+    if args.clean:
+        removed = clean(args.run)
+        for path, size in removed.items():
+            print(f"removed  {path} ({size:,} bytes)")
     findings = check(args.run)
     for finding in findings:
         print(finding.line())

@@ -200,6 +200,11 @@ def _add_evaluate_report(commands) -> None:
         formatter_class=Help,
     )
     add_run_dir(check)
+    check.add_argument(
+        "--clean",
+        action="store_true",
+        help="first remove what killed writes left (temporary files, folders)",
+    )
 
 
 def _add_interop(commands) -> None:

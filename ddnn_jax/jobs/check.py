@@ -20,6 +20,7 @@ from ddnn_jax.rundir import (
     as_run,
     checkpoints,
     family_fingerprint,
+    locked,
     outputs_fingerprint,
     read_family,
     read_family_scores,
@@ -30,8 +31,9 @@ from ddnn_jax.rundir import (
     read_run_record,
     same_checkpoint,
 )
+from ddnn_jax.rundir.files import leftovers, remove
 
-OK, MISSING, DAMAGED, STALE = "ok", "missing", "damaged", "stale"
+OK, MISSING, DAMAGED, STALE, LEFTOVER = "ok", "missing", "damaged", "stale", "leftover"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +176,24 @@ def check(run_dir: RunDir | Path) -> list[Finding]:
         findings.append(Finding("outputs/", status, str(err), collect))
     families = _families(run, fingerprint, planned, findings)
     findings += _results(run, fingerprint, families)
+    clean = f"ddnn check --run {run} --clean"
+    for path, size in leftovers(run.root).items():
+        where = str(path.relative_to(run.root))
+        findings.append(Finding(where, LEFTOVER, f"{size:,} bytes a killed write left", clean))
     return findings
+
+
+def clean(run_dir: RunDir | Path) -> dict[Path, int]:
+    """Removes what killed writes left in a run (``ddnn check --clean``), under the run's lock
+    so that no write in progress loses its temporary file; returns what went, with its size."""
+    run = as_run(run_dir)
+    if not run.root.is_dir():
+        raise UsageError(f"{run} is not a directory: give a run directory")
+    with locked(run, "check --clean"):
+        found = leftovers(run.root)
+        for path in found:
+            remove(path)
+    return found
 
 
 def _families(

@@ -75,6 +75,34 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def leftovers(root: Path) -> dict[Path, int]:
+    """What killed writes left under ``root``, with its size in bytes: the temporary files and
+    staging folders of ``atomic_file`` and ``atomic_dir`` (``.NAME.XXXX.tmp``) and folders
+    renamed aside by ``_exchange`` (``.NAME.XXXX.old``)."""
+    found = {}
+    for folder, subfolders, files in os.walk(root):
+        for name in [*subfolders, *files]:
+            if name.startswith(".") and name.endswith((".tmp", ".old")):
+                path = Path(folder) / name
+                found[path] = _size(path)
+        subfolders[:] = [d for d in subfolders if Path(folder) / d not in found]  # not into them
+    return found
+
+
+def _size(path: Path) -> int:
+    if not path.is_dir():
+        return path.lstat().st_size
+    return sum((Path(d) / f).lstat().st_size for d, _, files in os.walk(path) for f in files)
+
+
+def remove(path: Path) -> None:
+    """Deletes a file or a whole folder."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
