@@ -249,3 +249,18 @@ def test_check_lists_what_killed_writes_left_and_clean_removes_it(evaluated_run,
     out = capsys.readouterr().out
     assert out.count("removed  ") == 2 and "(2,500 bytes)" in out
     assert not staging.exists() and _statuses(run) == before  # nothing else touched
+
+
+def test_check_reads_edge_reports_and_bottlenecks_as_later_stages_would(evaluated_run):
+    run = RunDir(evaluated_run)
+    (run.root / "edge" / "router-L0.5-fp32-b1").mkdir(parents=True)
+    (run.root / "edge" / "router-L0.5-fp32-b1" / "edge_report.json").write_text("[1]")
+    (run.root / "edge" / "sweep.json").write_text('{"made_from": "' + "0" * 64 + '"}')
+    (run.root / "bottlenecks" / "k2-b4-s1").mkdir(parents=True)
+    (run.root / "bottlenecks" / "k2-b4-s1" / "bottleneck.json").write_text('{"config": 1}')
+    found = {f.artefact: f for f in check(run)}
+    assert found["edge/router-L0.5-fp32-b1/edge_report.json"].status == DAMAGED
+    assert found["edge/sweep.json"].status == STALE  # measured on other outputs
+    damaged = found["bottlenecks/k2-b4-s1/"]
+    assert damaged.status == DAMAGED and "not a bottleneck record" in damaged.detail
+    assert damaged.repair == f"ddnn bottleneck --run {run} --channels 2 --bits 4 --stride 1"

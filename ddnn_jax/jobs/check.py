@@ -7,6 +7,7 @@ inputs that have changed since), with the command that rebuilds it. Nothing is w
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ from ddnn_jax.rundir import (
     read_run_record,
     same_checkpoint,
 )
+from ddnn_jax.rundir.bottlenecks import read_bottleneck, read_bottleneck_logits, read_coded_bytes
 from ddnn_jax.rundir.files import leftovers, remove
+from ddnn_jax.rundir.layout import BOTTLENECKS, EDGE
 
 OK, MISSING, DAMAGED, STALE, LEFTOVER = "ok", "missing", "damaged", "stale", "leftover"
 
@@ -176,6 +179,8 @@ def check(run_dir: RunDir | Path) -> list[Finding]:
         findings.append(Finding("outputs/", status, str(err), collect))
     families = _families(run, fingerprint, planned, findings)
     findings += _results(run, fingerprint, families)
+    findings += _bottlenecks(run, best)
+    findings += _edge_reports(run, fingerprint)
     clean = f"ddnn check --run {run} --clean"
     for path, size in leftovers(run.root).items():
         where = str(path.relative_to(run.root))
@@ -263,6 +268,52 @@ def _results(run: RunDir, fingerprint: str | None, families: dict[str, str]) -> 
         findings.append(Finding("report.md", STALE, "older than results.json", report))
     else:
         findings.append(Finding("report.md", OK))
+    return findings
+
+
+def _bottlenecks(run: RunDir, best: tuple[int, str] | None) -> list[Finding]:
+    """Each learned bottleneck: readable whole, and fine-tuned on the run's best checkpoint."""
+    folder = run.root / BOTTLENECKS
+    names = sorted(d.name for d in folder.iterdir() if not d.name.startswith(".")) if folder.is_dir() else []
+    findings = []
+    for name in names:
+        where, bottleneck = f"bottlenecks/{name}/", run.bottleneck(name)
+        named = re.fullmatch(r"k(\d+)-b(\d+)-s(\d+)", name)
+        flags = "" if named is None else " --channels {} --bits {} --stride {}".format(*named.groups())
+        repair = f"ddnn bottleneck --run {run}{flags}"
+        try:
+            record = read_bottleneck(bottleneck)
+            read_bottleneck_logits(bottleneck)
+            read_coded_bytes(bottleneck)
+        except UsageError as err:
+            findings.append(Finding(where, DAMAGED, str(err), repair))
+            continue
+        if best is not None and best[1] and record.made_from != best[1]:
+            findings.append(Finding(where, STALE, "fine-tuned on another checkpoint", repair))
+        else:
+            findings.append(Finding(where, OK, f"{record.payload_bytes} B per offload"))
+    return findings
+
+
+def _edge_reports(run: RunDir, fingerprint: str | None) -> list[Finding]:
+    """Each live edge run's report: a JSON object of the outputs the run has now."""
+    folder = run.root / EDGE
+    paths = sorted(folder.glob("*/edge_report.json")) if folder.is_dir() else []
+    paths += [run.edge_sweep] if run.edge_sweep.is_file() else []
+    findings = []
+    for path in paths:
+        where, repair = str(path.relative_to(run.root)), "rerun the 'ddnn edge' that wrote it"
+        try:
+            report = read_json(path, "delete it and rerun 'ddnn edge'")
+            if not isinstance(report, dict) or not isinstance(report.get("made_from"), str):
+                raise UsageError("not an edge report (a JSON object with made_from)")
+        except UsageError as err:
+            findings.append(Finding(where, DAMAGED, str(err), repair))
+            continue
+        if fingerprint is not None and report["made_from"] != fingerprint:
+            findings.append(Finding(where, STALE, "measured on other outputs", repair))
+        else:
+            findings.append(Finding(where, OK))
     return findings
 
 
