@@ -264,3 +264,25 @@ def test_check_reads_edge_reports_and_bottlenecks_as_later_stages_would(evaluate
     damaged = found["bottlenecks/k2-b4-s1/"]
     assert damaged.status == DAMAGED and "not a bottleneck record" in damaged.detail
     assert damaged.repair == f"ddnn bottleneck --run {run} --channels 2 --bits 4 --stride 1"
+
+
+def test_a_record_with_fields_of_the_wrong_type_is_damaged_not_a_crash_later(evaluated_run, capsys):
+    import json
+
+    from ddnn_jax.rundir.records import FamilyRecord
+    from ddnn_jax.rundir.schema import wrong_field
+
+    record_path = RunDir(evaluated_run).family("logits").record
+    record = json.loads(record_path.read_text())
+    assert wrong_field(FamilyRecord, record) is None
+    for field, bad, expected in (
+        ("decision_thresholds", "0.1,0.2", "list[float]"),
+        ("best_epoch", [1.5, 2], "list[int]"),
+        ("seconds", {"train": "fast"}, "dict[str, float]"),
+        ("selected", [True], "list[float | None] | None"),
+    ):
+        assert wrong_field(FamilyRecord, {**record, field: bad}) == f"{field}: expected {expected}"
+    record_path.write_text(json.dumps({**record, "decision_thresholds": "0.1,0.2"}))
+    (finding,) = [f for f in check(evaluated_run) if f.artefact == "routers/logits/"]
+    assert finding.status == DAMAGED and "decision_thresholds: expected list[float]" in finding.detail
+    _one_line_error(capsys, ["evaluate", "--run", str(evaluated_run)], "is not a router family record")

@@ -57,9 +57,7 @@ DEFAULT_MAX_BATCH = 256
 # How long a request's body may take to arrive once its headers have: a client that declares a
 # body and then trickles or sends nothing is answered 408 and let go, not held until shutdown.
 BODY_TIMEOUT_S = 30.0
-# Each power of two up to --max-batch is compiled before serving, and a request may be that many
-# fp32 samples: the bound keeps both to 13 programs a route and about 100 MB for Fashion-MNIST's z.
-MAX_BATCH = 4096
+MAX_BATCH = wire.MAX_BATCH
 
 
 def batch_sizes(max_batch: int) -> list[int]:

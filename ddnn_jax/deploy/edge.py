@@ -89,8 +89,8 @@ class EdgeConfig:
         if self.wire not in wire.WIRES:
             raise UsageError(f"--wire must be one of {', '.join(wire.WIRES)}, got '{self.wire}'")
         check_quality(self.quality)
-        if self.batch < 1:
-            raise UsageError(f"--batch must be at least 1, got {self.batch}")
+        if not 1 <= self.batch <= wire.MAX_BATCH:  # a request holds at most what a server takes
+            raise UsageError(f"--batch must lie in 1..{wire.MAX_BATCH}, got {self.batch}")
         if not 0 < self.timeout_s <= MAX_TIMEOUT_S:  # NaN and inf fail too
             raise UsageError(f"--timeout must lie in (0, {MAX_TIMEOUT_S:g}] seconds, got {self.timeout_s}")
         if self.breaker < 0:

@@ -58,6 +58,10 @@ _REQUEST = struct.Struct("<4sBBHIHHHH")
 _RESPONSE = struct.Struct("<4sBBHI")
 _LENGTH = np.dtype("<u4")
 REQUEST_HEADER_BYTES = _REQUEST.size
+# The most samples in one request: each power of two up to 'ddnn serve --max-batch' is compiled
+# before serving, and the bound keeps that to 13 programs a route and a request to about 100 MB
+# of Fashion-MNIST's fp32 z; 'ddnn edge --batch' has the same bound.
+MAX_BATCH = 4096
 _LEVELS = 255  # uint8 codes 0..255
 
 

@@ -17,6 +17,7 @@ from ddnn_jax.rundir import checkpoints
 from ddnn_jax.rundir.files import atomic_dir, load_npz, read_json, save_npz, write_json
 from ddnn_jax.rundir.layout import SPLITS, BottleneckDir, RunDir
 from ddnn_jax.rundir.records import read_run_record
+from ddnn_jax.rundir.schema import build
 
 BOTTLENECK_VERSION = 1  # of bottleneck.json's layout
 
@@ -59,10 +60,7 @@ def read_bottleneck(bottleneck: BottleneckDir) -> BottleneckRecord:
     """bottleneck.json, or a UsageError saying how to rebuild it."""
     remedy = f"delete {bottleneck.root} and run 'ddnn bottleneck' again"
     value = read_json(bottleneck.record, remedy)
-    try:
-        record = BottleneckRecord(**value)
-    except TypeError as err:
-        raise UsageError(f"{bottleneck.record} is not a bottleneck record ({err}): {remedy}") from None
+    record = build(BottleneckRecord, value, "bottleneck record", bottleneck.record, remedy)
     if record.version != BOTTLENECK_VERSION:
         found = f"version {record.version}, not {BOTTLENECK_VERSION}"
         raise UsageError(f"{bottleneck.record} is of {found}: {remedy}")

@@ -28,6 +28,7 @@ from ddnn_jax.rundir.files import (
     write_text,
 )
 from ddnn_jax.rundir.layout import CONFIG, LOCK, SPLITS, FamilyDir, RunDir, as_run
+from ddnn_jax.rundir.schema import build
 
 # ------------------------------------------------------------------------------------------------
 # config.json and metrics.jsonl
@@ -380,10 +381,7 @@ def read_family(family: FamilyDir) -> FamilyRecord:
     """router.json of a family, or a UsageError saying how to rebuild it."""
     remedy = f"delete {family.root} and run 'ddnn route' again"
     value = read_json(family.record, remedy)
-    try:
-        return FamilyRecord(**value)
-    except TypeError as err:
-        raise UsageError(f"{family.record} is not a router family record ({err}): {remedy}") from None
+    return build(FamilyRecord, value, "router family record", family.record, remedy)
 
 
 def family_fingerprint(scores: dict[str, np.ndarray]) -> str:
