@@ -180,8 +180,7 @@ class _Stream:
         self.round_trips += [answer.seconds] * len(rows)
         if answer.logits is None:
             assert answer.failure is not None
-            self.fallbacks[answer.failure] += len(rows)
-            self.reasons.setdefault(answer.failure, answer.reason)
+            self.fall_back(rows, answer.failure, answer.reason)
         else:
             self.predictions[rows] = answer.logits.argmax(-1)
             self.answered_by_cloud[rows] = True
