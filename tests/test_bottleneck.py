@@ -120,6 +120,10 @@ def test_a_frozen_edge_fine_tune_changes_only_the_cloud(pristine, tmp_path, caps
     # the local exit is the run's: bit-identical to its collected outputs
     np.testing.assert_array_equal(np.asarray(local), np.load(run.outputs("test"))["local_logits"][:64])
 
+    # a family priced for it: trained on the cloud's correctness behind it and lambda per kB of
+    # each sample's coded payload (checked below, after evaluate)
+    priced = ["--bottleneck", "k2-b4-s2", "--byte-cost", "50", "--grid", "0.5", "--max-epochs", "2"]
+    assert cli.main(["route", "--run", str(run.root), *priced, "--quiet"]) == 0
     # evaluate scores the DDNN with it: the run's edge decisions, the bottleneck's cloud answers
     assert cli.main(["evaluate", "--run", str(run.root)]) == 0
     results = json.loads(run.results.read_text())
@@ -137,20 +141,16 @@ def test_a_frozen_edge_fine_tune_changes_only_the_cloud(pristine, tmp_path, caps
     assert point["accuracy"] == pytest.approx(np.where(offload, cloud_right, local_right).mean())
     assert "entropy_calibrated" in scored["curves"] and "oracle" in scored["summary"]
 
-    # a family priced for it: trained on the cloud's correctness behind it and lambda per kB of
-    # each sample's coded payload; evaluate reports its offloads' mean payload
-    priced = ["--bottleneck", "k2-b4-s2", "--byte-cost", "50", "--grid", "0.5", "--max-epochs", "2"]
-    assert cli.main(["route", "--run", str(run.root), *priced, "--quiet"]) == 0
-    assert cli.main(["evaluate", "--run", str(run.root)]) == 0
+    # the priced family: evaluate reports its offloads' mean coded payload
     coded = read_coded_bytes(run.bottleneck("k2-b4-s2"))
     assert {s: len(v) for s, v in coded.items()} == {s: len(np.load(run.outputs(s))["labels"]) for s in coded}
     assert coded["test"].min() >= 4 + 1 and coded["test"].max() <= 4 + 1 + 49
-    results = json.loads(run.results.read_text())
     curve = "router_logits_k2_b4_s2_lam50_calibrated"
     (priced_point,) = results["bottlenecks"]["k2-b4-s2"]["curves"][curve]
     family = run.family("logits-k2-b4-s2-lam50")
-    offload = np.load(family.scores)["test"][0] >= results["curves"][curve][0]["threshold"]
-    assert priced_point["coded_bytes_per_sample"] == pytest.approx(np.where(offload, coded["test"], 0).mean())
+    priced_offload = np.load(family.scores)["test"][0] >= results["curves"][curve][0]["threshold"]
+    expected = np.where(priced_offload, coded["test"], 0).mean()
+    assert priced_point["coded_bytes_per_sample"] == pytest.approx(expected)
     assert json.loads(family.record.read_text())["config"]["byte_cost"] == 50
 
     # the edge's extra cost of encoding, as 'ddnn bench inference --run' reports it
