@@ -130,6 +130,10 @@ def test_a_damaged_best_checkpoint_is_refused_by_collect(pristine, tmp_path, cap
     assert cli.main(["collect", "--run", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"checkpoint of epoch {best} is damaged" in err[0], err
+    from ddnn_jax.jobs.check import DAMAGED, check  # and check does not call it ok
+
+    (finding,) = [f for f in check(run) if f.artefact == "checkpoints/"]
+    assert finding.status == DAMAGED and f"restore checkpoints/{best} from a copy" in finding.repair
 
 
 @pytest.mark.slow

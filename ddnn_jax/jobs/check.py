@@ -30,6 +30,7 @@ from ddnn_jax.rundir import (
     read_outputs,
     read_results,
     read_run_record,
+    restore_best,
     same_checkpoint,
 )
 from ddnn_jax.rundir.bottlenecks import read_bottleneck, read_bottleneck_logits, read_coded_bytes
@@ -142,8 +143,21 @@ def _training(run: RunDir) -> tuple[list[Finding], tuple[int, str] | None]:
     if best is None:
         findings.append(Finding("checkpoints/", MISSING, "no checkpoint", resume))
     else:
-        findings.append(Finding("checkpoints/", OK, f"best epoch {best[0]}"))
+        findings.append(_best_restores(run, best, resume))
     return findings, best
+
+
+def _best_restores(run: RunDir, best: tuple[int, str], resume: str) -> Finding:
+    """The best checkpoint restored, and its weights' digest against the one saved with it."""
+    epoch, recorded = best
+    repair = f"restore checkpoints/{epoch} from a copy, or {resume} in a new --out"
+    try:
+        _, state, _ = restore_best(run)
+    except UsageError as err:
+        return Finding("checkpoints/", DAMAGED, str(err), repair)
+    if recorded and checkpoints.state_digest(state) != recorded:
+        return Finding("checkpoints/", DAMAGED, f"epoch {epoch}'s weights are not the ones saved", repair)
+    return Finding("checkpoints/", OK, f"best epoch {epoch}, restored")
 
 
 def check(run_dir: RunDir | Path) -> list[Finding]:
