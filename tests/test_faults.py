@@ -286,3 +286,15 @@ def test_a_record_with_fields_of_the_wrong_type_is_damaged_not_a_crash_later(eva
     (finding,) = [f for f in check(evaluated_run) if f.artefact == "routers/logits/"]
     assert finding.status == DAMAGED and "decision_thresholds: expected list[float]" in finding.detail
     _one_line_error(capsys, ["evaluate", "--run", str(evaluated_run)], "is not a router family record")
+
+
+def test_results_of_the_wrong_shape_are_refused_by_every_reader(evaluated_run, capsys):
+    import json
+
+    results = json.loads((evaluated_run / "results.json").read_text())
+    (evaluated_run / "results.json").write_text(json.dumps({**results, "curves": None}))
+    _one_line_error(
+        capsys, ["report", "--run", str(evaluated_run)], "curves: expected dict[str, list[Point]]"
+    )
+    (finding,) = [f for f in check(evaluated_run) if f.artefact == "results.json"]
+    assert finding.status == DAMAGED

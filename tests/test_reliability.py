@@ -2,6 +2,7 @@
 run's own files: the exits' calibration, every score's AURC, and the guaranteed thresholds."""
 
 import json
+import typing
 
 import numpy as np
 import pytest
@@ -94,7 +95,14 @@ def test_results_written_before_these_records_are_still_read(tmp_path):
     from ddnn_jax.rundir import RunDir, read_results, write_results
     from ddnn_jax.rundir.results import Results
 
+    def empty(hint):  # the plainest value of a field's type
+        if type(None) in typing.get_args(hint):
+            return None
+        origin = typing.get_origin(hint) or hint
+        return {dict: {}, list: [], str: "", int: 0, float: 0.0}.get(origin, {})
+
     run = RunDir(tmp_path)
-    write_results(run, {key: None for key in Results.__required_keys__})  # type: ignore[arg-type]
+    hints = typing.get_type_hints(Results)
+    write_results(run, {key: empty(hints[key]) for key in Results.__required_keys__})  # type: ignore[arg-type]
     assert set(read_results(run)) == set(Results.__required_keys__)
     assert {"calibration", "selective", "guarantees"} <= Results.__optional_keys__

@@ -10,6 +10,7 @@ from typing import Any, NotRequired, TypedDict
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.rundir.files import read_json, write_json
 from ddnn_jax.rundir.layout import EDGE_REPORT, RunDir, as_run
+from ddnn_jax.rundir.schema import wrong_field
 
 
 class Point(TypedDict):
@@ -147,6 +148,9 @@ def read_results(run_dir: RunDir | Path | str) -> Results:
             f"{run.results} lacks '{missing[0]}' (written by another version): "
             f"run 'ddnn evaluate --run {run}' again"
         )
+    problem = wrong_field(Results, value)
+    if problem is not None:
+        raise UsageError(f"{run.results} is damaged ({problem}): run 'ddnn evaluate --run {run}' again")
     return value
 
 

@@ -4,12 +4,12 @@ or a TypeError in whatever stage uses the field later, and ``ddnn check`` report
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, NotRequired, TypeVar, Union
 
 from ddnn_jax.common.errors import UsageError
 
@@ -29,19 +29,18 @@ def build(cls: type[Record], value: Any, what: str, path: Path, remedy: str) -> 
 
 
 def wrong_field(cls: type, value: dict[str, Any]) -> str | None:
-    """The first field of ``value`` whose JSON value does not fit the dataclass ``cls``'s
-    annotation, as 'FIELD: expected TYPE', or None when every field fits (missing and unknown
-    fields are left to the constructor)."""
-    hints = _hints(cls)
-    for field in dataclasses.fields(cls):
-        if field.name in value and not _fits(value[field.name], hints[field.name]):
-            return f"{field.name}: expected {_name(hints[field.name])}"
+    """The first field of ``value`` whose JSON value does not fit its annotation in ``cls`` (a
+    dataclass or a TypedDict), as 'FIELD: expected TYPE', or None when every field fits (missing
+    and unknown fields are left to the caller)."""
+    for name, hint in _hints(cls).items():
+        if name in value and not _fits(value[name], hint):
+            return f"{name}: expected {_name(hint)}"
     return None
 
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls)  # NotRequired[...] already unwrapped
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -51,6 +50,10 @@ def _fits(value: Any, hint: Any) -> bool:
         return True
     if origin in (Union, types.UnionType):
         return any(_fits(value, arg) for arg in args)
+    if origin is NotRequired:
+        return _fits(value, args[0])
+    if typing.is_typeddict(hint):
+        return isinstance(value, dict) and wrong_field(hint, value) is None
     if hint is type(None):
         return value is None
     if hint is float:
@@ -68,4 +71,4 @@ def _fits(value: Any, hint: Any) -> bool:
 
 def _name(hint: Any) -> str:
     plain = typing.get_origin(hint) is None and hasattr(hint, "__name__")
-    return hint.__name__ if plain else str(hint).replace("typing.", "")
+    return hint.__name__ if plain else re.sub(r"\b[\w.]+\.(\w+)", r"\1", str(hint))  # no module paths
