@@ -302,7 +302,10 @@ def test_bad_flags_exit_2_with_one_line(pristine, server, capsys):
         assert message in err and err.count("\n") == 1
 
 
-def test_the_sweep_gives_accuracy_against_bytes_for_every_uplink(pristine, server, tmp_path):
+def test_the_sweep_gives_accuracy_against_bytes_for_every_uplink(pristine, server, tmp_path, monkeypatch):
+    from ddnn_jax.deploy import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "QUALITIES", (90, 50))  # two qualities of the lossy formats
     run = tmp_path / "run"
     shutil.copytree(pristine, run)
     path = sweep(run, _config(server))
@@ -315,7 +318,7 @@ def test_the_sweep_gives_accuracy_against_bytes_for_every_uplink(pristine, serve
         "int8",
         "raw",
         "png",
-        *(f"{f} q{q}" for f in ("jpeg", "webp") for q in (90, 75, 50)),
+        *(f"{f} q{q}" for f in ("jpeg", "webp") for q in (90, 50)),
     ]
     assert set(result["request_bytes"]) == set(uplinks)
     assert set(points) == {(m, TARGET, u) for m in ("entropy", "router") for u in uplinks} | {

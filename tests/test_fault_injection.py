@@ -23,8 +23,13 @@ ROUTE = ["--grid", "0.5", "--quiet"]
 def _damage(path: Path, how: str) -> None:
     if how == "delete":
         path.unlink()
-    elif how == "truncate":
-        path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 2)])
+    elif how == "truncate":  # to half, inside a line or a value (a cut after a whole JSON line
+        # would leave a shorter file that is still whole)
+        data = path.read_bytes()
+        cut = max(1, len(data) // 2)
+        while cut > 1 and data[cut - 1 : cut] in (b"\n", b"}"):
+            cut -= 1
+        path.write_bytes(data[:cut])
     else:  # garbage of the same length
         path.write_bytes(np.random.default_rng(0).integers(0, 256, path.stat().st_size, np.uint8).tobytes())
 

@@ -129,6 +129,16 @@ def restore(manager: ocp.CheckpointManager, epoch: int, template):
         raise DamagedCheckpoint(f"the checkpoint of epoch {epoch} is damaged ({type(err).__name__})") from err
 
 
+def saved_digest(manager: ocp.CheckpointManager, epoch: int) -> str:
+    """``state_digest`` of the weights saved after ``epoch``, restored as plain arrays without
+    building the model; raises DamagedCheckpoint when its files cannot be read back."""
+    try:
+        saved = manager.restore(epoch, args=ocp.args.StandardRestore())
+        return tree_digest({"p": saved["params"], "b": saved["batch_stats"]})
+    except Exception as err:  # orbax and tensorstore raise many kinds for damaged files
+        raise DamagedCheckpoint(f"the checkpoint of epoch {epoch} is damaged ({type(err).__name__})") from err
+
+
 def restore_latest(manager: ocp.CheckpointManager, template, warn: Callable[[str], None]):
     """(state, epoch) of the latest checkpoint that restores, or (None, 0) when there is none.
     Later checkpoints that do not restore are moved aside (``checkpoints/.damaged-N``, with a
