@@ -48,7 +48,13 @@ def pytest_configure(config):
 
 
 # The longest tests (a minute or more on 2 cores): started first, never left for the end.
-LONGEST = ("test_runtime.py::", "test_run_end_to_end_and_rerun", "test_distributed.py::test_two_processes")
+LONGEST = (
+    "test_runtime.py::",
+    "test_run_end_to_end_and_rerun",
+    "test_distributed.py::test_two_processes",
+    "test_every_variant_trains_through_ddnn_run",
+    "test_a_frozen_edge_fine_tune_changes_only_the_cloud",
+)
 
 
 def pytest_collection_modifyitems(config, items):
