@@ -294,3 +294,18 @@ def test_records_with_fields_of_the_wrong_type_are_refused_by_every_reader(tiny_
     (finding,) = [f for f in check(tiny_run) if f.artefact == "routers/logits/"]
     assert finding.status == DAMAGED and "decision_thresholds: expected list[float]" in finding.detail
     _one_line_error(capsys, ["evaluate", "--run", str(tiny_run)], "is not a router family record")
+
+
+def test_a_writing_stage_clears_leftovers_when_it_takes_the_lock_but_not_the_edges(tiny_run):
+    from ddnn_jax.rundir import locked
+
+    run = RunDir(tiny_run)
+    (run.root / ".metrics.jsonl.ab12.tmp").write_bytes(bytes(300))
+    (run.root / "edge" / "router-L0.5-fp32-b1").mkdir(parents=True)
+    in_flight = run.root / "edge" / "router-L0.5-fp32-b1" / ".edge_report.json.cd34.tmp"
+    in_flight.write_bytes(bytes(10))  # the edge writes without the lock: maybe being written
+    with locked(run, "route logits") as removed:
+        assert removed == {run.root / ".metrics.jsonl.ab12.tmp": 300}
+    assert in_flight.is_file() and not (run.root / ".metrics.jsonl.ab12.tmp").exists()
+    with locked(run, "route logits") as removed:
+        assert removed == {}

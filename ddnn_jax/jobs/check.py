@@ -205,16 +205,16 @@ def check(run_dir: RunDir | Path) -> list[Finding]:
 
 
 def clean(run_dir: RunDir | Path) -> dict[Path, int]:
-    """Removes what killed writes left in a run (``ddnn check --clean``), under the run's lock
-    so that no write in progress loses its temporary file; returns what went, with its size."""
+    """Removes what killed writes left in a run (``ddnn check --clean``): taking the run's lock
+    clears all but the edge's, which go then; returns what went, with its size."""
     run = as_run(run_dir)
     if not run.root.is_dir():
         raise UsageError(f"{run} is not a directory: give a run directory")
-    with locked(run, "check --clean"):
-        found = leftovers(run.root)
-        for path in found:
+    with locked(run, "check --clean") as removed:
+        rest = leftovers(run.root)  # under edge/, which 'ddnn edge' writes without the lock
+        for path in rest:
             remove(path)
-    return found
+    return {**removed, **rest}
 
 
 def _families(

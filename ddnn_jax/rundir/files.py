@@ -24,7 +24,7 @@ import numpy as np
 from ddnn_jax.common import limits
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.limits import read_bounded
-from ddnn_jax.rundir.layout import LOCK, RunDir
+from ddnn_jax.rundir.layout import EDGE, LOCK, RunDir
 
 # What np.load raises for a truncated, garbled or incomplete .npz.
 NPZ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
@@ -135,21 +135,26 @@ _held_locks: dict[Path, int] = {}  # run directories this process holds, with ne
 
 
 @contextlib.contextmanager
-def locked(run: RunDir, stage: str) -> Iterator[None]:
+def locked(run: RunDir, stage: str) -> Iterator[dict[Path, int]]:
     """Holds the run directory's exclusive lock while a writing stage runs (re-entrant within
     one process, so ``ddnn run`` holds it across its stages). The lock is an flock on
     RUN_DIR/.lock, which the kernel releases when the holder dies, so a kill leaves nothing
     held; the file names its holder for the message of whoever finds it taken. A directory
-    made for the lock alone is removed again if the stage fails."""
+    made for the lock alone is removed again if the stage fails.
+
+    Taking the lock first removes what killed writes left in the run (``leftovers``): no
+    writer holds it, so no temporary file there is in use, except under edge/, which ``ddnn
+    edge`` writes without the lock and only ``ddnn check --clean`` clears. Yields what was
+    removed, with its size."""
     key = run.root.resolve()
     if jax.process_index() > 0:
         # one program in several processes: process 0 holds the lock for all of them
-        yield
+        yield {}
         return
     if key in _held_locks:
         _held_locks[key] += 1
         try:
-            yield
+            yield {}
         finally:
             _held_locks[key] -= 1
         return
@@ -175,7 +180,11 @@ def locked(run: RunDir, stage: str) -> Iterator[None]:
     _held_locks[key] = 1
     finished = False
     try:
-        yield
+        edge = run.root / EDGE
+        removed = {p: size for p, size in leftovers(run.root).items() if not p.is_relative_to(edge)}
+        for path in removed:
+            remove(path)
+        yield removed
         finished = True
     finally:
         del _held_locks[key]
