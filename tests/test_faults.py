@@ -309,3 +309,22 @@ def test_a_writing_stage_clears_leftovers_when_it_takes_the_lock_but_not_the_edg
     assert in_flight.is_file() and not (run.root / ".metrics.jsonl.ab12.tmp").exists()
     with locked(run, "route logits") as removed:
         assert removed == {}
+
+
+def test_check_audits_a_study_and_each_seed_s_run(tmp_path):
+    from conftest import make_tiny_run
+
+    study = tmp_path / "study"
+    for seed in (0, 1):
+        make_tiny_run(study / f"seed_{seed}", seed=seed)
+    (study / "study_config.json").write_text('{"seeds": [0, 1]}')
+    (study / "study.json").write_text("[1]")  # what study --aggregate's readers would choke on
+    found = {f.artefact: f for f in check(study)}
+    assert found["study_config.json"].status == OK
+    assert (
+        found["study.json"].status == DAMAGED
+        and found["study.json"].repair == f"ddnn study --aggregate {study}"
+    )
+    assert found["seed_0/config.json"].status == OK and found["seed_1/outputs/"].status == OK
+    (study / "study.json").unlink()
+    assert {f.artefact: f.status for f in check(study)}["study.json"] == MISSING

@@ -3,6 +3,7 @@ library entry, then prints where the result went. ``COMMANDS`` maps each subcomm
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from ddnn_jax.cli.bench import BENCHMARKS
@@ -94,7 +95,9 @@ def _serve(args) -> None:
         raise UsageError(f"--port must lie in [0, 65535], got {args.port}")
     token = new_token(args.new_token) if args.new_token else None
     token = read_token(args.token_file) if args.token_file else token
-    check_exposure(args.host, token, args.no_auth)
+    warning = check_exposure(args.host, token, args.no_auth)
+    if warning:
+        print(warning, file=sys.stderr)
     bottlenecks = args.bottlenecks if args.bottlenecks != ("none",) else ()
     cloud = CloudHalf.load(args.run, args.max_batch, bottlenecks)
     cloud.warm_up()

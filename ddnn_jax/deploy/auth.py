@@ -39,14 +39,19 @@ def read_token(path) -> str:
     return token
 
 
-def bearer_only(token: str):
-    """Middleware letting through only requests that carry the token (compared in constant time)."""
-    expected = f"Bearer {token}".encode()
+def carries(request: web.Request, token: str) -> bool:
+    """Whether the request carries ``token`` as its bearer token (compared in constant time)."""
+    given = request.headers.get("Authorization", "").encode()
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+
+def bearer_only(token: str, open_paths: tuple[str, ...]):
+    """Middleware letting through only requests that carry the token, but for ``open_paths``
+    (/health, which then says no more than that the service is up)."""
 
     @web.middleware
     async def check(request: web.Request, handler):
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        if not carries(request, token) and request.path not in open_paths:
             reason = "send the shared token: Authorization: Bearer TOKEN (ddnn edge --token-file)\n"
             return web.Response(status=401, text=reason, headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
@@ -57,14 +62,18 @@ def bearer_only(token: str):
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def check_exposure(host: str, token: str | None, no_auth: bool) -> None:
-    """Refuses to listen beyond this machine without a token, unless told to let anyone in."""
-    if host not in LOOPBACK and token is None and not no_auth:
-        where = "every interface" if host in ("", "0.0.0.0", "::") else host
+def check_exposure(host: str, token: str | None, no_auth: bool) -> str | None:
+    """Refuses to listen beyond this machine without a token, unless told to let anyone in;
+    then returns the warning to print (None when there is nothing to warn of)."""
+    if host in LOOPBACK or token is not None:
+        return None
+    where = "every interface" if host in ("", "0.0.0.0", "::") else host
+    if not no_auth:
         raise UsageError(
             f"--host '{host}' listens on {where}, where anyone who reaches it could use the "
             "cloud: give --new-token FILE (or --token-file FILE), or --no-auth to let anyone in"
         )
+    return f"ddnn serve: warning: --no-auth on {where}: anyone who reaches it can use the cloud"
 
 
 def new_token(path: Path) -> str:

@@ -233,13 +233,16 @@ def make_app(
         nothing of the model disclosed), and /health?challenge=C answers HMAC(TOKEN, C), which
         lets the edge check that it talks to the holder of its token.
     """
-    app = web.Application(middlewares=[] if token is None else [auth.bearer_only(token)])
+    open_paths = (wire.HEALTH_PATH,)
+    app = web.Application(middlewares=[] if token is None else [auth.bearer_only(token, open_paths)])
     counters = _Counters()
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud")
     described = {path: route.describe() for path, route in routes.items()}
     served_wires = [name for name in wire.WIRES if any(name in r["wires"] for r in described.values())]
 
     async def health(request: web.Request) -> web.Response:
+        if token is not None and not auth.carries(request, token):
+            return web.json_response({"status": "ok"})  # up, and nothing more to a stranger
         body = {"status": "ok", **info, "wires": served_wires, "routes": described}
         challenge = request.query.get(auth.CHALLENGE_PARAM)
         if token is not None and challenge:

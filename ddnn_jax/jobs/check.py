@@ -18,6 +18,7 @@ from ddnn_jax.jobs.run import RunPlan, planned_families
 from ddnn_jax.rundir import (
     FamilyDir,
     RunDir,
+    StudyDir,
     as_run,
     checkpoints,
     family_fingerprint,
@@ -174,6 +175,8 @@ def check(run_dir: RunDir | Path) -> list[Finding]:
     run = as_run(run_dir)
     if not run.root.is_dir():
         raise UsageError(f"{run} is not a directory: give a run directory")
+    if StudyDir(run.root).config.is_file():
+        return _study(StudyDir(run.root))
     findings, best = _training(run)
     collect = f"ddnn collect --run {run}"
     planned = _planned(run)
@@ -284,6 +287,31 @@ def _results(run: RunDir, fingerprint: str | None, families: dict[str, str]) -> 
         findings.append(Finding("report.md", STALE, "older than results.json", report))
     else:
         findings.append(Finding("report.md", OK))
+    return findings
+
+
+def _study(study: StudyDir) -> list[Finding]:
+    """A study directory: its config and aggregate readable as ``ddnn study`` reads them, and
+    every seed's run checked as a run, its findings under the seed's folder."""
+    aggregate = f"ddnn study --aggregate {study}"
+    findings = []
+    for path, repair in (
+        (study.config, f"delete it, then rerun the 'ddnn study' that made {study}"),
+        (study.results, aggregate),
+    ):
+        where = path.name
+        if not path.is_file():
+            findings.append(Finding(where, MISSING, "", repair))
+            continue
+        try:
+            if not isinstance(read_json(path, repair), dict):
+                raise UsageError(f"{path} is not a JSON object: {repair}")
+            findings.append(Finding(where, OK))
+        except UsageError as err:
+            findings.append(Finding(where, DAMAGED, str(err), repair))
+    for run in study.runs():
+        for f in check(run):
+            findings.append(dataclasses.replace(f, artefact=f"{run.root.name}/{f.artefact}"))
     return findings
 
 
