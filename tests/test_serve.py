@@ -4,7 +4,9 @@ cloud half is tested in test_edge.py)."""
 
 import http.client
 import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -436,3 +438,25 @@ def test_listening_beyond_this_machine_needs_a_token_or_no_auth(tmp_path):
     (tmp_path / "short").write_text("abc\n")
     with pytest.raises(UsageError, match="holds no token of 16 or more"):
         auth.read_token(tmp_path / "short")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="makes its certificate with the openssl command")
+def test_tls_serves_https_to_an_edge_that_trusts_the_certificate_only(tmp_path):
+    from ddnn_jax.common.errors import UsageError
+    from ddnn_jax.deploy.auth import tls_context
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with BackgroundServer(make_app(_routes(cloud), INFO), tls=tls_context(cert, key)) as url:
+        assert url.startswith("https://127.0.0.1:")
+        client = CloudClient(url, timeout_s=10, tls_ca=str(cert))
+        assert client.health() is not None
+        answer = client.infer(wire.encode(_features(), "fp32"), 2, CLASSES)
+        assert answer.failure is None and answer.logits is not None
+        assert CloudClient(url, timeout_s=10).health() is None  # an unknown certificate: no answer
+    with pytest.raises(UsageError, match="cannot load --tls-cert"):
+        tls_context(key, cert)  # the two the wrong way round

@@ -88,13 +88,16 @@ def _report(args) -> None:
 
 
 def _serve(args) -> None:
-    from ddnn_jax.deploy.auth import check_exposure, new_token, read_token
+    from ddnn_jax.deploy.auth import check_exposure, new_token, read_token, tls_context
     from ddnn_jax.deploy.cloud import COUNTERS, CloudHalf, cloud_app, serve_forever
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must lie in [0, 65535], got {args.port}")
     token = new_token(args.new_token) if args.new_token else None
     token = read_token(args.token_file) if args.token_file else token
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together: give both, or neither for plain http")
+    tls = None if args.tls_cert is None else tls_context(args.tls_cert, args.tls_key)
     warning = check_exposure(args.host, token, args.no_auth)
     if warning:
         print(warning, file=sys.stderr)
@@ -110,6 +113,7 @@ def _serve(args) -> None:
         lambda urls: print(
             f"ddnn serve: cloud half of {args.run} listening on {', '.join(urls)}{guarded}", flush=True
         ),
+        tls,
     )
     counters = app[COUNTERS]
     print(f"ddnn serve: stopped after {counters.requests} requests ({counters.samples} samples answered)")
@@ -131,6 +135,7 @@ def _edge(args) -> int | None:
         timeout_s=args.timeout,
         breaker=args.breaker,
         token_file=args.token_file,
+        tls_ca=args.tls_ca,
         backoff_s=args.backoff,
         limit=args.limit,
         images=args.images,

@@ -52,6 +52,8 @@ def add_deployment(commands) -> None:
     tokens.add_argument(
         "--token-file", type=Path, metavar="FILE", help="serve only requests carrying the token in FILE"
     )
+    serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve https with this certificate chain")
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
     serve.add_argument(
         "--no-auth",
         action="store_true",
@@ -108,6 +110,12 @@ def add_deployment(commands) -> None:
         default=EdgeConfig.token_file,
         metavar="FILE",
         help="the token 'ddnn serve' was given: sent with every request, and the server must prove it",
+    )
+    edge.add_argument(
+        "--tls-ca",
+        default=EdgeConfig.tls_ca,
+        metavar="PEM",
+        help="certificates an https server's must chain to (a self-signed one: its own certificate)",
     )
     edge.add_argument(
         "--breaker",

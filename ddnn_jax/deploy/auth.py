@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import ssl
 from pathlib import Path
 
 from aiohttp import web
@@ -60,6 +61,18 @@ def bearer_only(token: str, open_paths: tuple[str, ...]):
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The server's TLS context of a certificate chain and its private key (PEM files)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as err:
+        raise UsageError(
+            f"cannot load --tls-cert {cert} with --tls-key {key} ({err}): give PEM files"
+        ) from None
+    return context
 
 
 def check_exposure(host: str, token: str | None, no_auth: bool) -> str | None:

@@ -11,6 +11,7 @@ import http.client
 import json
 import secrets
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -78,17 +79,21 @@ class CloudClient:
     """A keep-alive HTTP client of ``ddnn serve`` that counts its bytes and never raises on
     network faults: a failed request closes the connection and the next one opens a new one."""
 
-    def __init__(self, url: str, timeout_s: float, token: str | None = None):
+    def __init__(self, url: str, timeout_s: float, token: str | None = None, tls_ca: str | None = None):
         parts = parse_server(url)
         self._make = _HTTPS if parts.scheme == "https" else _HTTP
         self.url, self.host, self.port, self.timeout_s = url, str(parts.hostname), parts.port, timeout_s
         self._connection: _HTTP | _HTTPS | None = None
         self.token = token
+        self._tls = ssl.create_default_context(cafile=tls_ca) if parts.scheme == "https" else None
         self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
 
     def _open(self) -> _HTTP | _HTTPS:
         if self._connection is None:
-            self._connection = self._make(self.host, self.port, timeout=self.timeout_s)
+            if self._make is _HTTPS:  # the server's certificate checked against --tls-ca (else the system's)
+                self._connection = _HTTPS(self.host, self.port, timeout=self.timeout_s, context=self._tls)
+            else:
+                self._connection = _HTTP(self.host, self.port, timeout=self.timeout_s)
         return self._connection
 
     def close(self) -> None:

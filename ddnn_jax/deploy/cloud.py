@@ -33,6 +33,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import signal
+import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -336,18 +337,26 @@ def cloud_app(cloud: CloudHalf, token: str | None = None) -> web.Application:
     return make_app(cloud.routes, info, token=token)
 
 
-async def _serve(app: web.Application, host: str, port: int, on_ready, stop: asyncio.Event) -> None:
+async def _serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    on_ready,
+    stop: asyncio.Event,
+    tls: ssl.SSLContext | None = None,
+) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
         try:
             await site.start()
         except OSError as err:
             raise UsageError(
                 f"cannot listen on {host}:{port} ({err.strerror}): choose another --port"
             ) from None
-        on_ready([f"http://{_host(address[0])}:{address[1]}" for address in runner.addresses])
+        scheme = "http" if tls is None else "https"
+        on_ready([f"{scheme}://{_host(address[0])}:{address[1]}" for address in runner.addresses])
         await stop.wait()
     finally:
         await runner.cleanup()  # stops listening, lets requests in flight finish, closes
@@ -357,7 +366,13 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def serve_forever(app: web.Application, host: str, port: int, on_ready: Callable[[list[str]], None]) -> None:
+def serve_forever(
+    app: web.Application,
+    host: str,
+    port: int,
+    on_ready: Callable[[list[str]], None],
+    tls: ssl.SSLContext | None = None,
+) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down cleanly; ``on_ready(urls)`` once listening
     (every address it listens on)."""
 
@@ -366,7 +381,7 @@ def serve_forever(app: web.Application, host: str, port: int, on_ready: Callable
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await _serve(app, host, port, on_ready, stop)
+        await _serve(app, host, port, on_ready, stop, tls)
 
     asyncio.run(main())
 
@@ -378,8 +393,10 @@ class BackgroundServer:
         ...
     """
 
-    def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0):
-        self.app, self.host, self.port = app, host, port
+    def __init__(
+        self, app: web.Application, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+    ):
+        self.app, self.host, self.port, self.tls = app, host, port, tls
         self.url = ""
         self._ready = threading.Event()
         self._failed: BaseException | None = None
@@ -390,7 +407,7 @@ class BackgroundServer:
     def _run(self) -> None:
         async def main() -> None:
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            await _serve(self.app, self.host, self.port, self._listening, self._stop)
+            await _serve(self.app, self.host, self.port, self._listening, self._stop, self.tls)
 
         try:
             asyncio.run(main())

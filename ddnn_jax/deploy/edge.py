@@ -74,6 +74,7 @@ class EdgeConfig:
     # deploy a guaranteed threshold (core.guarantees) instead of the calibrated one
     guarantee: Guarantee | None = None
     token_file: str | None = None  # the shared token 'ddnn serve' was given (--new-token)
+    tls_ca: str | None = None  # PEM certificates an https server's must chain to (default: the system's)
 
     def token(self) -> str | None:
         """The shared token, read from ``token_file``."""
@@ -312,7 +313,7 @@ def run_edge(
     path = out or inputs.run.edge_report(default_name(config, uplink))
     prepare_file(path)  # before the stream: a report that cannot be written loses all of it
     rule = build_rule(inputs, config.mechanism, config.target, config.family, config.guarantee)
-    client = CloudClient(config.server, config.timeout_s, token)
+    client = CloudClient(config.server, config.timeout_s, token, config.tls_ca)
     server = client.health()
     check_server(server, inputs, uplink, progress, config.server)
     _warm_up(inputs, rule, uplink, config.batch)

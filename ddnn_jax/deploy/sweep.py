@@ -44,7 +44,7 @@ def sweep(
     if inputs.labels is None:
         raise UsageError("the sweep scores accuracy: give labelled images (class folders 0 .. C-1)")
     _, record = router_family(inputs.run, config.family)
-    client = CloudClient(config.server, config.timeout_s, token)
+    client = CloudClient(config.server, config.timeout_s, token, config.tls_ca)
     health = client.health()
     if health is None:
         raise UsageError(
