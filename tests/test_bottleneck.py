@@ -16,14 +16,11 @@ from ddnn_jax.core.bottleneck import (
     BottleneckedCloud,
     Decoder,
     Encoder,
-    entropy_code,
-    entropy_decode,
     from_codes,
-    pack_codes,
     quantize,
     to_codes,
-    unpack_codes,
 )
+from ddnn_jax.core.codes import entropy_code, entropy_decode, pack_codes, unpack_codes
 from ddnn_jax.core.models import CloudCNN
 from ddnn_jax.deploy.cloud import BackgroundServer, CloudHalf, cloud_app
 from ddnn_jax.deploy.edge import EdgeConfig, run_edge

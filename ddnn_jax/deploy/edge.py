@@ -13,11 +13,7 @@ that request keep their local answer and are counted as fallbacks; none is lost.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +26,17 @@ from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.guarantees import Guarantee
 from ddnn_jax.core.mechanisms import REFERENCE_TARGET, ROUTER, deployable_rules, edge_mechanisms
 from ddnn_jax.deploy import auth, wire
-from ddnn_jax.deploy.client import FAILURES, Answer, CircuitBreaker, CloudClient, parse_server
+from ddnn_jax.deploy.client import CircuitBreaker, CloudClient, parse_server
 from ddnn_jax.deploy.edge_half import EdgeInputs, load_inputs, made_from
 from ddnn_jax.deploy.rules import Rule, build_rule
+from ddnn_jax.deploy.stream import (
+    MAX_TIMEOUT_S,
+    Stream,
+    accuracy,
+    run_stream,
+    sigterm_interrupts,
+    stream_summary,
+)
 from ddnn_jax.deploy.uplink import (
     DEFAULT_QUALITY,
     Uplink,
@@ -42,8 +46,6 @@ from ddnn_jax.deploy.uplink import (
     reference_cloud_logits,
 )
 from ddnn_jax.rundir import RunDir, outputs_fingerprint, prepare_file, read_results, write_json
-
-MAX_TIMEOUT_S = 3600.0  # a request's wait; a socket's timeout must be finite
 
 
 class EdgeInterrupted(KeyboardInterrupt):
@@ -135,58 +137,6 @@ def check_server(
     check_uplink(health, uplink, inputs, server)
 
 
-def _percentiles(seconds: np.ndarray) -> dict[str, float] | None:
-    if seconds.size == 0:
-        return None
-    ms = 1000.0 * np.asarray(seconds, np.float64)
-    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(ms.mean())}
-
-
-class _Stream:
-    """The per-sample and per-request records of one live run."""
-
-    def __init__(self, n: int, breaker: CircuitBreaker):
-        self.offloaded = np.zeros(n, bool)
-        self.answered_by_cloud = np.zeros(n, bool)
-        self.predictions = np.zeros(n, np.int64)
-        self.latency = np.zeros(n)  # image in -> answer out, seconds
-        self.edge_seconds: list[float] = []  # per batch: edge network and decision
-        self.round_trips: list[float] = []  # per offloaded sample: its request's seconds
-        self.requests = 0
-        self.bytes_up = 0
-        self.bytes_down = 0
-        self.payload = 0  # request bytes after the wire's header, in all
-        self.fallbacks = {failure: 0 for failure in FAILURES}
-        self.reasons: dict[str, str] = {}  # the first reason of each failure
-        self.breaker = breaker
-        self.done = 0  # images whose batch is complete
-
-    def first(self, n: int) -> _Stream:
-        """The records of the first n images (the requests' totals as they stand)."""
-        kept = copy.copy(self)
-        for name in ("offloaded", "answered_by_cloud", "predictions", "latency"):
-            setattr(kept, name, getattr(self, name)[:n])
-        return kept
-
-    def fall_back(self, rows: np.ndarray, failure: str, reason: str) -> None:
-        """Offloaded samples that keep their local answer without a request."""
-        self.fallbacks[failure] += len(rows)
-        self.reasons.setdefault(failure, reason)
-
-    def record(self, rows: np.ndarray, answer: Answer) -> None:
-        self.requests += 1
-        self.bytes_up += answer.bytes_up
-        self.bytes_down += answer.bytes_down
-        self.round_trips += [answer.seconds] * len(rows)
-        if answer.logits is None:
-            assert answer.failure is not None
-            self.fall_back(rows, answer.failure, answer.reason)
-        else:
-            self.predictions[rows] = answer.logits.argmax(-1)
-            self.answered_by_cloud[rows] = True
-
-
 def _stream(
     inputs: EdgeInputs,
     rule: Rule,
@@ -194,34 +144,27 @@ def _stream(
     config: EdgeConfig,
     client: CloudClient,
     progress: Progress,
-    stream: _Stream,
+    stream: Stream,
 ) -> None:
-    """Runs every image through the edge into ``stream``, offloading what the rule sends."""
-    edge, n, breaker = inputs.edge, len(inputs.images), stream.breaker
-    paused = f"offloading paused for {config.backoff_s:g} s after {config.breaker} failed requests in a row"
-    with progress.bar(n, f"edge {config.mechanism} L0={config.target:g} {uplink.label}", unit="img") as bar:
-        for start in range(0, n, config.batch):
-            rows = np.arange(start, min(start + config.batch, n))
-            began = time.perf_counter()
-            z, local_logits = edge(inputs.images[rows])
-            send = np.asarray(rule.decide(rows, local_logits, z, inputs.images[rows]), bool)
-            stream.predictions[rows] = local_logits.argmax(-1)
-            decided = time.perf_counter()
-            stream.edge_seconds.append(decided - began)
-            stream.latency[rows] = decided - began
-            if send.any() and not breaker.allows():
-                stream.fall_back(rows[send], "circuit_open", paused)
-                stream.offloaded[rows[send]] = True
-            elif send.any():
-                body = uplink.body(inputs.images[rows[send]], z[send])
-                stream.payload += len(body) - wire.REQUEST_HEADER_BYTES
-                answer = client.infer(body, int(send.sum()), edge.num_classes, uplink.path)
-                stream.record(rows[send], answer)
-                breaker.record(answer.logits is not None)
-                stream.offloaded[rows[send]] = True
-                stream.latency[rows[send]] = time.perf_counter() - began
-            stream.done = int(rows[-1]) + 1
-            bar.update(len(rows))
+    """Runs every image through the JAX edge into ``stream``, offloading what the rule sends."""
+    images = inputs.images
+
+    def step(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        z, local_logits = inputs.edge(images[rows])
+        return local_logits, rule.decide(rows, local_logits, z, images[rows]), z
+
+    run_stream(
+        len(images),
+        config.batch,
+        step,
+        lambda rows, z: uplink.body(images[rows], z),
+        client,
+        (uplink.path, inputs.edge.num_classes),
+        stream,
+        backoff_s=config.backoff_s,
+        label=f"edge {config.mechanism} L0={config.target:g} {uplink.label}",
+        progress=progress,
+    )
 
 
 def _warm_up(inputs: EdgeInputs, rule: Rule, uplink: Uplink, batch: int) -> None:
@@ -236,26 +179,22 @@ def _warm_up(inputs: EdgeInputs, rule: Rule, uplink: Uplink, batch: int) -> None
 
 
 def _in_process(
-    inputs: EdgeInputs, rule: Rule, uplink: Uplink, config: EdgeConfig, stream: _Stream
+    inputs: EdgeInputs, rule: Rule, uplink: Uplink, config: EdgeConfig, stream: Stream
 ) -> dict[str, Any]:
     """The same rule evaluated in process (with the cloud behind the uplink's bottleneck where
     it has one), and how the live run differs from it."""
     cloud_logits = reference_cloud_logits(inputs, uplink)
     predictions = np.where(rule.reference, cloud_logits.argmax(-1), inputs.reference.local_logits.argmax(-1))
-    accuracy, live = _accuracy(predictions, inputs.labels), _accuracy(stream.predictions, inputs.labels)
+    expected, live = accuracy(predictions, inputs.labels), accuracy(stream.predictions, inputs.labels)
     return {
         "curve": rule.curve,
-        "accuracy": accuracy,
+        "accuracy": expected,
         "local_rate": float(1.0 - rule.reference.mean()),
         "results_json_accuracy": _results_point(inputs, rule.curve, rule.level, config.guarantee, uplink),
         "decisions_differing": int((stream.offloaded != rule.reference).sum()),
         "predictions_differing": int((stream.predictions != predictions).sum()),
-        "accuracy_change": None if live is None or accuracy is None else live - accuracy,
+        "accuracy_change": None if live is None or expected is None else live - expected,
     }
-
-
-def _accuracy(predictions: np.ndarray, labels: np.ndarray | None) -> float | None:
-    return None if labels is None else float((predictions == labels).mean())
 
 
 def _results_point(
@@ -318,9 +257,9 @@ def run_edge(
     check_server(server, inputs, uplink, progress, config.server)
     _warm_up(inputs, rule, uplink, config.batch)
     started = time.perf_counter()
-    stream = _Stream(len(inputs.images), CircuitBreaker(config.breaker, config.backoff_s))
+    stream = Stream(len(inputs.images), CircuitBreaker(config.breaker, config.backoff_s))
     try:
-        with _sigterm_interrupts():
+        with sigterm_interrupts():
             _stream(inputs, rule, uplink, config, client, progress, stream)
     except KeyboardInterrupt:
         if not stream.done:
@@ -340,88 +279,28 @@ def run_edge(
     return path, report
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM stops the stream as Ctrl-C does (main thread only: signals are delivered there)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _report(
     inputs: EdgeInputs,
     rule: Rule,
     uplink: Uplink,
     config: EdgeConfig,
     server,
-    stream: _Stream,
+    stream: Stream,
     seconds: float,
 ) -> dict[str, Any]:
-    n, offloads = len(inputs.images), int(stream.offloaded.sum())
-    fallbacks = sum(stream.fallbacks.values())
-    offloaded = stream.offloaded
     return {
         **made_from(inputs),
         "config": dataclasses.asdict(config),
         "server": server,
+        "engine": "jax",
         "device": jax.devices()[0].device_kind,
-        "samples": n,
         "images": "test split" if inputs.test_split else str(config.images),
-        "accuracy": _accuracy(stream.predictions, inputs.labels),
-        "local_rate": float(1.0 - offloaded.mean()),
-        "offloaded": offloads,
-        "answered_by_cloud": int(stream.answered_by_cloud.sum()),
         "threshold": rule.threshold,
         # the promise the threshold holds (None: calibrated on validation, no guarantee)
         "guarantee": None
         if config.guarantee is None
         else {**dataclasses.asdict(config.guarantee), "certified_bound": rule.certified_bound},
-        "fallback_rate": fallbacks / n,
-        "fallbacks": {
-            f: {"samples": k, "reason": stream.reasons.get(f, "")} for f, k in stream.fallbacks.items() if k
-        },
-        "circuit_opened": stream.breaker.opened,  # times the circuit breaker opened
         "uplink": {"wire": config.wire, "route": uplink.path, "param": uplink.param, "label": uplink.label},
-        "bytes": _bytes(inputs, stream),
-        "latency_ms": _latency(stream),
-        "seconds": seconds,
-        "throughput_per_s": n / seconds,
+        **stream_summary(stream, inputs.labels, int(inputs.images[0].nbytes), seconds),
         "in_process": _in_process(inputs, rule, uplink, config, stream),
-    }
-
-
-def _bytes(inputs: EdgeInputs, stream: _Stream) -> dict[str, Any]:
-    """The report's bytes on the wire: in all, per sample and per offload, HTTP headers included."""
-    n, offloads = len(inputs.images), int(stream.offloaded.sum())
-    return {
-        "requests": stream.requests,
-        "uplink": stream.bytes_up,
-        "downlink": stream.bytes_down,
-        "uplink_per_sample": stream.bytes_up / n,
-        "uplink_per_offload": stream.bytes_up / offloads if offloads else None,
-        "downlink_per_offload": stream.bytes_down / offloads if offloads else None,
-        # after the wire's 20-byte header: the samples (and their lengths, where they vary)
-        "payload_per_offload": stream.payload / offloads if offloads else None,
-        "image_bytes": int(inputs.images[0].nbytes),
-    }
-
-
-def _latency(stream: _Stream) -> dict[str, dict[str, float] | None]:
-    """The report's latency percentiles in milliseconds."""
-    offloaded = stream.offloaded
-    return {
-        "per_sample": _percentiles(stream.latency),
-        "per_local_sample": _percentiles(stream.latency[~offloaded]),
-        "per_offload": _percentiles(stream.latency[offloaded]),
-        "round_trip": _percentiles(np.asarray(stream.round_trips)),
-        "edge_per_batch": _percentiles(np.asarray(stream.edge_seconds)),
     }

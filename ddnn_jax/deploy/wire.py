@@ -18,9 +18,9 @@ all little-endian, then the n samples [n, height, width, channels] in one of the
     differ in range by an order of magnitude after batch norm, and per sample so that one outlier
     image does not coarsen the others; the pairs cost 8 bytes per channel.
 * a learned bottleneck's codes (``CODES``, ``codes_path(name)``), integers below 2**param:
-  - ``bottleneck``: packed ``param`` bits to a value (``core.bottleneck.pack_codes``);
+  - ``bottleneck``: packed ``param`` bits to a value (``core.codes.pack_codes``);
   - ``bottleneck-zlib``: the same bytes through raw DEFLATE where that is shorter, one flag byte
-    first (``core.bottleneck.entropy_code``).
+    first (``core.codes.entropy_code``).
 * the image itself (``IMAGES``, ``IMAGE_PATH``), uint8 pixels: ``raw``, ``png`` (lossless),
   ``jpeg`` and ``webp`` (lossy at quality ``param``), the formats through Pillow
   (``deploy.image_wire``).
@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ddnn_jax.core import bottleneck as codes
+from ddnn_jax.core import codes
 from ddnn_jax.deploy import image_wire
 
 VERSION = 1

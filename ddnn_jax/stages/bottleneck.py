@@ -23,7 +23,8 @@ import optax
 
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
-from ddnn_jax.core.bottleneck import BottleneckConfig, BottleneckedCloud, cloud_like, framed_sizes, to_codes
+from ddnn_jax.core.bottleneck import BottleneckConfig, BottleneckedCloud, cloud_like, to_codes
+from ddnn_jax.core.codes import framed_sizes
 from ddnn_jax.core.models import feature_shape
 from ddnn_jax.core.training import build_model, cross_entropy, pad_rows
 from ddnn_jax.data import augment, normalize
