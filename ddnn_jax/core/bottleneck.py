@@ -22,7 +22,6 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ddnn_jax.core.codes import BITS
 from ddnn_jax.core.models import DDNN, LEAKY_SLOPE, PRECISIONS, CloudCNN, torch_bias_init, torch_kernel_init

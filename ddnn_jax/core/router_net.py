@@ -200,6 +200,12 @@ def edge_inputs(
 ) -> np.ndarray:
     """What a router of ``kind`` reads, from what the edge has: local logits [N, C], features z
     and uint8 images (each only where the kind reads it); float32, before standardisation."""
+    return np.asarray(traced_edge_inputs(kind, local_logits, features, images), np.float32)
+
+
+def traced_edge_inputs(kind: InputKind, local_logits: Any, features: Any, images: Any) -> jax.Array:
+    """``edge_inputs`` as a traceable function, so that an exported edge computes them in its graph
+    (images in pixel units 0..255, uint8 or float)."""
     if kind.reads == "logits":
         logits = jnp.asarray(local_logits, jnp.float32)
         if kind.confidence_extras:
@@ -208,9 +214,9 @@ def edge_inputs(
         if kind.from_features is not None:
             assert features is not None
             logits = jnp.concatenate([logits, jnp.asarray(kind.from_features(features))], axis=-1)
-        return np.asarray(logits, np.float32)
+        return logits
     if kind.reads == "features":
         assert features is not None
-        return np.asarray(features, np.float32)
+        return jnp.asarray(features, jnp.float32)
     assert images is not None
-    return np.asarray(images, np.float32) / 255.0
+    return jnp.asarray(images, jnp.float32) / 255.0

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ddnn_jax.common.errors import UsageError
+from ddnn_jax.common.files import atomic_file
 from ddnn_jax.common.limits import read_bounded
 
 CHALLENGE_PARAM = "challenge"  # GET /health?challenge=HEX: the server proves it holds the token
@@ -92,8 +93,6 @@ def new_token(path: Path) -> str:
     """A fresh random token written to ``path`` (readable by its owner only), never over a file."""
     if path.exists():
         raise UsageError(f"{path} exists: reuse it with --token-file, or name a new file")
-    from ddnn_jax.rundir.files import atomic_file  # here: the edge reads tokens without the run layer
-
     token = secrets.token_urlsafe(32)
     with atomic_file(path, "w") as f:
         f.write(token + "\n")

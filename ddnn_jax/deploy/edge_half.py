@@ -40,7 +40,7 @@ class EdgeHalf:
         self.feature_shape = feature_shape(model, record.image_shape)
         self.num_classes = record.num_classes
         edge = ("feature_extractor", "local_classifier")
-        self._variables = {
+        self.variables = {  # of the edge modules only
             "params": {k: state.params[k] for k in edge},
             "batch_stats": {k: state.batch_stats[k] for k in edge if k in state.batch_stats},
         }
@@ -48,7 +48,7 @@ class EdgeHalf:
         self._apply = jax.jit(lambda v, x: model.apply(v, normalize(x, mean, std), method=model.edge))
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z, local_logits = self._apply(self._variables, images)
+        z, local_logits = self._apply(self.variables, images)
         return np.asarray(z), np.asarray(local_logits)
 
 

@@ -105,8 +105,7 @@ def to_onnx(
     if graph.batch_symbol is not None:
         full = graph.op("Shape", [input_name])
         graph.batch_size = graph.op("Slice", [full, graph.const([0], np.int64), graph.const([1], np.int64)])
-    for var, value in zip(closed.jaxpr.constvars, closed.consts, strict=True):
-        env[var] = graph.const(np.asarray(value))
+    env.update(_constants(graph, closed))
     _translate(graph, closed.jaxpr, env)
     outvars = closed.jaxpr.outvars
     if len(outvars) != len(output_names):
@@ -126,9 +125,14 @@ def _dims(shape: Sequence[Any]) -> list[int | str]:
     return [d if isinstance(d, int) else BATCH for d in shape]
 
 
+def _constants(graph: _Graph, closed: Any) -> dict[Any, str]:
+    """The closed-over arrays of a jaxpr (weights, mostly) as initialisers."""
+    return {var: graph.const(np.asarray(c)) for var, c in zip(closed.jaxpr.constvars, closed.consts, strict=True)}
+
+
 def _read(graph: _Graph, env: dict[Any, str], atom: Any) -> str:
     if isinstance(atom, jcore.Literal):
-        return graph.const(np.asarray(atom.val, atom.aval.dtype))
+        return graph.const(np.asarray(atom.val, getattr(atom.aval, "dtype", None)))
     return env[atom]
 
 
@@ -137,7 +141,7 @@ def _translate(graph: _Graph, jaxpr: Any, env: dict[Any, str]) -> None:
         args = [_read(graph, env, a) for a in eqn.invars]
         inner = _inner_jaxpr(eqn.params)
         if inner is not None:  # jit, custom_jvp_call, custom_vjp_call: the primal program inline
-            sub = {var: graph.const(np.asarray(c)) for var, c in zip(inner.jaxpr.constvars, inner.consts)}
+            sub = _constants(graph, inner)
             sub.update(zip(inner.jaxpr.invars, args, strict=True))
             _translate(graph, inner.jaxpr, sub)
             results = [_read(graph, sub, v) for v in inner.jaxpr.outvars]

@@ -16,44 +16,22 @@ import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import jax
 import numpy as np
 
 from ddnn_jax.common import limits
 from ddnn_jax.common.errors import UsageError
+from ddnn_jax.common.files import atomic_file, prepare_file, publish_mode, write_json, write_text
 from ddnn_jax.common.limits import read_bounded
 from ddnn_jax.rundir.layout import EDGE, LOCK, RunDir
 
 # What np.load raises for a truncated, garbled or incomplete .npz.
 NPZ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _publish_mode(path: Path, *, directory: bool) -> None:
-    """mkstemp/mkdtemp create 0600/0700; what we publish gets the user's usual permissions."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path, mode: str = "w") -> Iterator[IO]:
-    """Opens a temporary file beside ``path`` and renames it into place if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        _publish_mode(Path(tmp), directory=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# the atomic writes are common's (an edge without JAX writes its report with them); the run
+# layer's users keep importing them from here
+__all__ = ["atomic_file", "prepare_file", "write_json", "write_text"]
 
 
 @contextlib.contextmanager
@@ -66,7 +44,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield staging
-        _publish_mode(staging, directory=True)
+        publish_mode(staging, directory=True)
         if path.exists():
             _exchange(staging, path)  # staging now holds the old directory
         else:
@@ -197,16 +175,6 @@ def locked(run: RunDir, stage: str) -> Iterator[dict[Path, int]]:
         handle.close()  # closing the descriptor releases the flock
 
 
-def write_text(path: Path, text: str) -> None:
-    with atomic_file(path) as f:
-        f.write(text)
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Strict JSON (NaN is refused), sorted keys, under a temporary name."""
-    write_text(path, json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n")
-
-
 def read_json(path: Path, remedy: str) -> Any:
     """The JSON value in ``path``, or a UsageError naming the file and ``remedy``."""
     try:
@@ -231,31 +199,3 @@ def save_npz(path: Path, arrays: dict[str, Any]) -> Path:
     with atomic_file(path, "wb") as f:
         np.savez(f, **arrays)
     return path
-
-
-def prepare_file(path: Path, flag: str = "--out") -> None:
-    """Makes sure a file can be written at ``path`` later (its directory made now), or raises a
-    UsageError naming ``flag``: for commands that work long before they write their result."""
-    if path.is_dir():
-        raise UsageError(f"{flag} {path} is a directory: give the path of a file to write")
-    existing = next(parent for parent in path.parents if parent.exists())
-    if not existing.is_dir():
-        raise UsageError(f"{flag} {path}: {existing} is a file, not a directory")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(
-            f"cannot write {path} ({err.strerror}): choose an {flag} path you can write to"
-        ) from None
-    _check_writable(path.parent)
-
-
-def _check_writable(directory: Path) -> None:
-    """Probes with a real file: permission bits say nothing for root or read-only mounts."""
-    try:
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as err:
-        raise UsageError(
-            f"cannot write to {directory} ({err.strerror}): choose an --out path you can write to"
-        ) from None

@@ -15,11 +15,11 @@ import numpy as np
 
 from ddnn_jax.common import provenance, runtime
 from ddnn_jax.common.errors import UsageError
+from ddnn_jax.common.files import check_writable
 from ddnn_jax.core.config import TrainConfig, package_versions, resolve_local_weight
 from ddnn_jax.core.outputs import SplitOutputs
 from ddnn_jax.rundir.files import (
     NPZ_ERRORS,
-    _check_writable,
     atomic_dir,
     load_npz,
     read_json,
@@ -195,19 +195,19 @@ def check_for_training(run: RunDir) -> bool:
         raise UsageError(f"--out {root} exists and is not a directory: choose another path")
     if root.is_dir():
         if run.config.is_file():
-            _check_writable(root)
+            check_writable(root)
             return True
         if any(p.name != LOCK for p in root.iterdir()):
             raise UsageError(
                 f"--out {root} is a non-empty directory that holds no ddnn run: "
                 "choose a new or empty directory"
             )
-        _check_writable(root)
+        check_writable(root)
         return False
     parent = root.parent
     while not parent.exists():
         parent = parent.parent
-    _check_writable(parent)
+    check_writable(parent)
     return False
 
 
