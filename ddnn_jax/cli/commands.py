@@ -17,6 +17,7 @@ from ddnn_jax.cli.configs import (
     run_plan_from,
     train_config_from,
 )
+from ddnn_jax.cli.device import summary_line
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.jobs.run import run
 from ddnn_jax.jobs.training import run_training
@@ -154,23 +155,6 @@ def _edge(args) -> int | None:
     print(summary_line(edge_report))
     print(f"report: {path}")
     return None
-
-
-def summary_line(report: dict) -> str:
-    """One line of an edge report: accuracy, local rate, bytes, latency, fallbacks."""
-    b, lat = report["bytes"], report["latency_ms"]
-    per_offload = "-" if b["uplink_per_offload"] is None else f"{b['uplink_per_offload']:.0f}"
-    accuracy = "accuracy unknown (unlabelled images)"
-    if report["accuracy"] is not None:
-        live, in_process = 100 * report["accuracy"], 100 * report["in_process"]["accuracy"]
-        accuracy = f"accuracy {live:.2f} % (in process {in_process:.2f} %)"
-    return (
-        f"{accuracy}, {report['samples']} images, "
-        f"local {100 * report['local_rate']:.1f} %, uplink {b['uplink_per_sample']:.0f} B/sample "
-        f"{per_offload} B/offload, latency p50 {lat['per_sample']['p50']:.2f} ms p99 "
-        f"{lat['per_sample']['p99']:.2f} ms, {report['throughput_per_s']:.0f} samples/s, "
-        f"fallbacks {100 * report['fallback_rate']:.1f} %"
-    )
 
 
 def _import_torch(args) -> None:

@@ -26,13 +26,14 @@ from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.guarantees import Guarantee
 from ddnn_jax.core.mechanisms import REFERENCE_TARGET, ROUTER, deployable_rules, edge_mechanisms
 from ddnn_jax.deploy import auth, wire
-from ddnn_jax.deploy.client import CircuitBreaker, CloudClient, parse_server
+from ddnn_jax.deploy.client import CircuitBreaker, CloudClient
 from ddnn_jax.deploy.edge_half import EdgeInputs, load_inputs, made_from
 from ddnn_jax.deploy.rules import Rule, build_rule
 from ddnn_jax.deploy.stream import (
-    MAX_TIMEOUT_S,
+    EdgeInterrupted,
     Stream,
     accuracy,
+    check_stream,
     run_stream,
     sigterm_interrupts,
     stream_summary,
@@ -46,14 +47,6 @@ from ddnn_jax.deploy.uplink import (
     reference_cloud_logits,
 )
 from ddnn_jax.rundir import RunDir, outputs_fingerprint, prepare_file, read_results, write_json
-
-
-class EdgeInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped the stream; the report of the images done so far is written."""
-
-    def __init__(self, path: Path, report: dict[str, Any]):
-        super().__init__(f"interrupted after {report['samples']} images")
-        self.path, self.report = path, report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,17 +85,7 @@ class EdgeConfig:
         if self.wire not in wire.WIRES:
             raise UsageError(f"--wire must be one of {', '.join(wire.WIRES)}, got '{self.wire}'")
         check_quality(self.quality)
-        if not 1 <= self.batch <= wire.MAX_BATCH:  # a request holds at most what a server takes
-            raise UsageError(f"--batch must lie in 1..{wire.MAX_BATCH}, got {self.batch}")
-        if not 0 < self.timeout_s <= MAX_TIMEOUT_S:  # NaN and inf fail too
-            raise UsageError(f"--timeout must lie in (0, {MAX_TIMEOUT_S:g}] seconds, got {self.timeout_s}")
-        if self.breaker < 0:
-            raise UsageError(f"--breaker must be 0 (never open) or more, got {self.breaker}")
-        if not 0 < self.backoff_s <= MAX_TIMEOUT_S:
-            raise UsageError(f"--backoff must lie in (0, {MAX_TIMEOUT_S:g}] seconds, got {self.backoff_s}")
-        if self.limit is not None and self.limit < 1:
-            raise UsageError(f"--limit must be at least 1, got {self.limit}")
-        parse_server(self.server)
+        check_stream(self.batch, self.timeout_s, self.breaker, self.backoff_s, self.limit, self.server)
         if self.guarantee is not None:
             if self.mechanism not in (ROUTER, *deployable_rules()):
                 raise UsageError(f"--guarantee needs a thresholded mechanism, not '{self.mechanism}'")

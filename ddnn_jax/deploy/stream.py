@@ -15,13 +15,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.progress import Progress
 from ddnn_jax.deploy import wire
-from ddnn_jax.deploy.client import FAILURES, Answer, CircuitBreaker, CloudClient
+from ddnn_jax.deploy.client import FAILURES, Answer, CircuitBreaker, CloudClient, parse_server
 
 MAX_TIMEOUT_S = 3600.0  # a request's wait; a socket's timeout must be finite
 
@@ -29,6 +31,31 @@ MAX_TIMEOUT_S = 3600.0  # a request's wait; a socket's timeout must be finite
 Step = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 # (rows offloaded, what they are made of) -> the request body
 Body = Callable[[np.ndarray, np.ndarray], bytes]
+
+
+def check_stream(
+    batch: int, timeout_s: float, breaker: int, backoff_s: float, limit: int | None, server: str
+) -> None:
+    """Raises UsageError naming the first bad flag of a stream against a server."""
+    if not 1 <= batch <= wire.MAX_BATCH:  # a request holds at most what a server takes
+        raise UsageError(f"--batch must lie in 1..{wire.MAX_BATCH}, got {batch}")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:  # NaN and inf fail too
+        raise UsageError(f"--timeout must lie in (0, {MAX_TIMEOUT_S:g}] seconds, got {timeout_s}")
+    if breaker < 0:
+        raise UsageError(f"--breaker must be 0 (never open) or more, got {breaker}")
+    if not 0 < backoff_s <= MAX_TIMEOUT_S:
+        raise UsageError(f"--backoff must lie in (0, {MAX_TIMEOUT_S:g}] seconds, got {backoff_s}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    parse_server(server)
+
+
+class EdgeInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the stream; the report of the images done so far is written."""
+
+    def __init__(self, path: Path, report: dict[str, Any]):
+        super().__init__(f"interrupted after {report['samples']} images")
+        self.path, self.report = path, report
 
 
 class Stream:

@@ -16,7 +16,7 @@ the graph's dynamic first dimension, read from the first input's shape where a s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -99,13 +99,13 @@ def to_onnx(
     closed = jax.make_jaxpr(fn)(example)
     batch = example.shape[0]
     graph = _Graph(None if isinstance(batch, int) else batch)
-    env: dict[Any, str] = {}
+    env: dict[Any, _Value] = {}
     (invar,) = closed.jaxpr.invars
     env[invar] = input_name
     if graph.batch_symbol is not None:
         full = graph.op("Shape", [input_name])
         graph.batch_size = graph.op("Slice", [full, graph.const([0], np.int64), graph.const([1], np.int64)])
-    env.update(_constants(graph, closed))
+    env.update(_constants(closed))
     _translate(graph, closed.jaxpr, env)
     outvars = closed.jaxpr.outvars
     if len(outvars) != len(output_names):
@@ -125,35 +125,89 @@ def _dims(shape: Sequence[Any]) -> list[int | str]:
     return [d if isinstance(d, int) else BATCH for d in shape]
 
 
-def _constants(graph: _Graph, closed: Any) -> dict[Any, str]:
-    """The closed-over arrays of a jaxpr (weights, mostly) as initialisers."""
-    return {var: graph.const(np.asarray(c)) for var, c in zip(closed.jaxpr.constvars, closed.consts, strict=True)}
+class _Broadcast(NamedTuple):
+    """A constant broadcast over the symbolic batch, kept ranked (its other dimensions 1) for
+    operators that broadcast by themselves, and expanded only for the others."""
+
+    ranked: str  # the initialiser of the ranked constant
+    shape: tuple[Any, ...]
 
 
-def _read(graph: _Graph, env: dict[Any, str], atom: Any) -> str:
+# What a jaxpr variable is while translating: an ONNX value's name, an array known at export time
+# (weights and what is computed from them alone, folded here), or a constant broadcast.
+_Value = str | np.ndarray | _Broadcast
+
+# Operators whose operands broadcast against each other as NumPy's do.
+_BROADCASTING = {
+    "add", "sub", "mul", "div", "max", "min", "pow", "gt", "ge", "lt", "le", "eq", "ne", "and", "or",
+    "select_n", "clamp",
+}  # fmt: skip
+
+
+def _constants(closed: Any) -> dict[Any, _Value]:
+    """The closed-over arrays of a jaxpr (weights, mostly), known at export time."""
+    pairs = zip(closed.jaxpr.constvars, closed.consts, strict=True)
+    return {var: np.asarray(value) for var, value in pairs}
+
+
+def _value(env: dict[Any, _Value], atom: Any) -> _Value:
     if isinstance(atom, jcore.Literal):
-        return graph.const(np.asarray(atom.val, getattr(atom.aval, "dtype", None)))
+        return np.asarray(atom.val, getattr(atom.aval, "dtype", None))
     return env[atom]
 
 
-def _translate(graph: _Graph, jaxpr: Any, env: dict[Any, str]) -> None:
+def _read(graph: _Graph, env: dict[Any, _Value], atom: Any, ranked: bool = False) -> str:
+    """The ONNX name of ``atom``: a known array becomes an initialiser, a broadcast constant its
+    ranked initialiser where ``ranked`` (the operator broadcasts), else an Expand."""
+    value = _value(env, atom)
+    if isinstance(value, np.ndarray):
+        name = graph.const(value)
+    elif isinstance(value, _Broadcast):
+        if ranked:
+            return value.ranked
+        name = graph.op("Expand", [value.ranked, graph.shape(value.shape)])
+    else:
+        return value
+    if not isinstance(atom, jcore.Literal):
+        env[atom] = name  # one initialiser or Expand however often it is read
+    return name
+
+
+def _translate(graph: _Graph, jaxpr: Any, env: dict[Any, _Value]) -> None:
     for eqn in jaxpr.eqns:
-        args = [_read(graph, env, a) for a in eqn.invars]
+        values = [_value(env, a) for a in eqn.invars]
         inner = _inner_jaxpr(eqn.params)
         if inner is not None:  # jit, custom_jvp_call, custom_vjp_call: the primal program inline
-            sub = _constants(graph, inner)
-            sub.update(zip(inner.jaxpr.invars, args, strict=True))
+            sub = _constants(inner)
+            sub.update(zip(inner.jaxpr.invars, values, strict=True))
             _translate(graph, inner.jaxpr, sub)
-            results = [_read(graph, sub, v) for v in inner.jaxpr.outvars]
+            env.update(zip(eqn.outvars, [_value(sub, v) for v in inner.jaxpr.outvars], strict=True))
+        elif all(isinstance(v, np.ndarray) for v in values) and _static(eqn):
+            out = eqn.primitive.bind(*values, **eqn.params)  # folded: computed once, here
+            outs = out if eqn.primitive.multiple_results else [out]
+            env.update(zip(eqn.outvars, [np.asarray(o) for o in outs], strict=True))
+        elif eqn.primitive.name == "broadcast_in_dim" and isinstance(values[0], np.ndarray):
+            ranked = values[0].reshape(_ranked(eqn))
+            env[eqn.outvars[0]] = _Broadcast(graph.const(ranked), tuple(eqn.params["shape"]))
         else:
-            translate = _RULES.get(eqn.primitive.name)
-            if translate is None:
-                raise UnsupportedPrimitive(
-                    f"the JAX primitive '{eqn.primitive.name}' has no ONNX translation"
-                )
-            out = translate(graph, eqn, *args)
-            results = out if isinstance(out, list) else [out]
-        env.update(zip(eqn.outvars, results, strict=True))
+            env.update(zip(eqn.outvars, _emit(graph, eqn, env), strict=True))
+
+
+def _static(eqn: Any) -> bool:
+    return all(isinstance(d, int) for v in eqn.outvars for d in v.aval.shape)
+
+
+def _emit(graph: _Graph, eqn: Any, env: dict[Any, _Value]) -> list[str]:
+    """The ONNX nodes of one equation whose inputs are not all known."""
+    translate = _RULES.get(eqn.primitive.name)
+    if translate is None:
+        raise UnsupportedPrimitive(f"the JAX primitive '{eqn.primitive.name}' has no ONNX translation")
+    # a broadcast constant may stay ranked where a full-shaped value of the batch sits beside it
+    dynamic = [a for a in eqn.invars if not isinstance(a, jcore.Literal) and isinstance(env[a], str)]
+    ranked = eqn.primitive.name in _BROADCASTING and bool(dynamic)
+    args = [_read(graph, env, a, ranked) for a in eqn.invars]
+    out = translate(graph, eqn, *args)
+    return out if isinstance(out, list) else [out]
 
 
 def _inner_jaxpr(params: dict[str, Any]) -> Any:
@@ -234,15 +288,19 @@ def _reshape_to_output(graph: _Graph, eqn: Any, x: str) -> str:
     return graph.op("Reshape", [x, graph.shape(_aval(eqn).shape)])
 
 
+def _ranked(eqn: Any) -> list[Any]:
+    """broadcast_in_dim's operand shape at the output's rank, 1 where it broadcasts."""
+    ranked: list[Any] = [1] * len(eqn.params["shape"])
+    for source, target in enumerate(eqn.params["broadcast_dimensions"]):
+        ranked[target] = eqn.invars[0].aval.shape[source]
+    return ranked
+
+
 def _broadcast_in_dim(graph: _Graph, eqn: Any, x: str, *dynamic: str) -> str:
-    shape, kept = eqn.params["shape"], eqn.params["broadcast_dimensions"]
-    operand = eqn.invars[0].aval.shape
-    ranked = [1] * len(shape)
-    for source, target in enumerate(kept):
-        ranked[target] = operand[source]
-    if tuple(ranked) != tuple(operand):
+    ranked = _ranked(eqn)
+    if tuple(ranked) != tuple(eqn.invars[0].aval.shape):
         x = graph.op("Reshape", [x, graph.shape(ranked)])
-    return graph.op("Expand", [x, graph.shape(shape)])
+    return graph.op("Expand", [x, graph.shape(eqn.params["shape"])])
 
 
 def _transpose(graph: _Graph, eqn: Any, x: str) -> str:
