@@ -157,6 +157,26 @@ def _edge(args) -> int | None:
     return None
 
 
+def _export_edge(args) -> int | None:
+    from ddnn_jax.interop.export_edge import ExportConfig, VerificationFailed, export_edge, summary
+
+    config = ExportConfig(args.format, args.family, args.batch, args.bottleneck, args.int8, args.calibration)
+    try:
+        out, info = export_edge(args.run, args.out, config, progress_from(args))
+    except VerificationFailed as failed:
+        print(
+            f"ddnn: failed: the exported graph does not match the run, nothing written: {failed}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    print(f"verified: {summary(info['verification'])}")
+    if info["int8"] is not None:
+        kept = "within" if info["int8"]["passed"] else "NOT within"
+        print(f"int8 ({info['int8']['bytes']:,} bytes, {kept} the tolerance): {summary(info['int8'])}")
+    print(f"export: {out}")
+    return None
+
+
 def _import_torch(args) -> None:
     from ddnn_jax.interop.convert import import_torch
 
@@ -259,5 +279,6 @@ COMMANDS: dict[str, Callable[..., int | None]] = {
     "edge": _edge,
     "import-torch": _import_torch,
     "export-torch": _export_torch,
+    "export-edge": _export_edge,
     "bench": _bench,
 }

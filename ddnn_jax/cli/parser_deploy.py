@@ -66,6 +66,13 @@ def add_deployment(commands) -> None:
         formatter_class=Help,
     )
     add_run_dir(edge)
+    edge.add_argument(
+        "--engine",
+        choices=("jax", "onnx"),
+        default="jax",
+        help="jax: the run's edge in JAX; onnx: an exported graph without JAX "
+        "(its own flags: ddnn edge --engine onnx --help)",
+    )
     edge.add_argument("--server", required=True, help="the address 'ddnn serve' printed")
     edge.add_argument(
         "--mechanism", choices=edge_mechanisms(), default=EdgeConfig.mechanism, help="decision rule"
@@ -148,3 +155,54 @@ def add_deployment(commands) -> None:
     )
     add_guarantee_flags(edge, kind=None)
     add_quiet(edge)
+    _add_export(commands)
+
+
+def _add_export(commands) -> None:
+    from ddnn_jax.interop.export_edge import ExportConfig
+
+    export = commands.add_parser(
+        "export-edge",
+        help="write a run's edge half as an ONNX or LiteRT graph, verified on its test split",
+        formatter_class=Help,
+    )
+    add_run_dir(export)
+    export.add_argument(
+        "--format", choices=("onnx", "litert"), default=ExportConfig.format, help="graph format"
+    )
+    export.add_argument(
+        "--family", default=ExportConfig.family, help="the router family whose routers the graph computes"
+    )
+    export.add_argument(
+        "--batch",
+        type=batch_size,
+        default=None,
+        metavar="N|dynamic",
+        help="the graph's batch (default: dynamic for onnx, 1 for litert, whose batch is fixed)",
+    )
+    export.add_argument(
+        "--bottleneck",
+        default=ExportConfig.bottleneck,
+        metavar="NAME",
+        help="output this bottleneck's codes instead of z (default: the family's bottleneck, if any)",
+    )
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="also an int8 graph by onnxruntime's static quantisation, verified",
+    )
+    export.add_argument(
+        "--calibration",
+        type=integer,
+        default=ExportConfig.calibration,
+        help="validation images that calibrate the int8 graph",
+    )
+    export.add_argument(
+        "--out", required=True, type=Path, help="the export directory (new, or an earlier export)"
+    )
+    add_quiet(export)
+
+
+def batch_size(text: str) -> int | None:
+    """A graph's batch: a positive integer, or 'dynamic' (None)."""
+    return None if text == "dynamic" else integer(text)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ddnn_jax.common.errors import UsageError
+from ddnn_jax.deploy.exported import INPUT, LOCAL_LOGITS, ROUTER_LOGIT
 
 Outputs = tuple[np.ndarray, ...]
 Runner = Callable[[np.ndarray], Outputs]  # images [n, H, W, C], any n -> the graph's outputs
@@ -62,7 +63,7 @@ def _onnxruntime(path: Path, threads: int | None):
         raise UsageError(
             f"onnxruntime cannot load {path} ({type(err).__name__}): export the edge again"
         ) from None
-    (feed,) = session.get_inputs()
+    (feed,) = session.get_inputs()  # named INPUT
     batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
     names = [o.name for o in session.get_outputs()]
     return (lambda images: tuple(session.run(names, {feed.name: images}))), batch
@@ -72,19 +73,21 @@ def _litert(path: Path, threads: int | None):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        try:
-            from tensorflow.lite import Interpreter
-        except ImportError:
-            raise UsageError("running a LiteRT graph needs ai-edge-litert or TensorFlow") from None
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
+        raise UsageError(
+            "running a LiteRT graph needs ai-edge-litert: pip install 'ddnn-jax[export]'"
+        ) from None
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        signature = interpreter.get_signature_runner()
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"LiteRT cannot load {path} ({err}): export the edge again") from None
     (feed,) = interpreter.get_input_details()
-    outputs = sorted(interpreter.get_output_details(), key=lambda o: o["name"])
-    batch = int(feed["shape"][0])
+    # the signature's outputs by name, in the graph's order: local logits, router logit, z or codes
+    outputs = interpreter.get_signature_list()["serving_default"]["outputs"]
+    names = [LOCAL_LOGITS, ROUTER_LOGIT, *(n for n in outputs if n not in (LOCAL_LOGITS, ROUTER_LOGIT))]
 
     def call(images: np.ndarray) -> Outputs:
-        interpreter.set_tensor(feed["index"], images)
-        interpreter.invoke()
-        return tuple(interpreter.get_tensor(o["index"]) for o in outputs)
+        found = signature(**{INPUT: images})
+        return tuple(found[name] for name in names)
 
-    return call, batch
+    return call, int(feed["shape"][0])

@@ -57,7 +57,7 @@ class VerificationFailed(RuntimeError):
     """The exported graph does not compute what the run evaluated; ``verification`` says how."""
 
     def __init__(self, verification: dict[str, Any]):
-        super().__init__(_summary(verification))
+        super().__init__(summary(verification))
         self.verification = verification
 
 
@@ -212,7 +212,8 @@ def verify(
     return result
 
 
-def _summary(verification: dict[str, Any]) -> str:
+def summary(verification: dict[str, Any]) -> str:
+    """One line: how the graph differs from the run."""
     decided = sum(d["differing"] for d in verification["decisions"])
     near = sum(d["near_threshold"] for d in verification["decisions"])
     return (
@@ -257,12 +258,13 @@ def export_edge(
     outputs = read_outputs(run)
     images = split_images(run, outputs)["test"]
     shape = images.shape[1:]
+    batch = 1 if config.batch is None and config.format == "litert" else config.batch  # LiteRT's is fixed
     reference = _reference(run, program, config.family, images)
     with atomic_dir(out) as staging:
         graph = staging / layout.GRAPHS[config.format]
         progress.stage(f"exporting the edge half of {run} to {config.format}")
         names = [layout.LOCAL_LOGITS, layout.ROUTER_LOGIT, program.sends]
-        tool = engines.write_graph(config.format, program.fn, shape, config.batch, names, graph)
+        tool = engines.write_graph(config.format, program.fn, shape, batch, names, graph)
         progress.stage(f"verifying {graph.name} on {len(images):,} test images")
         verification = verify(engines.runner(graph), reference, program)
         if not verification["passed"]:
@@ -272,7 +274,7 @@ def export_edge(
         if config.int8:
             quantised = staging / layout.INT8
             calibration = split_images(run, outputs)["val"][: config.calibration]
-            engines.quantise_int8(graph, quantised, calibration, config.batch)
+            engines.quantise_int8(graph, quantised, calibration, batch)
             int8 = {**verify(engines.runner(quantised), reference, program), **_file(quantised)}
             files[quantised.name] = _file(quantised)
         save_npz(staging / layout.SAMPLES, {k: v for k, v in reference.items() if k != "sent"})
@@ -282,8 +284,8 @@ def export_edge(
             "exporter": tool,
             "config": dataclasses.asdict(config),
             **program.description,
-            "input": {"name": layout.INPUT, "shape": _dims(config.batch, shape), "dtype": "float32"},
-            "outputs": _outputs(config.batch, reference, names, program),
+            "input": {"name": layout.INPUT, "shape": _dims(batch, shape), "dtype": "float32"},
+            "outputs": _outputs(batch, reference, names, program),
             "decisions": [d._asdict() for d in program.decisions],
             "rule": f"offload a sample at target L0 when {layout.ROUTER_LOGIT}[:, column] >= threshold",
             "files": files,
