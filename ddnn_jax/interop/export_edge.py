@@ -172,17 +172,18 @@ def _chunks(images: np.ndarray, size: int):
 
 
 def verify(
-    run_graph: engines.Runner, reference: dict[str, np.ndarray], program: EdgeProgram
+    run_graph: engines.Runner, reference: dict[str, np.ndarray], decisions: list[layout.Decision], sends: str
 ) -> dict[str, Any]:
-    """The graph on the reference images against the reference: predictions, logits, decisions."""
+    """The graph on the reference images against the reference: predictions, logits, decisions,
+    and z (or the codes, ``sends``)."""
     local, router_logit, sent = run_graph(reference["images"])
     want_local, want_router = reference[layout.LOCAL_LOGITS], reference[layout.ROUTER_LOGIT]
-    decisions = []
-    for d in program.decisions:
+    compared = []
+    for d in decisions:
         got, want = router_logit[:, d.column], want_router[:, d.column]
         differ = (got >= d.threshold) != (want >= d.threshold)
         near = (np.abs(got - d.threshold) <= NEAR) | (np.abs(want - d.threshold) <= NEAR)
-        decisions.append(
+        compared.append(
             {
                 "target": d.target,
                 "differing": int((differ & ~near).sum()),
@@ -197,9 +198,9 @@ def verify(
         "local_predictions_differing": int((local.argmax(-1) != want_local.argmax(-1)).sum()),
         "local_logits_max_abs_diff": local_gap,
         "router_logit_max_abs_diff": router_gap,
-        "decisions": decisions,
+        "decisions": compared,
     }
-    if program.sends == layout.CODES:
+    if sends == layout.CODES:
         result["codes_differing"] = int((sent != reference["sent"]).sum())
     else:
         result["z_max_abs_diff"] = float(np.abs(sent - reference["sent"]).max())
@@ -207,7 +208,7 @@ def verify(
     result["passed"] = (
         result["local_predictions_differing"] == 0
         and max(local_gap, router_gap) <= TOLERANCE
-        and all(d["differing"] == 0 for d in decisions)
+        and all(d["differing"] == 0 for d in compared)
     )
     return result
 
@@ -266,7 +267,7 @@ def export_edge(
         names = [layout.LOCAL_LOGITS, layout.ROUTER_LOGIT, program.sends]
         tool = engines.write_graph(config.format, program.fn, shape, batch, names, graph)
         progress.stage(f"verifying {graph.name} on {len(images):,} test images")
-        verification = verify(engines.runner(graph), reference, program)
+        verification = verify(engines.runner(graph), reference, program.decisions, program.sends)
         if not verification["passed"]:
             raise VerificationFailed(verification)
         files = {graph.name: _file(graph)}
@@ -275,7 +276,10 @@ def export_edge(
             quantised = staging / layout.INT8
             calibration = split_images(run, outputs)["val"][: config.calibration]
             engines.quantise_int8(graph, quantised, calibration, batch)
-            int8 = {**verify(engines.runner(quantised), reference, program), **_file(quantised)}
+            int8 = {
+                **verify(engines.runner(quantised), reference, program.decisions, program.sends),
+                **_file(quantised),
+            }
             files[quantised.name] = _file(quantised)
         save_npz(staging / layout.SAMPLES, {k: v for k, v in reference.items() if k != "sent"})
         info = {
