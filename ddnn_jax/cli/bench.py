@@ -31,7 +31,7 @@ def _time_run(options: list[str]) -> None:
 BENCHMARKS: dict[str, Callable[[list[str]], object]] = {
     "train": _own_flags("ddnn_jax.benchmarks.train"),
     "run": _time_run,
-    "inference": _own_flags("ddnn_jax.stages.timing"),
+    "inference": _own_flags("ddnn_jax.benchmarks.inference"),
     "router": _own_flags("ddnn_jax.benchmarks.router_grid"),
     "conv": _own_flags("ddnn_jax.benchmarks.conv_in_loop"),
 }

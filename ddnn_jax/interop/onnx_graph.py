@@ -40,6 +40,8 @@ class _Graph:
         self.initializers: list[onnx.TensorProto] = []
         self.batch_symbol = batch_symbol
         self.batch_size: str | None = None  # a [1] int64 tensor: the first input's first dimension
+        self.consts: dict[str, np.ndarray] = {}  # initialiser values, by name
+        self.made_by: dict[str, tuple[str, list[str]]] = {}  # a node output's operator and inputs
         self._count = 0
 
     def fresh(self, hint: str) -> str:
@@ -48,12 +50,14 @@ class _Graph:
 
     def const(self, value: Any, dtype: Any = None) -> str:
         name = self.fresh("const")
-        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        self.consts[name] = np.asarray(value, dtype)
+        self.initializers.append(numpy_helper.from_array(self.consts[name], name))
         return name
 
     def op(self, op_type: str, inputs: Sequence[str], outputs: int = 1, **attrs: Any) -> Any:
         names = [self.fresh(op_type.lower()) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
+        self.made_by[names[0]] = (op_type, list(inputs))
         return names[0] if outputs == 1 else names
 
     def shape(self, dims: Sequence[Any]) -> str:
@@ -115,10 +119,21 @@ def to_onnx(
         graph.nodes.append(helper.make_node("Identity", [_read(graph, env, var)], [name]))
         outputs.append(helper.make_tensor_value_info(name, _onnx_type(var.aval.dtype), _dims(var.aval.shape)))
     inputs = [helper.make_tensor_value_info(input_name, _onnx_type(example.dtype), _dims(example.shape))]
-    body = helper.make_graph(graph.nodes, "edge", inputs, outputs, graph.initializers, doc_string=doc)
+    nodes, initializers = _live(graph, output_names)
+    body = helper.make_graph(nodes, "edge", inputs, outputs, initializers, doc_string=doc)
     model = helper.make_model(body, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ddnn-jax")
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _live(graph: _Graph, outputs: Sequence[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The nodes and initialisers the outputs depend on (a fused pattern leaves its parts unused)."""
+    needed, kept = set(outputs), []
+    for node in reversed(graph.nodes):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+    return kept[::-1], [t for t in graph.initializers if t.name in needed]
 
 
 def _dims(shape: Sequence[Any]) -> list[int | str]:
@@ -271,9 +286,31 @@ def _clamp(graph: _Graph, eqn: Any, low: str, x: str, high: str) -> str:
     return graph.op("Max", [graph.op("Min", [x, high]), low])
 
 
+def _scalar(graph: _Graph, name: str) -> float | None:
+    value = graph.consts.get(name)
+    return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+
+def _leaky_relu(graph: _Graph, which: str, negative: str, positive: str) -> str | None:
+    """LeakyRelu for where(x >= 0, x, c * x), as Flax's leaky_relu traces: one fused operator
+    in place of a comparison, a product and a Where (which onnxruntime runs slowly)."""
+    compare, scaled = graph.made_by.get(which), graph.made_by.get(negative)
+    if compare is None or scaled is None or compare[0] != "GreaterOrEqual" or scaled[0] != "Mul":
+        return None
+    x, zero = compare[1]
+    others = [a for a in scaled[1] if a != x]
+    if zero not in graph.consts or _scalar(graph, zero) != 0.0 or positive != x or len(others) != 1:
+        return None
+    alpha = _scalar(graph, others[0])
+    return None if alpha is None else graph.op("LeakyRelu", [x], alpha=alpha)
+
+
 def _select_n(graph: _Graph, eqn: Any, which: str, *cases: str) -> str:
     if len(cases) != 2:
         raise UnsupportedPrimitive("select_n with more than two cases has no ONNX translation")
+    fused = _leaky_relu(graph, which, *cases)
+    if fused is not None:
+        return fused
     if eqn.invars[0].aval.dtype != np.bool_:
         which = graph.op("Cast", [which], to=TensorProto.BOOL)
     return graph.op("Where", [which, cases[1], cases[0]])

@@ -339,7 +339,8 @@ def _encoder_lines(
     return lines
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``ddnn bench inference`` (the benchmark adds its exported-graph flags)."""
     defaults = InferenceBenchConfig()
     parser = argparse.ArgumentParser(
         prog="ddnn bench inference",
@@ -357,10 +358,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--batch-size", type=int, default=defaults.batch_size, help="batch of the throughput regime"
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the lines here (JSON)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> InferenceBenchConfig:
     if args.runs < 2:
-        parser.error("--runs must be at least 2 (the spread needs two)")
-    config = InferenceBenchConfig(
+        raise ValueError("--runs must be at least 2 (the spread needs two)")
+    return InferenceBenchConfig(
         run=args.run,
         image_shape=tuple(int(s) for s in args.image_shape.split(",")),
         num_classes=args.num_classes,
@@ -368,13 +372,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         samples=args.samples,
         batch_size=args.batch_size,
     )
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from(args)
+    except ValueError as err:
+        parser.error(str(err))
     lines = time_inference(config)
     for line in lines:
         print(json.dumps(line))
     if args.out is not None:
         write_json(args.out, lines)
     return lines
-
-
-if __name__ == "__main__":
-    main()
