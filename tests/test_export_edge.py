@@ -46,7 +46,7 @@ WITHOUT_JAX = textwrap.dedent(
 @pytest.fixture(scope="module")
 def export(pristine, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "onnx"
-    return export_edge(pristine, out, ExportConfig(int8=True))
+    return export_edge(pristine, out, ExportConfig(int8=True, calibration=64))
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +95,13 @@ def test_litert_converts_and_verifies(pristine, tmp_path):
     assert set(info["files"]) == {"edge.tflite"} and exported.read_export(out).graph().suffix == ".tflite"
 
 
-def test_a_fixed_batch_graph_and_a_bad_out_are_handled(pristine, tmp_path):
-    out, info = export_edge(pristine, tmp_path / "b4", ExportConfig(batch=4))
-    assert info["input"]["shape"][0] == 4 and info["verification"]["passed"]  # 2000 = 500 batches of 4
-    export_edge(pristine, out, ExportConfig(batch=3))  # an earlier export is replaced
-    assert exported.read_export(out).info["input"]["shape"][0] == 3
+def test_a_fixed_batch_graph_replaces_an_earlier_export(pristine, tmp_path):
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "export.json").write_text("{}")
+    out, info = export_edge(pristine, earlier, ExportConfig(batch=7))  # 2000 = 285 x 7 + 5: one padded
+    assert info["input"]["shape"][0] == 7 and info["verification"]["passed"]
+    assert exported.read_export(out).info["input"]["shape"][0] == 7
     (tmp_path / "notes").mkdir()
     with pytest.raises(UsageError, match="not an export"):
         export_edge(pristine, tmp_path / "notes", ExportConfig())

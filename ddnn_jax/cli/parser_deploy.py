@@ -159,6 +159,7 @@ def add_deployment(commands) -> None:
 
 
 def _add_export(commands) -> None:
+    from ddnn_jax.interop.engines import FORMATS
     from ddnn_jax.interop.export_edge import ExportConfig
 
     export = commands.add_parser(
@@ -167,9 +168,7 @@ def _add_export(commands) -> None:
         formatter_class=Help,
     )
     add_run_dir(export)
-    export.add_argument(
-        "--format", choices=("onnx", "litert"), default=ExportConfig.format, help="graph format"
-    )
+    export.add_argument("--format", choices=tuple(FORMATS), default=ExportConfig.format, help="graph format")
     export.add_argument(
         "--family", default=ExportConfig.family, help="the router family whose routers the graph computes"
     )

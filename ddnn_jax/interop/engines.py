@@ -1,6 +1,7 @@
-"""The exchange formats an edge half is exported to, each a writer of a traceable JAX function:
-ONNX through ``onnx_graph`` (the jaxpr translated), LiteRT through ``litert``. Running a written
-graph is ``deploy.runtimes``'s, which needs no JAX.
+"""The exchange formats an edge half is exported to (``FORMATS``: a new one is one writer and
+one entry), each a writer of a traceable JAX function: ONNX through ``onnx_graph`` (the jaxpr
+translated), LiteRT through ``litert``; and onnxruntime's int8 quantisation of an ONNX graph.
+Running a written graph is ``deploy.runtimes``'s, which needs no JAX.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import importlib.metadata
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,14 +22,42 @@ from ddnn_jax.deploy.runtimes import Runner, runner
 
 __all__ = ["FORMATS", "Runner", "quantise_int8", "runner", "write_graph"]
 
-FORMATS = ("onnx", "litert")
-
 
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _onnx(
+    fn: Callable[..., Any], example: jax.ShapeDtypeStruct, names: Sequence[str], path: Path
+) -> dict[str, Any]:
+    try:
+        from ddnn_jax.interop.onnx_graph import OPSET, to_onnx
+    except ImportError:
+        raise UsageError("exporting to ONNX needs onnx: pip install 'ddnn-jax[export]'") from None
+    path.write_bytes(to_onnx(fn, example, INPUT, names, doc="ddnn-jax edge half").SerializeToString())
+    return {"tool": "ddnn_jax.interop.onnx_graph (jaxpr to ONNX)", "opset": OPSET, "onnx": _version("onnx")}
+
+
+def _litert(
+    fn: Callable[..., Any], example: jax.ShapeDtypeStruct, names: Sequence[str], path: Path
+) -> dict[str, Any]:
+    from ddnn_jax.interop.litert import to_litert
+
+    return to_litert(fn, example.shape[1:], example.shape[0], names, path)
+
+
+class Format(NamedTuple):
+    """An exchange format: its writer of a traceable function, and whether its batch may be
+    dynamic (else a graph has one fixed batch, 1 unless asked)."""
+
+    write: Callable[[Callable[..., Any], jax.ShapeDtypeStruct, Sequence[str], Path], dict[str, Any]]
+    dynamic_batch: bool
+
+
+FORMATS = {"onnx": Format(_onnx, True), "litert": Format(_litert, False)}
 
 
 def write_graph(
@@ -39,25 +68,10 @@ def write_graph(
     names: Sequence[str],
     path: Path,
 ) -> dict[str, Any]:
-    """Writes ``fn`` of float32 images [batch, *image_shape] as a graph of format ``form``;
-    returns how (tool, versions, opset)."""
-    if form == "onnx":
-        try:
-            from ddnn_jax.interop.onnx_graph import OPSET, to_onnx
-        except ImportError:
-            raise UsageError("exporting to ONNX needs onnx: pip install 'ddnn-jax[export]'") from None
-        first: Any = batch if batch is not None else jax.export.symbolic_shape("N")[0]
-        example = jax.ShapeDtypeStruct((first, *image_shape), jnp.float32)
-        model = to_onnx(fn, example, INPUT, names, doc="ddnn-jax edge half")
-        path.write_bytes(model.SerializeToString())
-        return {
-            "tool": "ddnn_jax.interop.onnx_graph (jaxpr to ONNX)",
-            "opset": OPSET,
-            "onnx": _version("onnx"),
-        }
-    from ddnn_jax.interop.litert import to_litert
-
-    return to_litert(fn, image_shape, batch or 1, names, path)
+    """Writes ``fn`` of float32 images [batch, *image_shape] (None: a dynamic batch) as a graph
+    of format ``form``; returns how (tool, versions, opset)."""
+    first: Any = batch if batch is not None else jax.export.symbolic_shape("N")[0]
+    return FORMATS[form].write(fn, jax.ShapeDtypeStruct((first, *image_shape), jnp.float32), names, path)
 
 
 def quantise_int8(graph: Path, out: Path, calibration: np.ndarray, batch: int | None) -> None:

@@ -259,7 +259,9 @@ def export_edge(
     outputs = read_outputs(run)
     images = split_images(run, outputs)["test"]
     shape = images.shape[1:]
-    batch = 1 if config.batch is None and config.format == "litert" else config.batch  # LiteRT's is fixed
+    batch = config.batch
+    if batch is None and not engines.FORMATS[config.format].dynamic_batch:
+        batch = 1
     reference = _reference(run, program, config.family, images)
     with atomic_dir(out) as staging:
         graph = staging / layout.GRAPHS[config.format]
