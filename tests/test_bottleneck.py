@@ -162,10 +162,23 @@ def test_a_frozen_edge_fine_tune_changes_only_the_cloud(pristine, tmp_path, caps
 
     # served, its codes cross the wire as results.json scored them (the entropy-coded wire takes
     # the same route: test_wire)
+    # exported with the priced family, the graph computes the codes of its bottleneck
+    from ddnn_jax.deploy.device_edge import DeviceEdgeConfig, run_device_edge
+    from ddnn_jax.interop.export_edge import ExportConfig, export_edge
+
+    exported, info = export_edge(run, tmp_path / "export", ExportConfig(family="logits-k2-b4-s2-lam50"))
+    assert info["outputs"][2] == {"name": "codes", "shape": ["N", 7, 7, 2], "dtype": "uint8"}
+    assert info["verification"]["passed"] and info["verification"]["codes_differing"] == 0
+    assert info["bottleneck"] == {"name": "k2-b4-s2", **deployed.describe()}
+
     cloud = CloudHalf.load(run, max_batch=16)  # compiled as requests come (no warm-up: test time)
     with BackgroundServer(cloud_app(cloud)) as url:
         config = EdgeConfig(url, target=0.5, wire="bottleneck", batch=16)
         _, report = run_edge(run, config, out=tmp_path / "bottleneck.json")
+        device = DeviceEdgeConfig(str(exported), url, target=0.5, wire="bottleneck-zlib", batch=16)
+        _, from_graph = run_device_edge(device, out=tmp_path / "device.json")
+    assert from_graph["in_process"]["decisions_differing"] == 0 and from_graph["fallback_rate"] == 0
+    assert from_graph["in_process"]["predictions_differing"] == 0  # the export's own reference
     in_process = report["in_process"]
     assert report["fallback_rate"] == 0 and in_process["decisions_differing"] == 0
     assert in_process["predictions_differing"] <= 2  # a code may round the other way
