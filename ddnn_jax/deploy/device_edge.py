@@ -223,7 +223,7 @@ def _engine(exported: Exported, config: DeviceEdgeConfig) -> dict[str, Any]:
         version = importlib.metadata.version(runtime)
     except importlib.metadata.PackageNotFoundError:
         version = None
-    return {"name": "onnx", "graph": graph.name, "runtime": runtime, "version": version}
+    return {"graph": graph.name, "runtime": runtime, "version": version}
 
 
 def _in_process(info: dict[str, Any], decision: Decision, samples: dict[str, np.ndarray], stream: Stream):

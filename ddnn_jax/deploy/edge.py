@@ -275,7 +275,7 @@ def _report(
         **made_from(inputs),
         "config": dataclasses.asdict(config),
         "server": server,
-        "engine": "jax",
+        "engine": {"runtime": "jax", "version": jax.__version__, "graph": None},
         "device": jax.devices()[0].device_kind,
         "images": "test split" if inputs.test_split else str(config.images),
         "threshold": rule.threshold,
