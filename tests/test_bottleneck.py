@@ -175,7 +175,7 @@ def test_a_frozen_edge_fine_tune_changes_only_the_cloud(pristine, tmp_path, caps
     with BackgroundServer(cloud_app(cloud)) as url:
         config = EdgeConfig(url, target=0.5, wire="bottleneck", batch=16)
         _, report = run_edge(run, config, out=tmp_path / "bottleneck.json")
-        device = DeviceEdgeConfig(str(exported), url, target=0.5, wire="bottleneck-zlib", batch=16)
+        device = DeviceEdgeConfig(str(exported), url, target=0.5, wire="bottleneck-zlib", batch=16, limit=512)
         _, from_graph = run_device_edge(device, out=tmp_path / "device.json")
     assert from_graph["in_process"]["decisions_differing"] == 0 and from_graph["fallback_rate"] == 0
     assert from_graph["in_process"]["predictions_differing"] == 0  # the export's own reference

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import PRISTINE_EVAL
+from conftest import PRISTINE_EVAL, free_port
 from ddnn_jax.cli.device import wants_device_edge
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.deploy import exported
@@ -112,14 +112,14 @@ def test_a_fixed_batch_graph_replaces_an_earlier_export(pristine, tmp_path):
 def test_the_edge_without_jax_reports_what_the_jax_edge_reports(pristine, export, server, tmp_path):
     out, _ = export
     args = ["edge", "--engine", "onnx", "--export", str(out), "--server", server, "--target", str(TARGET)]
-    args += ["--batch", "16", "--out", str(tmp_path / "onnx.json"), "--quiet"]
+    args += ["--batch", "16", "--limit", "512", "--out", str(tmp_path / "onnx.json"), "--quiet"]
     done = subprocess.run(
         [sys.executable, "-c", WITHOUT_JAX, *args], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
     onnx_report = json.loads((tmp_path / "onnx.json").read_text())
     _, jax_report = run_edge(
-        pristine, EdgeConfig(server=server, target=TARGET, batch=16), out=tmp_path / "jax.json"
+        pristine, EdgeConfig(server=server, target=TARGET, batch=16, limit=512), out=tmp_path / "jax.json"
     )
     for key in (
         "accuracy",
@@ -150,6 +150,9 @@ def test_the_device_edge_refuses_what_it_cannot_do(export, server, tmp_path):
         dataclasses.replace(config, wire="int8", graph="edge.int8.onnx"), out=tmp_path / "q.json"
     )
     assert report["samples"] == 8 and report["engine"]["graph"] == "edge.int8.onnx"
+    down = dataclasses.replace(config, server=f"http://127.0.0.1:{free_port()}", limit=32, timeout_s=0.5)
+    _, report = run_device_edge(down, out=tmp_path / "down.json")  # what it offloads falls back
+    assert report["answered_by_cloud"] == 0 and report["fallback_rate"] == report["offloaded"] / 32 > 0
 
 
 def test_only_edge_with_the_onnx_engine_skips_jax():

@@ -87,12 +87,17 @@ def _route(exported: Exported, config: DeviceEdgeConfig) -> tuple[str, int]:
 
 
 def _check_server(
-    health: dict[str, Any] | None, exported: Exported, path: str, config: DeviceEdgeConfig
+    health: dict[str, Any] | None, exported: Exported, path: str, config: DeviceEdgeConfig, progress: Progress
 ) -> None:
-    """Refuses a server that serves other weights, another bottleneck, or not this route."""
+    """Refuses a server that serves other weights, another bottleneck, or not this route; warns
+    when none answers (what it offloads then falls back, as with the JAX edge)."""
     info = exported.info
     if health is None:
-        raise UsageError(f"no answer from {config.server}{wire.HEALTH_PATH}: start 'ddnn serve' first")
+        progress.warn(
+            f"ddnn edge: no answer from {config.server}{wire.HEALTH_PATH}: "
+            "samples offloaded while it is down fall back"
+        )
+        return
     if health.get("checkpoint") != info["checkpoint"]:
         raise UsageError(
             f"{config.server} serves other weights than {exported.root} was exported from: "
@@ -136,7 +141,7 @@ def run_device_edge(
     token = None if config.token_file is None else auth.read_token(Path(config.token_file))
     client = CloudClient(config.server, config.timeout_s, token, config.tls_ca)
     server = client.health()
-    _check_server(server, exported, path_and_param[0], config)
+    _check_server(server, exported, path_and_param[0], config, progress)
     images = samples["images"]
     pixels = images.astype(np.float32)
     image_wire_kind = wire.WIRES[config.wire].kind == wire.IMAGES

@@ -151,7 +151,8 @@ def _reference(
     family's scores, and z or codes from the JAX edge itself."""
     outputs = read_outputs(run)["test"]
     scores = read_family_scores(run.family(family_name))["test"]
-    sent = np.concatenate([np.asarray(jax.jit(program.fn)(chunk)[2]) for chunk in _chunks(images, 1000)])
+    edge = jax.jit(program.fn)
+    sent = np.concatenate([np.asarray(edge(chunk)[2]) for chunk in _chunks(images, 1000)])
     bottleneck = program.description["bottleneck"]
     cloud = outputs.cloud_logits
     if bottleneck is not None:
