@@ -120,7 +120,7 @@ SMALL_RUN += ["--inputs", "logits", "--grid", "0.3,0.54", "--sweep-weights", "no
 
 
 # A complete small run (2 epochs, one logits router at L0 = 0.5), made once per session.
-PRISTINE_EVAL = 2000  # validation and test images of the pristine run
+PRISTINE_EVAL = 1000  # validation and test images of the pristine run
 PRISTINE_FLAGS = ["--dataset", "fashion_mnist", "--epochs", "2", "--limit-train", "512"]
 PRISTINE_FLAGS += ["--limit-eval", str(PRISTINE_EVAL), "--batch-size", "128"]
 PRISTINE_PLAN = [

@@ -168,7 +168,7 @@ def kill(epoch):
         os.kill(os.getpid(), signal.SIGKILL)
 
 config = TrainConfig(
-    dataset="fashion_mnist", epochs=2, batch_size=128, seed=0, limit_train=512, limit_eval=2000
+    dataset="fashion_mnist", epochs=2, batch_size=128, seed=0, limit_train=512, limit_eval=1000
 )
 run_training(config, Path(sys.argv[1]), on_epoch_trained=kill)
 """

@@ -99,7 +99,7 @@ def test_a_fixed_batch_graph_replaces_an_earlier_export(pristine, tmp_path):
     earlier = tmp_path / "earlier"
     earlier.mkdir()
     (earlier / "export.json").write_text("{}")
-    out, info = export_edge(pristine, earlier, ExportConfig(batch=7))  # 2000 = 285 x 7 + 5: one padded
+    out, info = export_edge(pristine, earlier, ExportConfig(batch=7))  # 1000 = 142 x 7 + 6: one padded
     assert info["input"]["shape"][0] == 7 and info["verification"]["passed"]
     assert exported.read_export(out).info["input"]["shape"][0] == 7
     (tmp_path / "notes").mkdir()

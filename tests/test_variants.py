@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import PRISTINE_FLAGS
+from conftest import PRISTINE_EVAL, PRISTINE_FLAGS
 from ddnn_jax import cli
 from ddnn_jax.core.families import input_kind
 from ddnn_jax.core.labels import correctness
@@ -359,7 +359,9 @@ def test_a_cotrained_router_trains_resumes_and_is_a_family(pristine, tmp_path):
     ddnn_only = lambda rows: [
         {k: v for k, v in r.items() if k not in ("seconds", "router_loss")} for r in rows
     ]
-    base = TrainConfig(epochs=2, batch_size=128, seed=0, limit_train=512, limit_eval=2000, cotrain_warmup=1)
+    base = TrainConfig(
+        epochs=2, batch_size=128, seed=0, limit_train=512, limit_eval=PRISTINE_EVAL, cotrain_warmup=1
+    )
 
     class Crash(Exception):
         pass
