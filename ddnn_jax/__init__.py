@@ -21,9 +21,10 @@ core        pure compute, arrays and frozen configs in, arrays out: the models, 
 rundir      the run directory, the only code that spells a path in it: names, atomic writes and
             locks, records, checkpoints, and the trained artefacts as live objects
 stages      one module per ``ddnn`` stage: train, collect, route, evaluate, report, timing
-deploy      the edge-cloud deployment over HTTP: wire format, cloud service, edge client
+deploy      the edge-cloud deployment over HTTP: wire format, cloud service, edge client, and
+            the edge that runs an exported graph without JAX
 interop     PyTorch: the reference model, weight conversion both ways, its training step, and
-            the torch training backend
+            the torch training backend; the edge half exported to ONNX and LiteRT
 jobs        what composes stages: training by either framework, ``ddnn run``, ``ddnn study``,
             ``ddnn compare``, ``ddnn check``
 benchmarks  ``ddnn bench``: contenders measured side by side
