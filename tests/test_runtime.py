@@ -34,8 +34,10 @@ def test_determinism_is_asked_of_xla_unless_traded_away(restored_runtime, tmp_pa
         "--xla_force_host_platform_device_count=1",
         runtime.DETERMINISTIC_FLAG,
     ]
+    assert os.environ[runtime.CUBLAS_WORKSPACE] == runtime.CUBLAS_DETERMINISTIC  # for PyTorch's CUDA
     runtime.configure(tmp_path / "cache", deterministic=False)
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"
+    assert runtime.CUBLAS_WORKSPACE not in os.environ
     assert runtime.describe()["deterministic"] is False
 
 

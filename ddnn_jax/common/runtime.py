@@ -28,6 +28,9 @@ from jax.experimental.compilation_cache import compilation_cache
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "ddnn-jax" / "xla"
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
+# cuBLAS (under PyTorch's CUDA kernels) is deterministic only with a fixed workspace, which it
+# reads from its environment alone, when it makes its first handle: set here, before any.
+CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC = "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax._src.dispatch
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
@@ -63,8 +66,8 @@ def configure(
     Args:
       cache: a directory, ``"default"`` (JAX's own setting if it has one, else
         ``DEFAULT_CACHE_DIR``), or None to switch the persistent cache off.
-      deterministic: ask XLA for deterministic GPU kernels (about 8 % slower training on an
-        H100); no effect on CPU.
+      deterministic: ask XLA, and cuBLAS under PyTorch, for deterministic GPU kernels (about
+        8 % slower training on an H100); no effect on CPU.
       processes: join a multi-process program (None: this process alone). Fields left None
         come from the cluster's environment (SLURM, Open MPI, TPU pods), as JAX reads it.
     """
@@ -89,6 +92,10 @@ def configure(
     if deterministic:
         flags.append(DETERMINISTIC_FLAG)
     os.environ["XLA_FLAGS"] = " ".join(flags)
+    if deterministic:
+        os.environ[CUBLAS_WORKSPACE] = CUBLAS_DETERMINISTIC
+    elif os.environ.get(CUBLAS_WORKSPACE) == CUBLAS_DETERMINISTIC:
+        del os.environ[CUBLAS_WORKSPACE]
     if processes is not None:
         jax.distributed.initialize(processes.coordinator, processes.count, processes.index)
     _current = Runtime(compilation_cache=directory, deterministic=deterministic)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,17 +55,12 @@ def torch_device() -> str:
     return "cuda" if require_torch().cuda.is_available() else "cpu"
 
 
-CUBLAS_WORKSPACE, CUBLAS_DETERMINISTIC = "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
-
-
 def make_deterministic(device: str, deterministic: bool) -> None:
     """With ``deterministic`` (the runtime's, which ``--nondeterministic`` turns off), the same
-    seed gives the same numbers on the same machine, GPUs included. On CUDA that takes cuBLAS's
-    fixed workspace, which cuBLAS takes only from its environment, before its first handle."""
+    seed gives the same numbers on the same machine, GPUs included (cuBLAS's fixed workspace is
+    set with the runtime, ``common.runtime.configure``)."""
     torch = require_torch()
     if device == "cuda":
-        if deterministic:
-            os.environ[CUBLAS_WORKSPACE] = CUBLAS_DETERMINISTIC
         torch.backends.cudnn.deterministic = deterministic
         torch.backends.cudnn.benchmark = not deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
