@@ -17,7 +17,9 @@ from ddnn_jax.cli.configs import (
     run_plan_from,
     train_config_from,
 )
-from ddnn_jax.cli.device import summary_line
+
+# the exit statuses the JAX-free edge shares, defined where it can import them without JAX
+from ddnn_jax.cli.edge_flags import EXIT_INTERRUPTED, EXIT_USAGE, print_report, stream_fields  # noqa: F401
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.jobs.run import run
 from ddnn_jax.jobs.training import run_training
@@ -27,9 +29,7 @@ from ddnn_jax.stages.evaluate import evaluate
 from ddnn_jax.stages.report import report
 from ddnn_jax.stages.route import route
 
-EXIT_USAGE = 2  # bad input: one line on stderr says what to do
 EXIT_FAILURE = 1  # the command ran and found something wrong
-EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C or SIGTERM stopped it
 
 
 def _train(args) -> None:
@@ -121,40 +121,21 @@ def _serve(args) -> None:
 
 
 def _edge(args) -> int | None:
-    from ddnn_jax.deploy.edge import EdgeConfig, EdgeInterrupted, run_edge
+    from ddnn_jax.deploy.edge import EdgeConfig, run_edge
     from ddnn_jax.deploy.sweep import sweep
 
     config = EdgeConfig(
-        server=args.server,
         mechanism=args.mechanism,
-        target=args.target,
-        wire=args.wire,
         bottleneck=args.bottleneck,
-        quality=args.quality,
-        batch=args.batch,
         family=args.family,
-        timeout_s=args.timeout,
-        breaker=args.breaker,
-        token_file=args.token_file,
-        tls_ca=args.tls_ca,
-        backoff_s=args.backoff,
-        limit=args.limit,
         images=args.images,
         guarantee=guarantee_from(args) if args.guarantee else None,
+        **stream_fields(args),
     )
     if args.sweep:
         print(f"sweep: {sweep(args.run, config, out=args.out, progress=progress_from(args))}")
         return None
-    try:
-        path, edge_report = run_edge(args.run, config, out=args.out, progress=progress_from(args))
-    except EdgeInterrupted as stopped:
-        done = stopped.report["interrupted"]
-        print(summary_line(stopped.report))
-        print(f"report of the first {done['after']} of {done['of']} images (interrupted): {stopped.path}")
-        return EXIT_INTERRUPTED
-    print(summary_line(edge_report))
-    print(f"report: {path}")
-    return None
+    return print_report(lambda: run_edge(args.run, config, out=args.out, progress=progress_from(args)))
 
 
 def _export_edge(args) -> int | None:

@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ddnn_jax.cli.edge_flags import integer, number  # the types every command shares
 from ddnn_jax.common import runtime
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.core.config import COTRAIN_MODES, FRAMEWORKS, TrainConfig
@@ -44,20 +45,6 @@ class Help(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or action.required:
             return action.help
         return super()._get_help_string(action)
-
-
-def integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-
-
-def number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
 
 
 def numbers(text: str) -> tuple[float, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ddnn_jax.cli.edge_flags import add_stream_flags
 from ddnn_jax.cli.flags import (
     Help,
     add_guarantee_flags,
@@ -12,7 +13,6 @@ from ddnn_jax.cli.flags import (
     add_runtime_flags,
     integer,
     names,
-    number,
 )
 
 
@@ -20,8 +20,8 @@ def add_deployment(commands) -> None:
     """ddnn serve and ddnn edge."""
     from ddnn_jax.core.mechanisms import edge_mechanisms
     from ddnn_jax.deploy.cloud import DEFAULT_MAX_BATCH, MAX_BATCH
+    from ddnn_jax.deploy.device_edge import ENGINES
     from ddnn_jax.deploy.edge import EdgeConfig
-    from ddnn_jax.deploy.wire import WIRES
 
     serve = commands.add_parser(
         "serve", help="serve a run's cloud half over HTTP (stops cleanly on SIGTERM)", formatter_class=Help
@@ -68,27 +68,13 @@ def add_deployment(commands) -> None:
     add_run_dir(edge)
     edge.add_argument(
         "--engine",
-        choices=("jax", "onnx"),
+        choices=ENGINES,
         default="jax",
         help="jax: the run's edge in JAX; onnx: an exported graph without JAX "
         "(its own flags: ddnn edge --engine onnx --help)",
     )
-    edge.add_argument("--server", required=True, help="the address 'ddnn serve' printed")
     edge.add_argument(
         "--mechanism", choices=edge_mechanisms(), default=EdgeConfig.mechanism, help="decision rule"
-    )
-    edge.add_argument(
-        "--target",
-        type=number,
-        default=EdgeConfig.target,
-        help="L0: the local rate the rule was calibrated for",
-    )
-    edge.add_argument(
-        "--wire",
-        choices=WIRES,
-        default=EdgeConfig.wire,
-        help="what an offload sends: z (fp32, fp16, int8), a bottleneck's codes (bottleneck, "
-        "bottleneck-zlib) or the image (raw, png, jpeg, webp)",
     )
     edge.add_argument(
         "--bottleneck",
@@ -96,46 +82,8 @@ def add_deployment(commands) -> None:
         metavar="NAME",
         help="the bottleneck whose codes a bottleneck wire sends (default: the run's only one)",
     )
-    edge.add_argument(
-        "--quality", type=integer, default=EdgeConfig.quality, help="of the jpeg and webp wires, 1..100"
-    )
-    edge.add_argument(
-        "--batch",
-        type=integer,
-        default=EdgeConfig.batch,
-        help="samples the edge processes and offloads together",
-    )
+    add_stream_flags(edge, EdgeConfig)
     edge.add_argument("--family", default=EdgeConfig.family, help="router family (--mechanism router)")
-    edge.add_argument(
-        "--timeout",
-        type=number,
-        default=EdgeConfig.timeout_s,
-        help="seconds to wait for the cloud before answering locally",
-    )
-    edge.add_argument(
-        "--token-file",
-        default=EdgeConfig.token_file,
-        metavar="FILE",
-        help="the token 'ddnn serve' was given: sent with every request, and the server must prove it",
-    )
-    edge.add_argument(
-        "--tls-ca",
-        default=EdgeConfig.tls_ca,
-        metavar="PEM",
-        help="certificates an https server's must chain to (a self-signed one: its own certificate)",
-    )
-    edge.add_argument(
-        "--breaker",
-        type=integer,
-        default=EdgeConfig.breaker,
-        help="failed requests in a row after which nothing is offloaded for --backoff seconds (0: never)",
-    )
-    edge.add_argument(
-        "--backoff",
-        type=number,
-        default=EdgeConfig.backoff_s,
-        help="seconds an open circuit keeps every sample local before one request probes the server",
-    )
     edge.add_argument(
         "--images",
         default=EdgeConfig.images,
@@ -143,7 +91,6 @@ def add_deployment(commands) -> None:
         help="run on the images in DIR (or in its class folders 0 .. C-1, which label them) "
         "instead of the run's test split",
     )
-    edge.add_argument("--limit", type=integer, default=EdgeConfig.limit, help="the first N images only")
     edge.add_argument(
         "--out", type=Path, default=None, help="report path (default: RUN_DIR/edge/NAME/edge_report.json)"
     )
