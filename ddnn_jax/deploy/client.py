@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ddnn_jax.common.errors import UsageError
+from ddnn_jax.common.progress import Progress
 from ddnn_jax.deploy import auth, wire
 
 # why an offloaded sample kept its local answer: the request's fault, or no request at all while
@@ -251,3 +252,27 @@ def _response_bytes(response: http.client.HTTPResponse, body: bytes) -> int:
     status_line = len(f"HTTP/1.1 {response.status} {response.reason}\r\n")
     headers = sum(len(name) + len(value) + 4 for name, value in response.getheaders())
     return status_line + headers + 2 + len(body)
+
+
+def warn_unanswered(server: str, progress: Progress) -> None:
+    """What an edge says when no server answers its health check: it goes on, falling back."""
+    progress.warn(
+        f"ddnn edge: no answer from {server}{wire.HEALTH_PATH}: samples offloaded while it is down fall back"
+    )
+
+
+def check_route(
+    health: dict[str, Any], server: str, path: str, bottleneck: tuple[str, dict[str, Any]] | None
+) -> None:
+    """Refuses a server without the route ``path``, or serving another bottleneck of the name
+    in ``bottleneck`` (name, what ``DeployedBottleneck.describe`` says) than the edge's."""
+    found = health.get("routes")
+    routes: dict[str, Any] = found if isinstance(found, dict) else {}
+    if path not in routes:
+        raise UsageError(f"{server} has no {path} route: serve a run of this ddnn-jax, with its bottleneck")
+    if bottleneck is not None:
+        name, described = bottleneck
+        if (health.get("bottlenecks") or {}).get(name) != described:
+            raise UsageError(
+                f"{server} serves another bottleneck {name} than this edge's: serve the run it reads"
+            )

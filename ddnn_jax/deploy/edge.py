@@ -26,7 +26,7 @@ from ddnn_jax.common.progress import Progress
 from ddnn_jax.core.guarantees import Guarantee
 from ddnn_jax.core.mechanisms import REFERENCE_TARGET, ROUTER, deployable_rules, edge_mechanisms
 from ddnn_jax.deploy import auth, wire
-from ddnn_jax.deploy.client import CircuitBreaker, CloudClient
+from ddnn_jax.deploy.client import CircuitBreaker, CloudClient, warn_unanswered
 from ddnn_jax.deploy.edge_half import EdgeInputs, load_inputs, made_from
 from ddnn_jax.deploy.rules import Rule, build_rule
 from ddnn_jax.deploy.stream import (
@@ -102,10 +102,7 @@ def check_server(
     answers (all will fall back)."""
     edge = inputs.edge
     if health is None:
-        progress.warn(
-            f"ddnn edge: no answer from {server}{wire.HEALTH_PATH}: "
-            "samples offloaded while it is down fall back"
-        )
+        warn_unanswered(server, progress)
         return
     if tuple(health.get("feature_shape", ())) != edge.feature_shape:
         raise UsageError(

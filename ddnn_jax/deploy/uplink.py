@@ -16,10 +16,11 @@ import numpy as np
 
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.deploy import image_wire, wire
+from ddnn_jax.deploy.client import check_route
 from ddnn_jax.deploy.edge_half import EdgeInputs
 from ddnn_jax.rundir.bottlenecks import DeployedBottleneck, deployed_bottleneck, read_bottleneck_logits
 
-DEFAULT_QUALITY = 75  # of the lossy image formats (Pillow's JPEG default)
+DEFAULT_QUALITY = image_wire.DEFAULT_QUALITY
 
 
 class Uplink(NamedTuple):
@@ -113,20 +114,12 @@ def reference_cloud_logits(inputs: EdgeInputs, uplink: Uplink) -> np.ndarray:
 
 def check_uplink(health: dict[str, Any], uplink: Uplink, inputs: EdgeInputs, server: str) -> None:
     """Refuses a server that does not serve this uplink's route for this run."""
-    found = health.get("routes")
-    routes: dict[str, Any] = found if isinstance(found, dict) else {}
-    if uplink.path not in routes:
-        raise UsageError(
-            f"{server} has no {uplink.path} route: serve a run of this ddnn-jax, with its bottleneck"
-        )
-    if uplink.bottleneck is not None:
-        served = (health.get("bottlenecks") or {}).get(uplink.bottleneck.name)
-        if served != uplink.bottleneck.describe():
-            raise UsageError(
-                f"{server} serves another bottleneck {uplink.bottleneck.name} than this edge's: "
-                "serve the run this edge reads"
-            )
-    elif uplink.path == wire.IMAGE_PATH and routes[uplink.path].get("shape") != list(inputs.images.shape[1:]):
+    bottleneck = uplink.bottleneck
+    check_route(
+        health, server, uplink.path, None if bottleneck is None else (bottleneck.name, bottleneck.describe())
+    )
+    routes = health["routes"]
+    if uplink.path == wire.IMAGE_PATH and routes[uplink.path].get("shape") != list(inputs.images.shape[1:]):
         raise UsageError(
             f"{server} takes images of shape {routes[uplink.path].get('shape')}: serve the same run"
         )
