@@ -44,7 +44,8 @@ def _contenders(exported: Exported) -> dict[str, tuple[Callable, int | None, Pat
         "jax": (lambda x: jax.device_get(program(x)), None, None)
     }
     runtime = "onnxruntime" if exported.graph().suffix == ".onnx" else "litert"
-    graphs = [exported.graph()] + [exported.root / INT8] * (exported.root / INT8).is_file()
+    graphs = [exported.graph(), exported.root / INT8]
+    graphs = [g for g in graphs if g.is_file()]
     for graph in graphs:
         label = f"{runtime} int8" if graph.name == INT8 else runtime
         for threads in (1, None):

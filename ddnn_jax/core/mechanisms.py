@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddnn_jax.core.budgets import REFERENCE_TARGET
 from ddnn_jax.core.decisions import (
     keep_top,
     local_counts,
@@ -23,7 +24,6 @@ from ddnn_jax.core.decisions import (
 )
 from ddnn_jax.core.labels import normalized_entropy
 
-REFERENCE_TARGET = 0.54  # L0 of the thesis's single-budget analyses (Fig. 6.3, 6.4, 6.5, 6.12)
 HEADLINE_TARGETS = (0.3, REFERENCE_TARGET, 0.7)  # the budgets tables and the study report quote
 # L0 grid of the rule curves: every 5 points, and the reference budget
 RULE_TARGETS = tuple(sorted({round(i * 0.05, 2) for i in range(21)} | {REFERENCE_TARGET}))

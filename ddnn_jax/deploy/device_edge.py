@@ -21,8 +21,9 @@ import numpy as np
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.common.files import prepare_file, write_json
 from ddnn_jax.common.progress import Progress
+from ddnn_jax.core.budgets import REFERENCE_TARGET
 from ddnn_jax.deploy import auth, image_wire, wire
-from ddnn_jax.deploy.client import CircuitBreaker, CloudClient
+from ddnn_jax.deploy.client import CircuitBreaker, CloudClient, check_route, warn_unanswered
 from ddnn_jax.deploy.exported import CODES, Decision, Exported, read_export, read_samples
 from ddnn_jax.deploy.runtimes import runner
 from ddnn_jax.deploy.stream import (
@@ -36,8 +37,6 @@ from ddnn_jax.deploy.stream import (
 )
 
 ENGINES = ("jax", "onnx")  # 'ddnn edge --engine'
-REFERENCE_TARGET = 0.54  # core.mechanisms.REFERENCE_TARGET, restated: core imports JAX
-DEFAULT_QUALITY = 75  # deploy.uplink.DEFAULT_QUALITY, restated for the same reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +47,7 @@ class DeviceEdgeConfig:
     server: str  # base URL of 'ddnn serve'
     target: float = REFERENCE_TARGET  # L0: one of the export's decisions
     wire: str = "fp32"  # wire.WIRES: z's, the export's bottleneck's codes, or the image's
-    quality: int = DEFAULT_QUALITY  # of a lossy image wire
+    quality: int = image_wire.DEFAULT_QUALITY  # of a lossy image wire
     batch: int = 1
     graph: str | None = None  # a graph file of the export (default: its fp32 graph)
     threads: int | None = None  # the runtime's intra-op threads (default: its own choice)
@@ -93,25 +92,19 @@ def _check_server(
     when none answers (what it offloads then falls back, as with the JAX edge)."""
     info = exported.info
     if health is None:
-        progress.warn(
-            f"ddnn edge: no answer from {config.server}{wire.HEALTH_PATH}: "
-            "samples offloaded while it is down fall back"
-        )
+        warn_unanswered(config.server, progress)
         return
     if health.get("checkpoint") != info["checkpoint"]:
         raise UsageError(
             f"{config.server} serves other weights than {exported.root} was exported from: "
             "serve the run it names in export.json"
         )
-    if path not in (health.get("routes") or {}):
-        raise UsageError(f"{config.server} has no {path} route: serve the run with its bottleneck")
     bottleneck = info["bottleneck"]
-    if path.startswith(wire.codes_path("")):
-        served = (health.get("bottlenecks") or {}).get(bottleneck["name"])
-        if served != {k: v for k, v in bottleneck.items() if k != "name"}:
-            raise UsageError(
-                f"{config.server} serves another bottleneck {bottleneck['name']} than the export's"
-            )
+    if path.startswith(wire.codes_path("")):  # the export's bottleneck, as the server describes it
+        described = {k: v for k, v in bottleneck.items() if k != "name"}
+        check_route(health, config.server, path, (bottleneck["name"], described))
+    else:
+        check_route(health, config.server, path, None)
 
 
 def _name(exported: Exported, config: DeviceEdgeConfig) -> str:

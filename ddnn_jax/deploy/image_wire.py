@@ -16,6 +16,7 @@ import numpy as np
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 LOSSY = ("jpeg", "webp")
+DEFAULT_QUALITY = 75  # of the lossy formats (Pillow's JPEG default)
 QUALITY_RANGE = (1, 100)
 _MODES = {1: "L", 3: "RGB"}
 _WEBP_MODES = {("webp", "L"): ("RGB",)}

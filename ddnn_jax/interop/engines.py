@@ -18,9 +18,6 @@ import numpy as np
 
 from ddnn_jax.common.errors import UsageError
 from ddnn_jax.deploy.exported import INPUT
-from ddnn_jax.deploy.runtimes import Runner, runner
-
-__all__ = ["FORMATS", "Runner", "quantise_int8", "runner", "write_graph"]
 
 
 def _version(package: str) -> str | None:

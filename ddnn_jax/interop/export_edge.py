@@ -27,12 +27,14 @@ from ddnn_jax.common.progress import Progress
 from ddnn_jax.common.provenance import source_revision
 from ddnn_jax.core.config import package_versions
 from ddnn_jax.core.families import calibrated, curve_name
+from ddnn_jax.core.outputs import SplitOutputs
 from ddnn_jax.core.router_net import RouterConfig, traced_edge_inputs
 from ddnn_jax.core.training import build_model
 from ddnn_jax.data import normalize
 from ddnn_jax.deploy import exported as layout
 from ddnn_jax.deploy.edge_half import EdgeHalf
 from ddnn_jax.deploy.rules import router_family
+from ddnn_jax.deploy.runtimes import Runner, runner
 from ddnn_jax.interop import engines
 from ddnn_jax.rundir import (
     RunDir,
@@ -145,11 +147,10 @@ def edge_program(run: RunDir, family_name: str, bottleneck: str | None) -> EdgeP
 
 
 def _reference(
-    run: RunDir, program: EdgeProgram, family_name: str, images: np.ndarray
+    run: RunDir, program: EdgeProgram, family_name: str, images: np.ndarray, outputs: SplitOutputs
 ) -> dict[str, np.ndarray]:
     """What the graph must reproduce on the test split: the collected local logits and the
     family's scores, and z or codes from the JAX edge itself."""
-    outputs = read_outputs(run)["test"]
     scores = read_family_scores(run.family(family_name))["test"]
     edge = jax.jit(program.fn)
     sent = np.concatenate([np.asarray(edge(chunk)[2]) for chunk in _chunks(images, 1000)])
@@ -173,7 +174,7 @@ def _chunks(images: np.ndarray, size: int):
 
 
 def verify(
-    run_graph: engines.Runner, reference: dict[str, np.ndarray], decisions: list[layout.Decision], sends: str
+    run_graph: Runner, reference: dict[str, np.ndarray], decisions: list[layout.Decision], sends: str
 ) -> dict[str, Any]:
     """The graph on the reference images against the reference: predictions, logits, decisions,
     and z (or the codes, ``sends``)."""
@@ -263,14 +264,14 @@ def export_edge(
     batch = config.batch
     if batch is None and not engines.FORMATS[config.format].dynamic_batch:
         batch = 1
-    reference = _reference(run, program, config.family, images)
+    reference = _reference(run, program, config.family, images, outputs["test"])
     with atomic_dir(out) as staging:
         graph = staging / layout.GRAPHS[config.format]
         progress.stage(f"exporting the edge half of {run} to {config.format}")
         names = [layout.LOCAL_LOGITS, layout.ROUTER_LOGIT, program.sends]
         tool = engines.write_graph(config.format, program.fn, shape, batch, names, graph)
         progress.stage(f"verifying {graph.name} on {len(images):,} test images")
-        verification = verify(engines.runner(graph), reference, program.decisions, program.sends)
+        verification = verify(runner(graph), reference, program.decisions, program.sends)
         if not verification["passed"]:
             raise VerificationFailed(verification)
         files = {graph.name: _file(graph)}
@@ -280,7 +281,7 @@ def export_edge(
             calibration = split_images(run, outputs)["val"][: config.calibration]
             engines.quantise_int8(graph, quantised, calibration, batch)
             int8 = {
-                **verify(engines.runner(quantised), reference, program.decisions, program.sends),
+                **verify(runner(quantised), reference, program.decisions, program.sends),
                 **_file(quantised),
             }
             files[quantised.name] = _file(quantised)
